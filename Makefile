@@ -1,0 +1,32 @@
+# Set-up and the two main jobs on a fresh machine. `make demo` runs the main job, `make test` the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_VERSION := 2.13.0
+
+.PHONY: demo test lint setup clean
+
+$(BIN)/qcsfer: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first, pinned: on this CPU machine the pinned wheel is local; a looser requirement
+	# would pull a multi-GB CUDA build. The package's own range is then already satisfied.
+	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/qcsfer
+
+demo: setup
+	$(BIN)/qcsfer data ../shared/datasets/ferplus --split train valid
+
+test: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info

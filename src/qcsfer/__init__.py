@@ -1,0 +1,3 @@
+"""QCS: Quadruplet Cross Similarity for facial expression recognition."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,132 @@
+"""Which images form each training example: plain (anchor), pair (DCS) or quadruplet (QCS).
+
+For each anchor of class y: positive = another image of y; negative = an image of a class
+y_n != y, chosen by the `frequency` rule (a random image among all other classes: RAF-DB and
+FERPlus) or the `uniform-class` rule (a uniform class, then an image: AffectNet); negative2 =
+another image of y_n. Images are kept sorted by class, so every draw is O(1) arithmetic on a
+class index, vectorised over the whole epoch.
+
+An epoch is a pure function of (seed, epoch): a resumed run re-creates it and skips the
+batches already done. Under data parallelism each rank takes a disjoint shard of the anchors.
+
+A class with a single image cannot give a different image of its class: its positive (or
+negative2) is then the image itself, with a warning naming the class.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+NegativeRule = Literal["frequency", "uniform-class"]
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    branches: int = 4  # 1 plain, 2 pair (DCS), 4 quadruplet (QCS)
+    negative_rule: NegativeRule = "frequency"
+    balanced: bool = False  # draw anchors with weights 1/class count, with replacement
+    anchors_per_epoch: int | None = None  # default: the dataset size
+    seed: int = 0
+
+
+class BranchSampler:
+    """Yields, per epoch, index arrays of shape (batches, branches, batch_size) for one rank."""
+
+    def __init__(
+        self,
+        labels: np.ndarray,
+        config: SamplerConfig,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        class_names: tuple[str, ...] | None = None,
+    ) -> None:
+        if config.branches not in (1, 2, 4):
+            raise ValueError(f"branches must be 1, 2 or 4, got {config.branches}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        self.labels = np.asarray(labels, dtype=np.int64)
+        if self.labels.size == 0:
+            raise ValueError("cannot sample from an empty dataset")
+        self.config = config
+        self.batch_size = batch_size
+        self.rank, self.world_size = rank, world_size
+
+        num_classes = int(self.labels.max()) + 1 if class_names is None else len(class_names)
+        self.order = np.argsort(self.labels, kind="stable")  # images sorted by class
+        self.count = np.bincount(self.labels, minlength=num_classes)
+        self.start = np.concatenate([[0], np.cumsum(self.count)[:-1]])
+        self.slot = np.empty_like(self.order)  # each image's position within its class
+        self.slot[self.order] = np.arange(len(self.order)) - self.start[self.labels[self.order]]
+        self.nonempty = np.flatnonzero(self.count)
+
+        if config.branches == 4 and len(self.nonempty) < 2:
+            raise ValueError("quadruplets need at least two classes with images")
+        if config.branches > 1:
+            names = class_names or tuple(str(c) for c in range(num_classes))
+            for c in np.flatnonzero(self.count == 1):
+                log.warning(
+                    "class %r has a single image: it serves as its own positive/negative2", names[c]
+                )
+
+    @property
+    def anchors_per_epoch(self) -> int:
+        return self.config.anchors_per_epoch or len(self.labels)
+
+    def __len__(self) -> int:
+        """Batches per epoch for each rank (incomplete batches are dropped)."""
+        return self.anchors_per_epoch // (self.batch_size * self.world_size)
+
+    def epoch(self, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([self.config.seed, epoch])
+        anchors = self._anchors(rng)
+        columns = [anchors]
+        if self.config.branches >= 2:
+            columns.append(self._other_of_same_class(anchors, rng))
+        if self.config.branches == 4:
+            negatives = self._negatives(anchors, rng)
+            columns += [negatives, self._other_of_same_class(negatives, rng)]
+        batches = len(self)
+        used = batches * self.batch_size * self.world_size
+        table = np.stack(columns)[:, :used]  # branches x used
+        table = table.reshape(self.config.branches, batches, self.world_size, self.batch_size)
+        return np.ascontiguousarray(table[:, :, self.rank].transpose(1, 0, 2))
+
+    def _anchors(self, rng: np.random.Generator) -> np.ndarray:
+        n = len(self.labels)
+        if not self.config.balanced:
+            if self.anchors_per_epoch <= n:
+                return rng.permutation(n)[: self.anchors_per_epoch]
+            return rng.integers(0, n, self.anchors_per_epoch)
+        weights = 1.0 / self.count[self.labels]
+        return rng.choice(n, size=self.anchors_per_epoch, replace=True, p=weights / weights.sum())
+
+    def _other_of_same_class(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A different image of the same class (the image itself for a one-image class)."""
+        classes = self.labels[images]
+        count = self.count[classes]
+        r = np.floor(rng.random(len(images)) * np.maximum(count - 1, 1)).astype(np.int64)
+        r += (r >= self.slot[images]) & (count > 1)  # skip the image's own slot
+        return self.order[self.start[classes] + np.minimum(r, count - 1)]
+
+    def _negatives(self, anchors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        classes = self.labels[anchors]
+        if self.config.negative_rule == "frequency":
+            # A uniform position among the images outside the anchor's class.
+            outside = len(self.labels) - self.count[classes]
+            r = np.floor(rng.random(len(anchors)) * outside).astype(np.int64)
+            r += np.where(r >= self.start[classes], self.count[classes], 0)
+            return self.order[r]
+        if self.config.negative_rule == "uniform-class":
+            position = np.searchsorted(self.nonempty, classes)
+            r = np.floor(rng.random(len(anchors)) * (len(self.nonempty) - 1)).astype(np.int64)
+            negative_class = self.nonempty[r + (r >= position)]
+            pick = np.floor(rng.random(len(anchors)) * self.count[negative_class]).astype(np.int64)
+            return self.order[self.start[negative_class] + pick]
+        raise ValueError(f"unknown negative rule {self.config.negative_rule!r}")

@@ -1,0 +1,72 @@
+"""Pictures of a run: training curves and confusion matrices (matplotlib, optional)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.info("matplotlib is not installed: no plots (pip install 'qcsfer[plots]')")
+        return None
+    return plt
+
+
+def plot_confusion(metrics: Metrics, path: str | Path, title: str = "") -> bool:
+    """Row-normalised matrix coloured, with the counts and percentages written in each cell."""
+    plt = _pyplot()
+    if plt is None:
+        return False
+    k = len(metrics.classes)
+    norm = metrics.normalized()
+    fig, ax = plt.subplots(figsize=(1.0 * k + 2.5, 1.0 * k + 2))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            color = "white" if norm[i, j] > 0.5 else "black"
+            ax.text(j, i, f"{norm[i, j]:.0%}\n{metrics.confusion[i, j]}", ha="center", va="center",
+                    fontsize=8, color=color)
+    ax.set_xticks(range(k), metrics.classes, rotation=45, ha="right")
+    ax.set_yticks(range(k), metrics.classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or f"accuracy {metrics.accuracy:.2%}, balanced {metrics.balanced_accuracy:.2%}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_curves(history: list[dict], path: str | Path) -> bool:
+    """Loss and validation accuracy per epoch."""
+    plt = _pyplot()
+    if plt is None or not history:
+        return False
+    epochs = np.array([h["epoch"] for h in history])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    left.plot(epochs, [h["train_loss"] for h in history], marker="o")
+    left.set_xlabel("epoch")
+    left.set_ylabel("train loss")
+    for key, label in (("val_accuracy", "accuracy"), ("val_balanced_accuracy", "balanced accuracy")):
+        right.plot(epochs, [h[key] for h in history], marker="o", label=label)
+    right.set_xlabel("epoch")
+    right.set_ylabel("validation")
+    right.legend()
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -1,0 +1,550 @@
+"""The training loop: baseline, DCS and QCS in one loop, single process to multi-node DDP.
+
+Read top to bottom: set-up (devices, data, model, optimiser), then the epoch loop, then the
+checkpoint and logging helpers. Reproducibility rule: every random choice of a step (which
+images, their augmentation, dropout) is a pure function of (seed, epoch, step, rank), so a run
+resumed from any checkpoint continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from ..config import TrainConfig, from_dict, save_config, to_dict
+from ..data.datasets import read_dataset, stratified_split
+from ..data.images import ImageStore, default_cache_dir, load_images
+from ..data.records import LabeledImages
+from ..data.sampling import BranchSampler
+from ..data.transforms import Preprocessing, eval_transform, train_transform
+from ..models.base import BaseNetwork
+from ..models.qcs import QCSModel, branch_loss
+from .metrics import Metrics, compute_metrics
+from .plots import plot_confusion, plot_curves
+from .sam import SAM
+
+log = logging.getLogger("qcsfer.train")
+
+CHECKPOINT_VERSION = 1
+
+
+class TrainingError(RuntimeError):
+    """The run cannot continue (for example a non-finite loss); the last checkpoint is kept."""
+
+
+# ----------------------------------------------------------------------------- set-up helpers
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device_type: str) -> Distributed:
+    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; gloo on CPU, NCCL on GPU."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Distributed()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def select_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainingError(f"device {name!r} requested but CUDA is not available")
+        if device.index is None:
+            device = torch.device(f"cuda:{local_rank}")
+    return device
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return nullcontext()
+    if precision == "fp16" and device.type != "cuda":
+        raise TrainingError("fp16 needs CUDA; use bf16 on CPU")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    """A distinct, reproducible seed for every (epoch, step, rank)."""
+    return int(np.random.SeedSequence([seed, epoch, step, rank]).generate_state(1)[0])
+
+
+@dataclass
+class Split:
+    """Records of a split and their decoded images (unreadable ones removed and counted)."""
+
+    records: LabeledImages
+    images: torch.Tensor  # uint8 N x C x S x S
+    skipped: int
+
+    @classmethod
+    def load(cls, records: LabeledImages, prep: Preprocessing, cache_dir: Path | None) -> Split:
+        store: ImageStore = load_images(records.paths, prep.load_size, prep.grayscale, cache_dir)
+        if store.skipped:
+            log.warning("%s/%s: skipped %d unreadable images", records.name, records.split, store.skipped)
+            keep = np.flatnonzero(store.valid)
+            return cls(records.subset(keep), store.images[torch.from_numpy(keep)], store.skipped)
+        return cls(records, store.images, 0)
+
+    def targets(self, indices: np.ndarray) -> torch.Tensor:
+        """Class ids, or vote distributions where the split has soft labels."""
+        if self.records.soft_labels is not None:
+            return torch.from_numpy(self.records.soft_labels[indices])
+        return torch.from_numpy(self.records.labels[indices])
+
+
+def load_splits(config: TrainConfig, run_dir: Path | None) -> tuple[Split, Split]:
+    data = config.data
+    train = read_dataset(data.format, data.root, data.train_split, **data.options)
+    if data.val_split is None:
+        train, val = stratified_split(train, data.val_fraction, config.seed)
+        if run_dir is not None:
+            record = {"validation_carved_from": data.train_split, "fraction": data.val_fraction,
+                      "seed": config.seed, "paths": [str(p) for p in val.paths]}
+            (run_dir / "validation_split.json").write_text(json.dumps(record))
+    else:
+        eval_options = {k: v for k, v in data.options.items() if k != "label_mode"}
+        val = read_dataset(data.format, data.root, data.val_split, **eval_options)
+    if data.limit is not None:
+        rng = np.random.default_rng(config.seed)
+        train = train.subset(np.sort(rng.permutation(len(train))[: data.limit]))
+    train.check_classes()
+    if val.classes != train.classes:
+        raise TrainingError(f"train classes {train.classes} differ from validation {val.classes}")
+    cache = None if data.cache_dir is None else (
+        default_cache_dir() if data.cache_dir == "default" else Path(data.cache_dir)
+    )
+    return Split.load(train, config.preprocessing, cache), Split.load(val, config.preprocessing, cache)
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Weight decay on weight matrices and kernels only (not norms, biases, tokens, theta)."""
+    o = config.optim
+    decay = 0.0 if o.reference_weight_decay else o.weight_decay
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    if o.name == "adam":
+        # torch's Adam adds decay to the gradient (L2); AdamW decouples it.
+        base = torch.optim.Adam(groups, lr=o.lr, betas=o.betas)
+    elif o.name == "adamw":
+        base = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas)
+    elif o.name == "sgd":
+        base = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=True)
+    else:
+        raise ValueError(f"unknown optimiser {o.name!r}")
+    return SAM(base, o.sam_rho, o.sam_adaptive) if o.sam else base
+
+
+def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The learning-rate multiplier at a given optimiser step."""
+    s = config.schedule
+    total = config.epochs * steps_per_epoch
+    warmup = int(s.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return (step + 1) / warmup
+    if s.name == "constant":
+        return 1.0
+    if s.name == "exponential":
+        return s.gamma ** (step // steps_per_epoch)
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    if s.name == "cosine":
+        return s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    if s.name == "onecycle":
+        # 30% rise from lr/25 to lr, then cosine down to lr/1e4 (torch's OneCycleLR shape).
+        peak = 0.3
+        if progress < peak:
+            return 1 / 25 + (1 - 1 / 25) * 0.5 * (1 - math.cos(math.pi * progress / peak))
+        return 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * (progress - peak) / (1 - peak)))
+    raise ValueError(f"unknown schedule {s.name!r}")
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def predict_logits(
+    base: BaseNetwork,
+    images: torch.Tensor,
+    prep: Preprocessing,
+    device: torch.device,
+    precision: str = "fp32",
+    flip: bool = False,
+    batch_size: int = 256,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """Logits (float32, on CPU) of the base network for uint8 images, optionally flip-averaged."""
+    was_training = base.training
+    base.eval()
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size].to(device, non_blocking=True)
+        views = [eval_transform(batch, prep)]
+        if flip:
+            views.append(eval_transform(batch, prep, flip=True))
+        logits = 0
+        for view in views:
+            if channels_last:
+                view = view.contiguous(memory_format=torch.channels_last)
+            with autocast(device, precision):
+                logits = logits + base(view)[0].float()
+        outputs.append((logits / len(views)).cpu())
+    base.train(was_training)
+    return torch.cat(outputs) if outputs else torch.zeros(0, base.config.num_classes)
+
+
+def evaluate_split(
+    base: BaseNetwork, split: Split, config: TrainConfig, device: torch.device, dd: Distributed
+) -> Metrics:
+    """Validation metrics; under DDP each rank scores a shard and the confusion is summed."""
+    indices = np.arange(dd.rank, len(split.records), dd.world_size)
+    logits = predict_logits(
+        base, split.images[torch.from_numpy(indices)], config.preprocessing, device,
+        config.precision, config.eval_flip, config.eval_batch_size, config.channels_last,
+    )
+    metrics = compute_metrics(split.records.labels[indices], logits.argmax(1).numpy(), split.records.classes)
+    if dd.enabled:
+        confusion = torch.from_numpy(metrics.confusion).to(device)
+        dist.all_reduce(confusion)
+        metrics = Metrics(metrics.classes, confusion.cpu().numpy())
+    return metrics
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    """Write to a temporary file in the same folder, then rename: never a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for foreign or unsafe pickles
+        raise TrainingError(f"{path}: not a readable qcsfer checkpoint ({exc})") from exc
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != "qcsfer-checkpoint":
+        raise TrainingError(f"{path}: not a qcsfer training checkpoint")
+    if checkpoint.get("version") != CHECKPOINT_VERSION:
+        raise TrainingError(f"{path}: checkpoint version {checkpoint.get('version')} is not supported")
+    return checkpoint
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """One updating line on a terminal; plain log lines every `every` steps otherwise."""
+
+    def __init__(self, total: int, epoch: int, first: int, enabled: bool, every: int = 50) -> None:
+        self.total, self.epoch, self.first, self.enabled, self.every = total, epoch, first, enabled, every
+        self.tty = enabled and sys.stderr.isatty()
+        self.start = time.perf_counter()
+        self.images = 0
+
+    def update(self, step: int, images: int, loss: float, lr: float) -> None:
+        self.images += images
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.start
+        rate = self.images / max(elapsed, 1e-9)
+        done = step + 1
+        eta = elapsed / max(done - self.first, 1) * (self.total - done)
+        line = (f"epoch {self.epoch} {done}/{self.total} loss {loss:.4f} lr {lr:.2e} "
+                f"{rate:.0f} img/s ETA {eta / 60:.1f} min")
+        if self.tty:
+            sys.stderr.write("\r" + line + " " * 4)
+            sys.stderr.flush()
+        elif done % self.every == 0 or done == self.total:
+            log.info(line)
+
+    def close(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    name = config.name or f"{config.data.format}-{config.mode}-{config.model}-{datetime.now():%Y%m%d-%H%M%S}"
+    return Path(config.out_dir) / name
+
+
+def train(config: TrainConfig, run_dir: Path | None = None, resume: bool = False) -> Path:
+    """Train (or resume, when `resume` and run_dir/last.pt exists); returns the run directory."""
+    requested = select_device(config.device)
+    dd = init_distributed(requested.type)
+    device = select_device(config.device, dd.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
+
+    checkpoint = None
+    if resume:
+        last = run_dir / "last.pt"
+        if not last.is_file():
+            raise TrainingError(f"cannot resume: {last} does not exist")
+        checkpoint = load_checkpoint(last)
+        config = from_dict(TrainConfig, checkpoint["config"])  # the run's own configuration wins
+    if dd.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+        _log_to_file(run_dir / "train.log")
+    torch.manual_seed(config.seed)
+
+    train_split, val_split = load_splits(config, run_dir if dd.is_main else None)
+    classes = train_split.records.classes
+    model = QCSModel(config.model_config(len(classes)), config.mode).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, config)
+    sampler = BranchSampler(
+        train_split.records.labels,
+        type(config.sampler)(**{**config.sampler.__dict__, "branches": model.branches}),
+        config.batch_size, dd.rank, dd.world_size, classes,
+    )
+    steps_per_epoch = len(sampler)
+    if steps_per_epoch == 0:
+        raise TrainingError(
+            f"{len(train_split.records)} training images give no full batch of "
+            f"{config.batch_size} x {dd.world_size} processes"
+        )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(config, step, steps_per_epoch)
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+    if scaler.is_enabled() and isinstance(optimizer, SAM):
+        raise TrainingError("SAM with fp16 gradient scaling is not supported: use bf16 or fp32")
+
+    epoch, batch_start, history, best = 0, 0, [], -1.0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        epoch, batch_start = checkpoint["epoch"], checkpoint["batch"]
+        history, best = checkpoint["history"], checkpoint["best"]
+        log.info("resumed %s at epoch %d, batch %d", run_dir, epoch, batch_start)
+
+    network: torch.nn.Module = model
+    if dd.enabled:
+        network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        network = torch.compile(network)
+
+    def state(epoch: int, batch: int) -> dict:
+        return {
+            "format": "qcsfer-checkpoint",
+            "version": CHECKPOINT_VERSION,
+            "config": to_dict(config),
+            "classes": list(classes),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "epoch": epoch,
+            "batch": batch,
+            "step": epoch * steps_per_epoch + batch,
+            "history": history,
+            "best": best,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def save(name: str, epoch: int, batch: int) -> None:
+        if dd.is_main:
+            save_atomic(state(epoch, batch), run_dir / name)
+
+    if dd.is_main:
+        n_params = sum(p.numel() for p in model.base.parameters())
+        log.info(
+            "%s %s on %s x%d: %d train / %d val images, %d classes, %.2fM inference parameters, "
+            "%d steps/epoch", config.mode, config.model, device, dd.world_size,
+            len(train_split.records), len(val_split.records), len(classes), n_params / 1e6,
+            steps_per_epoch,
+        )
+
+    generator = torch.Generator(device=device)
+    global_step = epoch * steps_per_epoch + batch_start
+    try:
+        while epoch < config.epochs:
+            batches = sampler.epoch(epoch)
+            model.train()
+            progress = Progress(steps_per_epoch, epoch + 1, batch_start, dd.is_main)
+            losses = []
+            for b in range(batch_start, steps_per_epoch):
+                if config.max_steps is not None and global_step >= config.max_steps:
+                    break
+                seed = step_seed(config.seed, epoch, b, dd.rank)
+                generator.manual_seed(seed)
+                torch.manual_seed(seed)  # dropout
+                index = batches[b]  # G x B
+                images = train_split.images[torch.from_numpy(index.reshape(-1))].to(device, non_blocking=True)
+                x = train_transform(images, config.preprocessing, config.augmentation, generator)
+                if config.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                x = x.unflatten(0, index.shape)
+                targets = train_split.targets(index.reshape(-1)).to(device).unflatten(0, index.shape)
+                loss = _optimizer_step(network, optimizer, scaler, x, targets, config, device)
+                if not math.isfinite(loss):
+                    raise TrainingError(
+                        f"non-finite loss ({loss}) at epoch {epoch + 1}, step {b}: stopping; the "
+                        f"last good checkpoint {run_dir / 'last.pt'} is kept"
+                    )
+                scheduler.step()
+                global_step += 1
+                losses.append(loss)
+                progress.update(b, x.shape[0] * x.shape[1] * dd.world_size, loss, scheduler.get_last_lr()[0])
+                if config.checkpoint_every_steps and global_step % config.checkpoint_every_steps == 0:
+                    save("last.pt", epoch, b + 1)
+            else:
+                progress.close()
+                record = _end_of_epoch(model, val_split, train_split, config, device, dd, epoch,
+                                       losses, progress)
+                history.append(record)
+                if dd.is_main:
+                    _write_epoch_record(record, history, run_dir)
+                improved = record["val_accuracy"] > best
+                best = max(best, record["val_accuracy"])
+                epoch, batch_start = epoch + 1, 0
+                save("last.pt", epoch, 0)
+                if improved and dd.is_main:
+                    save_atomic(state(epoch, 0), run_dir / "best.pt")
+                    _export_best(model, classes, config, record, run_dir)
+                continue
+            progress.close()  # max_steps reached inside the epoch
+            save("last.pt", epoch, b)
+            break
+    except KeyboardInterrupt:
+        if dd.is_main:
+            position = global_step - epoch * steps_per_epoch
+            save("last.pt", epoch, position)
+            log.warning("interrupted: resumable checkpoint written to %s", run_dir / "last.pt")
+        raise
+    finally:
+        if dd.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+    return run_dir
+
+
+def _optimizer_step(network, optimizer, scaler, x, targets, config, device) -> float:
+    """One update: forward, backward (twice for SAM: at w, then at the perturbed w), clip, step.
+
+    Returns the loss at w. fp16 gradient scaling and SAM are not combined (checked at start).
+    """
+
+    def forward_backward() -> float:
+        with autocast(device, config.precision):
+            logits = network(x)
+        loss = branch_loss(logits, targets)
+        scaler.scale(loss).backward()
+        return loss.item()
+
+    optimizer.zero_grad(set_to_none=True)
+    loss = forward_backward()
+    if not math.isfinite(loss):
+        return loss
+    if isinstance(optimizer, SAM):
+        optimizer.perturb()
+        optimizer.zero_grad(set_to_none=True)
+        forward_backward()
+    if config.optim.grad_clip:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(network.parameters(), config.optim.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss
+
+
+def _end_of_epoch(model, val_split, train_split, config, device, dd, epoch, losses, progress) -> dict:
+    metrics = evaluate_split(model.base, val_split, config, device, dd)
+    loss = torch.tensor([sum(losses), len(losses)], dtype=torch.float64)
+    if dd.enabled:
+        loss = loss.to(device)
+        dist.all_reduce(loss)
+    elapsed = time.perf_counter() - progress.start
+    record = {
+        "epoch": epoch + 1,
+        "train_loss": float(loss[0] / max(loss[1], 1)),
+        "val_accuracy": metrics.accuracy,
+        "val_balanced_accuracy": metrics.balanced_accuracy,
+        "val_macro_f1": metrics.macro_f1,
+        "k": model.k_values(),
+        "images_per_second": progress.images / max(elapsed, 1e-9),
+        "epoch_seconds": elapsed,
+        "skipped_images": train_split.skipped + val_split.skipped,
+    }
+    record["classes"] = list(metrics.classes)
+    record["confusion"] = metrics.confusion.tolist()
+    if dd.is_main:
+        log.info(
+            "epoch %d: loss %.4f, val accuracy %.4f, balanced %.4f, macro F1 %.4f, k %s, %.0f img/s, "
+            "%d unreadable images skipped",
+            record["epoch"], record["train_loss"], metrics.accuracy, metrics.balanced_accuracy,
+            metrics.macro_f1, [round(k, 3) for k in record["k"]], record["images_per_second"],
+            record["skipped_images"],
+        )
+    return record
+
+
+def _write_epoch_record(record: dict, history: list[dict], run_dir: Path) -> None:
+    with (run_dir / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    plot_curves(history, run_dir / "curves.png")
+    metrics = Metrics(tuple(record["classes"]), np.asarray(record["confusion"]))
+    plot_confusion(metrics, run_dir / "confusion_matrix.png", title=f"epoch {record['epoch']} validation")
+
+
+def _export_best(model: QCSModel, classes, config: TrainConfig, record: dict, run_dir: Path) -> None:
+    """The best base network as an inference weights file (safetensors + JSON)."""
+    from ..models.weights import save_weights
+
+    save_weights(
+        model.base,
+        run_dir / "best.safetensors",
+        classes=list(classes),
+        preprocessing=to_dict(config.preprocessing),
+        provenance={"mode": config.mode, "config": to_dict(config), "epoch": record["epoch"],
+                    "val_accuracy": record["val_accuracy"],
+                    "val_balanced_accuracy": record["val_balanced_accuracy"]},
+    )
+
+
+def _log_to_file(path: Path) -> None:
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("qcsfer").addHandler(handler)

@@ -1,0 +1,75 @@
+"""The base network: IR backbone -> three scales of tokens -> base ViT. The inference network."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import IRBackbone
+from .configs import ModelConfig
+from .vit import ViT
+
+
+class ScaleTokens(nn.Module):
+    """One scale: stage map (c x s x s) -> grid x grid tokens of `dim` channels.
+
+    The map is halved until it reaches the grid: the first halving is a channel-keeping
+    "downsample" conv, the rest are conv3x3 stride 2 (the first one widening to `dim`); when no
+    halving is left for the embedding a conv1x1 does the widening. For the paper this gives
+    exactly the reference: conv1 + embed_q (2 convs), conv2 + embed_k (1 conv), conv3 + embed_v
+    (1x1).
+    """
+
+    def __init__(self, channels: int, size: int, grid: int, dim: int) -> None:
+        super().__init__()
+        steps = math.log2(size / grid) if size >= grid else -1
+        if steps < 0 or steps != int(steps):
+            raise ValueError(f"a {size}x{size} map cannot be halved to a {grid}x{grid} token grid")
+        steps = int(steps)
+        self.downsample = nn.Conv2d(channels, channels, 3, 2, 1) if steps else nn.Identity()
+        convs: list[nn.Module] = []
+        width = channels
+        for _ in range(max(steps - 1, 0)):
+            convs.append(nn.Conv2d(width, dim, 3, 2, 1))
+            width = dim
+        if not convs:
+            convs.append(nn.Conv2d(channels, dim, 1))
+        self.embed = nn.Sequential(*convs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(self.downsample(x)).flatten(2).transpose(1, 2)
+
+
+class BaseNetwork(nn.Module):
+    """images (B x C x H x W) -> (logits B x K, tokens B x 3N x dim). Shared by every branch."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = IRBackbone(config.units, config.widths, config.in_channels)
+        self.tokens = nn.ModuleList(
+            ScaleTokens(c, s, config.token_grid, config.dim)
+            for c, s in zip(config.widths, config.stage_sizes(), strict=True)
+        )
+        self.vit = ViT(
+            num_tokens=config.num_tokens,
+            dim=config.dim,
+            depth=config.base_depth,
+            heads=config.heads,
+            mlp_ratio=config.mlp_ratio,
+            num_classes=config.num_classes,
+            dropout=config.base_dropout,
+        )
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Backbone and token embedding: B x 3N x dim, scales 1, 2, 3 in order."""
+        if images.shape[-1] != self.config.backbone_size or images.shape[-2] != self.config.backbone_size:
+            images = F.interpolate(images, size=self.config.backbone_size, mode="nearest")
+        maps = self.backbone(images)
+        return torch.cat([embed(m) for embed, m in zip(self.tokens, maps, strict=True)], dim=1)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.vit(self.embed(images))

@@ -1,0 +1,115 @@
+"""Model configurations as data: the paper's exact sizes and smaller ones for CPU, one builder."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Variant = Literal["SD", "S", "D"]
+Normalize = Literal["batch", "sample"]
+Attention = Literal["csa", "sdpa"]
+
+
+@dataclass(frozen=True)
+class CSAConfig:
+    """Cross Similarity Attention options (method doc, section 3)."""
+
+    attention: Attention = "csa"  # "sdpa": ordinary cross-attention, the paper's ablation baseline
+    variant: Variant = "SD"  # which position scores feed the softmax
+    normalize: Normalize = "batch"  # min/max shift over the whole batch (reference) or per sample
+    gamma: float = 1.0  # k = 1 + tanh(gamma * theta); the reference has gamma = 1
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that fixes the network's shape. `paper` is the reference configuration."""
+
+    name: str = "custom"
+    num_classes: int = 7
+    image_size: int = 224  # side of the input the network receives
+    backbone_size: int = 112  # nearest-neighbour resize before the backbone (POSTER++ heritage)
+    in_channels: int = 3
+    units: tuple[int, int, int] = (3, 4, 14)
+    widths: tuple[int, int, int] = (64, 128, 256)
+    token_grid: int = 7  # tokens per scale = token_grid ** 2
+    dim: int = 768
+    heads: int = 8
+    mlp_ratio: float = 4.0
+    base_depth: int = 2
+    cross_depth: int = 1
+    base_dropout: float = 0.0
+    cross_dropout: float = 0.0
+    csa: CSAConfig = field(default_factory=CSAConfig)
+
+    @property
+    def tokens_per_scale(self) -> int:
+        return self.token_grid**2
+
+    @property
+    def num_tokens(self) -> int:
+        return 3 * self.tokens_per_scale
+
+    def stage_sizes(self) -> tuple[int, int, int]:
+        """Spatial side of the three backbone stage maps."""
+        s = self.backbone_size
+        return (s // 2, s // 4, s // 8)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        if isinstance(changes.get("csa"), dict):
+            changes["csa"] = CSAConfig(**changes["csa"])
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        data = dict(data)
+        for key in ("units", "widths"):
+            if key in data:
+                data[key] = tuple(data[key])
+        if isinstance(data.get("csa"), dict):
+            data["csa"] = CSAConfig(**data["csa"])
+        return cls(**data)
+
+
+CONFIGS: dict[str, ModelConfig] = {
+    # The reference: IR-50 stages 1-3 at 112 px (input 224), 3 x 49 tokens of 768 channels.
+    "paper": ModelConfig(name="paper"),
+    # CPU configurations for small faces (FERPlus is 48 px): same topology, narrower and shallower.
+    "small": ModelConfig(
+        name="small",
+        image_size=48,
+        backbone_size=48,
+        units=(2, 3, 4),
+        widths=(48, 96, 192),
+        token_grid=6,
+        dim=192,
+        heads=4,
+        base_depth=2,
+        cross_depth=1,
+    ),
+    "tiny": ModelConfig(
+        name="tiny",
+        image_size=48,
+        backbone_size=48,
+        units=(1, 2, 2),
+        widths=(32, 64, 128),
+        token_grid=6,
+        dim=128,
+        heads=4,
+        base_depth=1,
+        cross_depth=1,
+    ),
+}
+
+
+def get_config(name: str, **overrides: Any) -> ModelConfig:
+    if name not in CONFIGS:
+        raise KeyError(f"unknown model configuration {name!r}; choose from {sorted(CONFIGS)}")
+    return CONFIGS[name].replace(**overrides)

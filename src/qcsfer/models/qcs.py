@@ -1,0 +1,115 @@
+"""The training model: branches through the shared base network, CSA, cross ViT, and the loss.
+
+Branches are numbered 0 anchor, 1 positive, 2 negative, 3 negative2 (the paper's 1-4). QCS
+pairs them around the circle 1 -S- 2 -D- 4 -S- 3 -D- 1 with four pair matrices (D21, D43, D31,
+D42), each read by both of its images; DCS is the anchor-positive pair alone.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import BaseNetwork
+from .configs import ModelConfig
+from .csa import CrossSimilarityAttention, Pair
+from .vit import ViT
+
+Mode = Literal["baseline", "dcs", "qcs"]
+
+ANCHOR, POSITIVE, NEGATIVE, NEGATIVE2 = range(4)
+
+TOPOLOGY: dict[str, tuple[Pair, ...]] = {
+    "qcs": (
+        Pair(POSITIVE, ANCHOR, "S"),  # S21
+        Pair(NEGATIVE2, NEGATIVE, "S"),  # S43
+        Pair(NEGATIVE, ANCHOR, "D"),  # D31
+        Pair(NEGATIVE2, POSITIVE, "D"),  # D42
+    ),
+    "dcs": (Pair(POSITIVE, ANCHOR, "S"),),
+    "baseline": (),
+}
+
+BRANCHES: dict[str, int] = {"baseline": 1, "dcs": 2, "qcs": 4}
+
+
+class BranchLogits(NamedTuple):
+    base: torch.Tensor  # G x B x K
+    cross: torch.Tensor | None  # G x B x K, None for the baseline
+
+
+class QCSModel(nn.Module):
+    """Base network plus, for DCS/QCS, the per-scale CSA modules and the cross ViT."""
+
+    def __init__(self, config: ModelConfig, mode: Mode = "qcs") -> None:
+        super().__init__()
+        if mode not in TOPOLOGY:
+            raise ValueError(f"unknown mode {mode!r}; choose from {sorted(TOPOLOGY)}")
+        self.config = config
+        self.mode = mode
+        self.pairs = TOPOLOGY[mode]
+        self.base = BaseNetwork(config)
+        if mode != "baseline":
+            csa_config = config.csa
+            if mode == "dcs" and csa_config.variant != "S":
+                csa_config = type(csa_config)(**{**csa_config.__dict__, "variant": "S"})
+            self.csa = nn.ModuleList(
+                CrossSimilarityAttention(config.dim, config.mlp_ratio, csa_config) for _ in range(3)
+            )
+            self.cross_vit = ViT(
+                num_tokens=config.num_tokens,
+                dim=config.dim,
+                depth=config.cross_depth,
+                heads=config.heads,
+                mlp_ratio=config.mlp_ratio,
+                num_classes=config.num_classes,
+                dropout=config.cross_dropout,
+            )
+
+    @property
+    def branches(self) -> int:
+        return BRANCHES[self.mode]
+
+    def forward(self, images: torch.Tensor) -> BranchLogits:
+        """images: G x B x C x H x W, branch-major. All G*B images go through the base in one call.
+
+        BatchNorm in training mode therefore normalises over all G*B images of the step (one
+        larger batch) instead of per branch as sequential calls would; in eval mode the two are
+        identical.
+        """
+        g, b = images.shape[:2]
+        if g != self.branches:
+            raise ValueError(f"{self.mode} expects {self.branches} branches, got {g}")
+        base_logits, tokens = self.base(images.flatten(0, 1))
+        base_logits = base_logits.unflatten(0, (g, b))
+        if self.mode == "baseline":
+            return BranchLogits(base_logits, None)
+        tokens = tokens.unflatten(0, (g, b))
+        scales = tokens.split(self.config.tokens_per_scale, dim=2)
+        refined = torch.cat(
+            [csa(s, self.pairs) for csa, s in zip(self.csa, scales, strict=True)], dim=2
+        )
+        cross_logits, _ = self.cross_vit((tokens + refined).flatten(0, 1))
+        return BranchLogits(base_logits, cross_logits.unflatten(0, (g, b)))
+
+    def k_values(self) -> list[float]:
+        """The learned k = 1 + tanh(gamma * theta) of each scale (empty where there is none)."""
+        if self.mode == "baseline":
+            return []
+        return [float(csa.k.detach()) for csa in self.csa if csa.theta is not None]
+
+
+def branch_loss(logits: BranchLogits, targets: torch.Tensor) -> torch.Tensor:
+    """Mean of the CE terms: base and cross logits of every branch against its own target.
+
+    targets: G x B class ids, or G x B x K probabilities (FERPlus probability mode). With equal
+    batch sizes per term, the mean of the 2G per-term means is the mean over all of them.
+    """
+    flat = targets.flatten(0, 1)
+    loss = F.cross_entropy(logits.base.flatten(0, 1).float(), flat)
+    if logits.cross is None:
+        return loss
+    return (loss + F.cross_entropy(logits.cross.flatten(0, 1).float(), flat)) / 2
