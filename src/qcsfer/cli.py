@@ -37,6 +37,48 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from .engine.evaluate import evaluate
+
+    mapping = dict(_parse_options(args.class_map)) if args.class_map else None
+    metrics = evaluate(
+        args.weights,
+        args.format,
+        args.data,
+        args.split,
+        options=dict(_parse_options(args.option)),
+        mapping=mapping,
+        flip=args.flip,
+        device=args.device,
+        batch_size=args.batch_size,
+        out_dir=args.out,
+    )
+    print(metrics.table())
+    print(f"wrote {Path(args.out) / 'metrics.json'} and confusion_matrix.png")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .models.complexity import measure_complexity
+    from .models.configs import CONFIGS, get_config
+
+    if args.target in CONFIGS:
+        config = get_config(args.target, **({"num_classes": args.classes} if args.classes else {}))
+        report = measure_complexity(config, mode=args.mode)
+    else:
+        from .models.weights import load_weights
+
+        model, metadata = load_weights(args.target)
+        report = measure_complexity(model)
+        print(f"classes: {', '.join(metadata['classes'])}")
+        print(f"preprocessing: {metadata.get('preprocessing')}")
+        print(
+            f"provenance: {metadata.get('provenance', {}).get('val_accuracy', 'n/a')} val accuracy"
+        )
+    print(report.summary())
+    return 0
+
+
 def _parse_options(items: list[str]) -> list[tuple[str, object]]:
     import yaml
 
@@ -61,17 +103,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("root", help="dataset root (for csv: the list file)")
     p.add_argument("--format", default="ferplus", help="ferplus | rafdb | affectnet | folder | csv")
     p.add_argument("--split", nargs="+", default=["train", "valid"])
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="reader option, e.g. label_mode=probability")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="reader option, e.g. label_mode=probability",
+    )
     p.set_defaults(func=_data)
 
     p = sub.add_parser("train", help="train a baseline, DCS or QCS model")
     p.add_argument("config", nargs="?", help="YAML recipe (see configs/)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)",
+    )
     p.add_argument("--run-dir", help="where to write the run (default runs/<name>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="metrics of a model on a dataset split")
+    p.add_argument(
+        "weights",
+        nargs="?",
+        default="default",
+        help="weights file, run directory (its best model) or 'default'",
+    )
+    p.add_argument("--data", required=True, help="dataset root (for csv: the list file)")
+    p.add_argument("--format", default="ferplus")
+    p.add_argument("--split", default="test")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--class-map",
+        action="append",
+        default=[],
+        metavar="DATASET=MODEL",
+        help="map a dataset class name onto a model class name (repeatable); "
+        "dataset classes left out are excluded",
+    )
+    p.add_argument("--flip", action="store_true", help="average with the mirrored image (TTA)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--out", default="evaluation", help="folder for metrics.json and the PNG")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("info", help="parameters, MACs and token counts of a config or weights")
+    p.add_argument("target", help="a named configuration (paper, small, tiny) or a weights file")
+    p.add_argument("--mode", default="qcs", choices=["baseline", "dcs", "qcs"])
+    p.add_argument("--classes", type=int, help="number of classes (default: the config's)")
+    p.set_defaults(func=_info)
     return parser
 
 

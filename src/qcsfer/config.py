@@ -135,12 +135,21 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ValueError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if tp is float:
+        if isinstance(value, str):  # YAML reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ValueError(f"{where}: expected a number, got {value!r}")
+    if tp is int and (not isinstance(value, int) or isinstance(value, bool)):
+        raise ValueError(f"{where}: expected an integer, got {value!r}")
     if tp is bool and not isinstance(value, bool):
         raise ValueError(f"{where}: expected true/false, got {value!r}")
-    if tp in (int, str) and not isinstance(value, tp):
-        raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}")
+    if tp is str and not isinstance(value, str):
+        raise ValueError(f"{where}: expected a string, got {value!r}")
     return value
 
 

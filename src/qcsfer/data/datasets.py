@@ -2,24 +2,41 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .affectnet import read_affectnet
+from .csv import read_csv_list
 from .ferplus import read_ferplus
+from .folder import read_folder
+from .rafdb import read_rafdb
 from .records import DatasetError, LabeledImages
 
 READERS: dict[str, Callable[..., LabeledImages]] = {
     "ferplus": read_ferplus,
+    "rafdb": read_rafdb,
+    "affectnet": read_affectnet,
+    "folder": read_folder,
+    "csv": read_csv_list,
 }
 
 
 def read_dataset(format: str, root: str | Path, split: str, **options: Any) -> LabeledImages:
     if format not in READERS:
         raise DatasetError(f"unknown dataset format {format!r}; choose from {sorted(READERS)}")
-    return READERS[format](root, split, **options)
+    reader = READERS[format]
+    # A misspelt option should say which options exist, not raise a bare TypeError.
+    parameters = inspect.signature(reader).parameters
+    known = [n for n in parameters if n not in ("root", "split")]
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    unknown = sorted(set(options) - set(known))
+    if unknown and not takes_any:
+        raise DatasetError(f"{format} reader: unknown option(s) {unknown}; it takes {known}")
+    return reader(root, split, **options)
 
 
 def stratified_split(
@@ -32,13 +49,19 @@ def stratified_split(
     held = []
     for c in range(data.num_classes):
         members = np.flatnonzero(data.labels == c)
-        take = int(round(len(members) * fraction)) if len(members) > 1 else 0
+        # Keep at least one image of every class for training (rounding could take them all).
+        take = min(round(len(members) * fraction), len(members) - 1) if len(members) else 0
         held.extend(rng.permutation(members)[:take].tolist())
     held_mask = np.zeros(len(data), dtype=bool)
     held_mask[held] = True
     train = data.subset(np.flatnonzero(~held_mask))
     val = data.subset(np.flatnonzero(held_mask))
     return train, LabeledImages(
-        name=val.name, split=f"{data.split}-heldout", classes=val.classes, paths=val.paths,
-        labels=val.labels, soft_labels=val.soft_labels, notes=val.notes,
+        name=val.name,
+        split=f"{data.split}-heldout",
+        classes=val.classes,
+        paths=val.paths,
+        labels=val.labels,
+        soft_labels=val.soft_labels,
+        notes=val.notes,
     )

@@ -64,12 +64,16 @@ def process_votes(votes: np.ndarray, mode: LabelMode) -> np.ndarray | None:
     return kept[: len(CLASSES)] / kept[: len(CLASSES)].sum()
 
 
-def read_ferplus(root: str | Path, split: str = "train", label_mode: LabelMode = "majority") -> LabeledImages:
+def read_ferplus(
+    root: str | Path, split: str = "train", label_mode: LabelMode = "majority"
+) -> LabeledImages:
     root = Path(root)
     if split not in SPLITS:
         raise DatasetError(f"FERPlus split must be one of {sorted(SPLITS)}, got {split!r}")
     if label_mode not in ("majority", "probability"):
-        raise DatasetError(f"FERPlus label mode must be majority or probability, got {label_mode!r}")
+        raise DatasetError(
+            f"FERPlus label mode must be majority or probability, got {label_mode!r}"
+        )
     if not root.is_dir():
         raise DatasetError(f"FERPlus root {root} does not exist")
     folder = root / SPLITS[split]

@@ -21,7 +21,9 @@ from PIL import Image, ImageOps
 
 log = logging.getLogger(__name__)
 
-# Refuse decompression bombs: PIL raises above 2x this many pixels, warns above it.
+# Refuse decompression bombs. `open_image` checks this limit itself, before decoding: PIL's own
+# guard only raises above twice its limit (and merely warns in between), and it would not see a
+# later change of MAX_PIXELS. PIL's guard stays as a backstop.
 MAX_PIXELS = 64_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
@@ -35,10 +37,11 @@ def to_supported_mode(image: Image.Image, grayscale: bool) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(array / peak * 255.0, 0, 255).astype(np.uint8))
+        image = Image.fromarray(np.clip(np.rint(array / peak * 255.0), 0, 255).astype(np.uint8))
     elif image.mode == "F":
         array = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray(np.clip(array * (255.0 if array.max() <= 1 else 1), 0, 255).astype(np.uint8))
+        scaled = np.rint(array * (255.0 if array.max() <= 1 else 1.0))  # round, not truncate
+        image = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8))
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -50,10 +53,16 @@ def open_image(path: str | Path, grayscale: bool = False) -> Image.Image:
     """Open, respect EXIF orientation, convert to L/RGB. Raises ImageError with the reason."""
     try:
         with Image.open(path) as image:
+            pixels = image.width * image.height  # from the header: nothing decoded yet
+            if pixels > MAX_PIXELS:
+                raise ImageError(f"{path}: image too large ({pixels} pixels > {MAX_PIXELS})")
             image = ImageOps.exif_transpose(image)
             image.load()
             return to_supported_mode(image, grayscale)
-    except Image.DecompressionBombError as exc:
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # The warning arrives as an exception when warnings are errors (python -W error).
         raise ImageError(f"{path}: image too large ({exc})") from exc
     except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for unreadable data
         raise ImageError(f"{path}: cannot read image ({exc})") from exc
@@ -88,7 +97,9 @@ def cache_key(paths: Sequence[Path], size: int, grayscale: bool) -> str:
     digest = hashlib.sha1(f"{size}:{grayscale}".encode())
     for p in paths:
         stat = p.stat() if p.exists() else None
-        digest.update(f"{p}:{stat.st_size if stat else -1}:{stat.st_mtime_ns if stat else -1}\n".encode())
+        digest.update(
+            f"{p}:{stat.st_size if stat else -1}:{stat.st_mtime_ns if stat else -1}\n".encode()
+        )
     return digest.hexdigest()[:20]
 
 

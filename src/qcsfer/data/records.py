@@ -33,7 +33,9 @@ class LabeledImages:
     def __post_init__(self) -> None:
         n = len(self.paths)
         if self.labels.shape != (n,):
-            raise DatasetError(f"{self.name}/{self.split}: {n} paths but labels {self.labels.shape}")
+            raise DatasetError(
+                f"{self.name}/{self.split}: {n} paths but labels {self.labels.shape}"
+            )
         if n and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
             raise DatasetError(
                 f"{self.name}/{self.split}: label ids must be in 0..{len(self.classes) - 1}"
@@ -75,4 +77,6 @@ def check_files_exist(paths: Sequence[Path], where: str) -> None:
     missing = [p for p in paths if not p.is_file()]
     if missing:
         examples = ", ".join(str(p) for p in missing[:3])
-        raise DatasetError(f"{where}: {len(missing)} of {len(paths)} images are missing, e.g. {examples}")
+        raise DatasetError(
+            f"{where}: {len(missing)} of {len(paths)} images are missing, e.g. {examples}"
+        )

@@ -32,6 +32,11 @@ class Preprocessing:
         if self.load_size < self.image_size:
             raise ValueError(f"load_size {self.load_size} < image_size {self.image_size}")
 
+    @classmethod
+    def from_dict(cls, data: dict) -> Preprocessing:
+        """From saved metadata (JSON lists back to tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
 
 @dataclass(frozen=True)
 class Augmentation:
@@ -71,7 +76,9 @@ def eval_transform(images: torch.Tensor, prep: Preprocessing, flip: bool = False
     return normalize(x, prep)
 
 
-def _uniform(n: int, low: float, high: float, g: torch.Generator, device: torch.device) -> torch.Tensor:
+def _uniform(
+    n: int, low: float, high: float, g: torch.Generator, device: torch.device
+) -> torch.Tensor:
     return torch.rand(n, generator=g, device=device) * (high - low) + low
 
 
@@ -80,7 +87,7 @@ def train_transform(
 ) -> torch.Tensor:
     """uint8 B x c x L x L -> augmented, normalised B x 3 x S x S."""
     x = images.float().div_(255)
-    if x.shape[-1] != prep.load_size:
+    if x.shape[-1] != prep.load_size or x.shape[-2] != prep.load_size:
         x = F.interpolate(x, size=(prep.load_size, prep.load_size), mode="bilinear", antialias=True)
     x = _random_affine(x, prep, aug, generator)
     x = _color_jitter(x, aug, generator)
@@ -90,7 +97,9 @@ def train_transform(
     return x
 
 
-def _random_affine(x: torch.Tensor, prep: Preprocessing, aug: Augmentation, g: torch.Generator) -> torch.Tensor:
+def _random_affine(
+    x: torch.Tensor, prep: Preprocessing, aug: Augmentation, g: torch.Generator
+) -> torch.Tensor:
     """Flip, rotation, zoom and crop as one warp: output pixel -> input location."""
     b, device = x.shape[0], x.device
     crop = prep.image_size / prep.load_size  # the output window covers this fraction of the input
@@ -108,14 +117,16 @@ def _random_affine(x: torch.Tensor, prep: Preprocessing, aug: Augmentation, g: t
         ],
         dim=1,
     )
-    grid = F.affine_grid(theta, [b, x.shape[1], prep.image_size, prep.image_size], align_corners=False)
+    grid = F.affine_grid(
+        theta, [b, x.shape[1], prep.image_size, prep.image_size], align_corners=False
+    )
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
     if x.shape[1] == 1:
         return x
-    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
 def _color_jitter(x: torch.Tensor, aug: Augmentation, g: torch.Generator) -> torch.Tensor:
@@ -147,7 +158,11 @@ def _rotate_hue(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     cos, sin = torch.cos(angle), torch.sin(angle)
     one, zero = torch.ones_like(cos), torch.zeros_like(cos)
     rotation = torch.stack(
-        [torch.stack([one, zero, zero], -1), torch.stack([zero, cos, -sin], -1), torch.stack([zero, sin, cos], -1)],
+        [
+            torch.stack([one, zero, zero], -1),
+            torch.stack([zero, cos, -sin], -1),
+            torch.stack([zero, sin, cos], -1),
+        ],
         dim=1,
     )
     matrix = from_yiq @ rotation @ to_yiq  # B x 3 x 3
@@ -159,7 +174,9 @@ def _random_erasing(x: torch.Tensor, aug: Augmentation, g: torch.Generator) -> t
     b, _, h, w = x.shape
     device = x.device
     area = _uniform(b, *aug.erasing_scale, g, device) * h * w
-    log_ratio = _uniform(b, math.log(aug.erasing_ratio[0]), math.log(aug.erasing_ratio[1]), g, device)
+    log_ratio = _uniform(
+        b, math.log(aug.erasing_ratio[0]), math.log(aug.erasing_ratio[1]), g, device
+    )
     ratio = torch.exp(log_ratio)
     eh = torch.sqrt(area * ratio).round().clamp(1, h)
     ew = torch.sqrt(area / ratio).round().clamp(1, w)

@@ -71,7 +71,12 @@ class Metrics:
             "per_class": {
                 name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
                 for name, p, r, f, s in zip(
-                    self.classes, self.precision, self.recall, self.f1, self.confusion.sum(1), strict=True
+                    self.classes,
+                    self.precision,
+                    self.recall,
+                    self.f1,
+                    self.confusion.sum(1),
+                    strict=True,
                 )
             },
             "confusion_matrix": self.confusion.tolist(),

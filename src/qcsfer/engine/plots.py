@@ -36,13 +36,22 @@ def plot_confusion(metrics: Metrics, path: str | Path, title: str = "") -> bool:
     for i in range(k):
         for j in range(k):
             color = "white" if norm[i, j] > 0.5 else "black"
-            ax.text(j, i, f"{norm[i, j]:.0%}\n{metrics.confusion[i, j]}", ha="center", va="center",
-                    fontsize=8, color=color)
+            ax.text(
+                j,
+                i,
+                f"{norm[i, j]:.0%}\n{metrics.confusion[i, j]}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color=color,
+            )
     ax.set_xticks(range(k), metrics.classes, rotation=45, ha="right")
     ax.set_yticks(range(k), metrics.classes)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title or f"accuracy {metrics.accuracy:.2%}, balanced {metrics.balanced_accuracy:.2%}")
+    ax.set_title(
+        title or f"accuracy {metrics.accuracy:.2%}, balanced {metrics.balanced_accuracy:.2%}"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -59,7 +68,10 @@ def plot_curves(history: list[dict], path: str | Path) -> bool:
     left.plot(epochs, [h["train_loss"] for h in history], marker="o")
     left.set_xlabel("epoch")
     left.set_ylabel("train loss")
-    for key, label in (("val_accuracy", "accuracy"), ("val_balanced_accuracy", "balanced accuracy")):
+    for key, label in (
+        ("val_accuracy", "accuracy"),
+        ("val_balanced_accuracy", "balanced accuracy"),
+    ):
         right.plot(epochs, [h[key] for h in history], marker="o", label=label)
     right.set_xlabel("epoch")
     right.set_ylabel("validation")

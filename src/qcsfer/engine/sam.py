@@ -11,7 +11,9 @@ import torch
 
 
 class SAM(torch.optim.Optimizer):
-    def __init__(self, base: torch.optim.Optimizer, rho: float = 0.05, adaptive: bool = False) -> None:
+    def __init__(
+        self, base: torch.optim.Optimizer, rho: float = 0.05, adaptive: bool = False
+    ) -> None:
         if rho < 0:
             raise ValueError(f"rho must be >= 0, got {rho}")
         self.base = base
@@ -20,7 +22,7 @@ class SAM(torch.optim.Optimizer):
         self.param_groups = base.param_groups
         self.defaults = base.defaults
         self.state = base.state
-        self._offsets: dict[torch.Tensor, torch.Tensor] = {}
+        self._origin: dict[torch.Tensor, torch.Tensor] = {}
 
     def _params(self):
         for group in self.param_groups:
@@ -38,18 +40,17 @@ class SAM(torch.optim.Optimizer):
         norm = torch.norm(torch.stack([s.norm(2) for s in scaled]), 2)
         scale = self.rho / (norm + 1e-12)
         for p, s in zip(params, scaled, strict=True):
-            e = s * (p.abs() if self.adaptive else 1.0) * scale
-            p.add_(e)
-            self._offsets[p] = e
+            self._origin[p] = p.detach().clone()
+            p.add_(s * (p.abs() if self.adaptive else 1.0) * scale)
 
     @torch.no_grad()
     def step(self, closure=None) -> None:  # type: ignore[override]
-        """Undo the perturbation, then let the base optimiser use the second gradient."""
+        """Restore the weights exactly, then let the base optimiser use the second gradient."""
         if closure is not None:
             raise ValueError("SAM here is driven explicitly: call perturb(), backward, then step()")
-        for p, e in self._offsets.items():
-            p.sub_(e)
-        self._offsets.clear()
+        for p, origin in self._origin.items():
+            p.copy_(origin)
+        self._origin.clear()
         self.base.step()
 
     def zero_grad(self, set_to_none: bool = True) -> None:

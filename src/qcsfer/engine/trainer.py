@@ -70,7 +70,9 @@ def init_distributed(device_type: str) -> Distributed:
         return Distributed()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
-    return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return Distributed(
+        dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+    )
 
 
 def select_device(name: str, local_rank: int = 0) -> torch.device:
@@ -111,7 +113,9 @@ class Split:
     def load(cls, records: LabeledImages, prep: Preprocessing, cache_dir: Path | None) -> Split:
         store: ImageStore = load_images(records.paths, prep.load_size, prep.grayscale, cache_dir)
         if store.skipped:
-            log.warning("%s/%s: skipped %d unreadable images", records.name, records.split, store.skipped)
+            log.warning(
+                "%s/%s: skipped %d unreadable images", records.name, records.split, store.skipped
+            )
             keep = np.flatnonzero(store.valid)
             return cls(records.subset(keep), store.images[torch.from_numpy(keep)], store.skipped)
         return cls(records, store.images, 0)
@@ -129,8 +133,12 @@ def load_splits(config: TrainConfig, run_dir: Path | None) -> tuple[Split, Split
     if data.val_split is None:
         train, val = stratified_split(train, data.val_fraction, config.seed)
         if run_dir is not None:
-            record = {"validation_carved_from": data.train_split, "fraction": data.val_fraction,
-                      "seed": config.seed, "paths": [str(p) for p in val.paths]}
+            record = {
+                "validation_carved_from": data.train_split,
+                "fraction": data.val_fraction,
+                "seed": config.seed,
+                "paths": [str(p) for p in val.paths],
+            }
             (run_dir / "validation_split.json").write_text(json.dumps(record))
     else:
         eval_options = {k: v for k, v in data.options.items() if k != "label_mode"}
@@ -141,10 +149,14 @@ def load_splits(config: TrainConfig, run_dir: Path | None) -> tuple[Split, Split
     train.check_classes()
     if val.classes != train.classes:
         raise TrainingError(f"train classes {train.classes} differ from validation {val.classes}")
-    cache = None if data.cache_dir is None else (
-        default_cache_dir() if data.cache_dir == "default" else Path(data.cache_dir)
+    cache = (
+        None
+        if data.cache_dir is None
+        else (default_cache_dir() if data.cache_dir == "default" else Path(data.cache_dir))
     )
-    return Split.load(train, config.preprocessing, cache), Split.load(val, config.preprocessing, cache)
+    return Split.load(train, config.preprocessing, cache), Split.load(
+        val, config.preprocessing, cache
+    )
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -231,10 +243,18 @@ def evaluate_split(
     """Validation metrics; under DDP each rank scores a shard and the confusion is summed."""
     indices = np.arange(dd.rank, len(split.records), dd.world_size)
     logits = predict_logits(
-        base, split.images[torch.from_numpy(indices)], config.preprocessing, device,
-        config.precision, config.eval_flip, config.eval_batch_size, config.channels_last,
+        base,
+        split.images[torch.from_numpy(indices)],
+        config.preprocessing,
+        device,
+        config.precision,
+        config.eval_flip,
+        config.eval_batch_size,
+        config.channels_last,
     )
-    metrics = compute_metrics(split.records.labels[indices], logits.argmax(1).numpy(), split.records.classes)
+    metrics = compute_metrics(
+        split.records.labels[indices], logits.argmax(1).numpy(), split.records.classes
+    )
     if dd.enabled:
         confusion = torch.from_numpy(metrics.confusion).to(device)
         dist.all_reduce(confusion)
@@ -260,7 +280,9 @@ def load_checkpoint(path: Path) -> dict:
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != "qcsfer-checkpoint":
         raise TrainingError(f"{path}: not a qcsfer training checkpoint")
     if checkpoint.get("version") != CHECKPOINT_VERSION:
-        raise TrainingError(f"{path}: checkpoint version {checkpoint.get('version')} is not supported")
+        raise TrainingError(
+            f"{path}: checkpoint version {checkpoint.get('version')} is not supported"
+        )
     return checkpoint
 
 
@@ -271,7 +293,13 @@ class Progress:
     """One updating line on a terminal; plain log lines every `every` steps otherwise."""
 
     def __init__(self, total: int, epoch: int, first: int, enabled: bool, every: int = 50) -> None:
-        self.total, self.epoch, self.first, self.enabled, self.every = total, epoch, first, enabled, every
+        self.total, self.epoch, self.first, self.enabled, self.every = (
+            total,
+            epoch,
+            first,
+            enabled,
+            every,
+        )
         self.tty = enabled and sys.stderr.isatty()
         self.start = time.perf_counter()
         self.images = 0
@@ -284,8 +312,10 @@ class Progress:
         rate = self.images / max(elapsed, 1e-9)
         done = step + 1
         eta = elapsed / max(done - self.first, 1) * (self.total - done)
-        line = (f"epoch {self.epoch} {done}/{self.total} loss {loss:.4f} lr {lr:.2e} "
-                f"{rate:.0f} img/s ETA {eta / 60:.1f} min")
+        line = (
+            f"epoch {self.epoch} {done}/{self.total} loss {loss:.4f} lr {lr:.2e} "
+            f"{rate:.0f} img/s ETA {eta / 60:.1f} min"
+        )
         if self.tty:
             sys.stderr.write("\r" + line + " " * 4)
             sys.stderr.flush()
@@ -301,7 +331,10 @@ class Progress:
 
 
 def default_run_dir(config: TrainConfig) -> Path:
-    name = config.name or f"{config.data.format}-{config.mode}-{config.model}-{datetime.now():%Y%m%d-%H%M%S}"
+    name = (
+        config.name
+        or f"{config.data.format}-{config.mode}-{config.model}-{datetime.now():%Y%m%d-%H%M%S}"
+    )
     return Path(config.out_dir) / name
 
 
@@ -336,7 +369,10 @@ def train(config: TrainConfig, run_dir: Path | None = None, resume: bool = False
     sampler = BranchSampler(
         train_split.records.labels,
         type(config.sampler)(**{**config.sampler.__dict__, "branches": model.branches}),
-        config.batch_size, dd.rank, dd.world_size, classes,
+        config.batch_size,
+        dd.rank,
+        dd.world_size,
+        classes,
     )
     steps_per_epoch = len(sampler)
     if steps_per_epoch == 0:
@@ -363,7 +399,9 @@ def train(config: TrainConfig, run_dir: Path | None = None, resume: bool = False
 
     network: torch.nn.Module = model
     if dd.enabled:
-        network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        network = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     if config.compile:
         network = torch.compile(network)
 
@@ -393,8 +431,15 @@ def train(config: TrainConfig, run_dir: Path | None = None, resume: bool = False
         n_params = sum(p.numel() for p in model.base.parameters())
         log.info(
             "%s %s on %s x%d: %d train / %d val images, %d classes, %.2fM inference parameters, "
-            "%d steps/epoch", config.mode, config.model, device, dd.world_size,
-            len(train_split.records), len(val_split.records), len(classes), n_params / 1e6,
+            "%d steps/epoch",
+            config.mode,
+            config.model,
+            device,
+            dd.world_size,
+            len(train_split.records),
+            len(val_split.records),
+            len(classes),
+            n_params / 1e6,
             steps_per_epoch,
         )
 
@@ -413,12 +458,16 @@ def train(config: TrainConfig, run_dir: Path | None = None, resume: bool = False
                 generator.manual_seed(seed)
                 torch.manual_seed(seed)  # dropout
                 index = batches[b]  # G x B
-                images = train_split.images[torch.from_numpy(index.reshape(-1))].to(device, non_blocking=True)
+                images = train_split.images[torch.from_numpy(index.reshape(-1))].to(
+                    device, non_blocking=True
+                )
                 x = train_transform(images, config.preprocessing, config.augmentation, generator)
                 if config.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 x = x.unflatten(0, index.shape)
-                targets = train_split.targets(index.reshape(-1)).to(device).unflatten(0, index.shape)
+                targets = (
+                    train_split.targets(index.reshape(-1)).to(device).unflatten(0, index.shape)
+                )
                 loss = _optimizer_step(network, optimizer, scaler, x, targets, config, device)
                 if not math.isfinite(loss):
                     raise TrainingError(
@@ -428,13 +477,19 @@ def train(config: TrainConfig, run_dir: Path | None = None, resume: bool = False
                 scheduler.step()
                 global_step += 1
                 losses.append(loss)
-                progress.update(b, x.shape[0] * x.shape[1] * dd.world_size, loss, scheduler.get_last_lr()[0])
-                if config.checkpoint_every_steps and global_step % config.checkpoint_every_steps == 0:
+                progress.update(
+                    b, x.shape[0] * x.shape[1] * dd.world_size, loss, scheduler.get_last_lr()[0]
+                )
+                if (
+                    config.checkpoint_every_steps
+                    and global_step % config.checkpoint_every_steps == 0
+                ):
                     save("last.pt", epoch, b + 1)
             else:
                 progress.close()
-                record = _end_of_epoch(model, val_split, train_split, config, device, dd, epoch,
-                                       losses, progress)
+                record = _end_of_epoch(
+                    model, val_split, train_split, config, device, dd, epoch, losses, progress
+                )
                 history.append(record)
                 if dd.is_main:
                     _write_epoch_record(record, history, run_dir)
@@ -490,7 +545,9 @@ def _optimizer_step(network, optimizer, scaler, x, targets, config, device) -> f
     return loss
 
 
-def _end_of_epoch(model, val_split, train_split, config, device, dd, epoch, losses, progress) -> dict:
+def _end_of_epoch(
+    model, val_split, train_split, config, device, dd, epoch, losses, progress
+) -> dict:
     metrics = evaluate_split(model.base, val_split, config, device, dd)
     loss = torch.tensor([sum(losses), len(losses)], dtype=torch.float64)
     if dd.enabled:
@@ -512,10 +569,15 @@ def _end_of_epoch(model, val_split, train_split, config, device, dd, epoch, loss
     record["confusion"] = metrics.confusion.tolist()
     if dd.is_main:
         log.info(
-            "epoch %d: loss %.4f, val accuracy %.4f, balanced %.4f, macro F1 %.4f, k %s, %.0f img/s, "
-            "%d unreadable images skipped",
-            record["epoch"], record["train_loss"], metrics.accuracy, metrics.balanced_accuracy,
-            metrics.macro_f1, [round(k, 3) for k in record["k"]], record["images_per_second"],
+            "epoch %d: loss %.4f, val accuracy %.4f, balanced %.4f, macro F1 %.4f, k %s, "
+            "%.0f img/s, %d unreadable images skipped",
+            record["epoch"],
+            record["train_loss"],
+            metrics.accuracy,
+            metrics.balanced_accuracy,
+            metrics.macro_f1,
+            [round(k, 3) for k in record["k"]],
+            record["images_per_second"],
             record["skipped_images"],
         )
     return record
@@ -526,10 +588,14 @@ def _write_epoch_record(record: dict, history: list[dict], run_dir: Path) -> Non
         f.write(json.dumps(record) + "\n")
     plot_curves(history, run_dir / "curves.png")
     metrics = Metrics(tuple(record["classes"]), np.asarray(record["confusion"]))
-    plot_confusion(metrics, run_dir / "confusion_matrix.png", title=f"epoch {record['epoch']} validation")
+    plot_confusion(
+        metrics, run_dir / "confusion_matrix.png", title=f"epoch {record['epoch']} validation"
+    )
 
 
-def _export_best(model: QCSModel, classes, config: TrainConfig, record: dict, run_dir: Path) -> None:
+def _export_best(
+    model: QCSModel, classes, config: TrainConfig, record: dict, run_dir: Path
+) -> None:
     """The best base network as an inference weights file (safetensors + JSON)."""
     from ..models.weights import save_weights
 
@@ -538,9 +604,13 @@ def _export_best(model: QCSModel, classes, config: TrainConfig, record: dict, ru
         run_dir / "best.safetensors",
         classes=list(classes),
         preprocessing=to_dict(config.preprocessing),
-        provenance={"mode": config.mode, "config": to_dict(config), "epoch": record["epoch"],
-                    "val_accuracy": record["val_accuracy"],
-                    "val_balanced_accuracy": record["val_balanced_accuracy"]},
+        provenance={
+            "mode": config.mode,
+            "config": to_dict(config),
+            "epoch": record["epoch"],
+            "val_accuracy": record["val_accuracy"],
+            "val_balanced_accuracy": record["val_balanced_accuracy"],
+        },
     )
 
 

@@ -66,7 +66,10 @@ class BaseNetwork(nn.Module):
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone and token embedding: B x 3N x dim, scales 1, 2, 3 in order."""
-        if images.shape[-1] != self.config.backbone_size or images.shape[-2] != self.config.backbone_size:
+        if (
+            images.shape[-1] != self.config.backbone_size
+            or images.shape[-2] != self.config.backbone_size
+        ):
             images = F.interpolate(images, size=self.config.backbone_size, mode="nearest")
         maps = self.backbone(images)
         return torch.cat([embed(m) for embed, m in zip(self.tokens, maps, strict=True)], dim=1)

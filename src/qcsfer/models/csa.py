@@ -79,7 +79,6 @@ class CrossSimilarityAttention(nn.Module):
     def forward(self, x: torch.Tensor, pairs: Sequence[Pair]) -> torch.Tensor:
         x = self.norm1(x)
         q, v = self.proj(x).chunk(2, dim=-1)
-        pairs = [p for p in pairs if p.relation in self.relations]
         if self.config.attention == "sdpa":
             y = x + self.cross_attention(q, v, pairs)
         else:
@@ -89,6 +88,7 @@ class CrossSimilarityAttention(nn.Module):
 
     def attention_map(self, q: torch.Tensor, pairs: Sequence[Pair]) -> torch.Tensor:
         """A_i = softmax over positions of (S_i + k D_i): G x B x N, sums to 1 over N."""
+        pairs = [p for p in pairs if p.relation in self.relations]
         rows = torch.stack([q[p.row] for p in pairs])
         cols = torch.stack([q[p.col] for p in pairs])
         with torch.autocast(q.device.type, enabled=False):
@@ -106,15 +106,17 @@ class CrossSimilarityAttention(nn.Module):
         for p, col_score, row_score in zip(pairs, col_scores, row_scores, strict=True):
             scores[p.relation][p.col] = scores[p.relation][p.col] + col_score
             scores[p.relation][p.row] = scores[p.relation][p.row] + row_score
-        S, D = (torch.stack(scores[r]) if r in scores else None for r in ("S", "D"))
         if self.config.variant == "SD":
-            logits = S + self.k * D
+            logits = torch.stack(scores["S"]) + self.k * torch.stack(scores["D"])
         else:
-            logits = S if D is None else D
+            logits = torch.stack(scores[self.config.variant])
         return logits.softmax(dim=-1)
 
-    def cross_attention(self, q: torch.Tensor, v: torch.Tensor, pairs: Sequence[Pair]) -> torch.Tensor:
+    def cross_attention(
+        self, q: torch.Tensor, v: torch.Tensor, pairs: Sequence[Pair]
+    ) -> torch.Tensor:
         """SDPA ablation: each image attends to its partners' values, averaged over partners."""
+        pairs = [p for p in pairs if p.relation in self.relations]
         scale = 1 / math.sqrt(q.shape[-1])
         received: list[list[torch.Tensor]] = [[] for _ in range(q.shape[0])]
         for p in pairs:

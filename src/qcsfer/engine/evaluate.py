@@ -1,0 +1,100 @@
+"""Evaluate a trained model on any dataset split: metrics, table, metrics.json, confusion PNG."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.datasets import read_dataset
+from ..data.images import default_cache_dir, load_images
+from ..data.records import DatasetError, LabeledImages
+from ..data.transforms import Preprocessing
+from ..pretrained import load_model
+from .metrics import Metrics, compute_metrics
+from .plots import plot_confusion
+from .trainer import predict_logits, select_device
+
+log = logging.getLogger(__name__)
+
+
+def map_labels(
+    data: LabeledImages, model_classes: tuple[str, ...], mapping: Mapping[str, str] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Dataset labels -> model class ids. Returns (kept image indices, mapped labels).
+
+    Without a mapping the class lists must be equal. A mapping {dataset class: model class}
+    translates names; images of dataset classes left out of the mapping are excluded.
+    """
+    if mapping is None:
+        if tuple(data.classes) != tuple(model_classes):
+            raise DatasetError(
+                "the model's classes differ from the dataset's; pass a class mapping "
+                "(dataset=model pairs).\n"
+                f"  model:   {list(model_classes)}\n  dataset: {list(data.classes)}"
+            )
+        return np.arange(len(data)), data.labels
+    unknown = [m for m in mapping.values() if m not in model_classes]
+    missing = [d for d in mapping if d not in data.classes]
+    if unknown or missing:
+        raise DatasetError(
+            f"class mapping names unknown model classes {unknown} or dataset classes {missing}; "
+            f"model: {list(model_classes)}, dataset: {list(data.classes)}"
+        )
+    lookup = np.full(data.num_classes, -1)
+    for d, m in mapping.items():
+        lookup[data.classes.index(d)] = model_classes.index(m)
+    mapped = lookup[data.labels]
+    kept = np.flatnonzero(mapped >= 0)
+    return kept, mapped[kept]
+
+
+def evaluate(
+    weights: str | Path | None,
+    data_format: str,
+    root: str | Path,
+    split: str,
+    *,
+    options: Mapping[str, Any] | None = None,
+    mapping: Mapping[str, str] | None = None,
+    flip: bool = False,
+    device: str = "auto",
+    batch_size: int = 256,
+    out_dir: str | Path | None = None,
+) -> Metrics:
+    model, meta = load_model(weights)
+    classes = tuple(meta["classes"])
+    prep = Preprocessing.from_dict(meta["preprocessing"])
+    data = read_dataset(data_format, root, split, **dict(options or {}))
+    kept, labels = map_labels(data, classes, mapping)
+    store = load_images(
+        [data.paths[i] for i in kept], prep.load_size, prep.grayscale, default_cache_dir()
+    )
+    if store.skipped:
+        log.warning("%d unreadable images skipped", store.skipped)
+    valid = np.flatnonzero(store.valid)
+    target = torch.device(select_device(device))
+    model = model.to(target)
+    logits = predict_logits(
+        model, store.images[torch.from_numpy(valid)], prep, target, "fp32", flip, batch_size
+    )
+    metrics = compute_metrics(labels[valid], logits.argmax(1).numpy(), classes)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        report = {
+            **metrics.to_dict(),
+            "weights": str(weights) if weights else "default",
+            "dataset": {"format": data_format, "root": str(root), "split": split},
+            "flip_tta": flip,
+            "skipped_images": store.skipped,
+            "excluded_by_mapping": len(data) - len(kept),
+        }
+        (out / "metrics.json").write_text(json.dumps(report, indent=2))
+        plot_confusion(metrics, out / "confusion_matrix.png", title=f"{data_format} {split}")
+    return metrics

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+FERPLUS = SHARED / "datasets" / "ferplus"
+PHOTOS = SHARED / "photos"
+
+
+@pytest.fixture(scope="session")
+def ferplus_root() -> Path:
+    if not (FERPLUS / "FER2013Train" / "label.csv").is_file():
+        pytest.skip(f"FERPlus not found at {FERPLUS}")
+    return FERPLUS
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decoded-image caches go to one temporary folder per test session, never to $HOME."""
+    monkeypatch.setenv("QCSFER_CACHE", str(tmp_path_factory.getbasetemp() / "qcsfer-cache"))

@@ -1,0 +1,278 @@
+"""The training and evaluation engine on real FERPlus subsets with the `tiny` model."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from qcsfer.config import TrainConfig, load_config
+from qcsfer.data.ferplus import read_ferplus
+from qcsfer.data.images import load_images
+from qcsfer.data.records import DatasetError, LabeledImages
+from qcsfer.data.transforms import Preprocessing, eval_transform
+from qcsfer.engine import trainer as trainer_module
+from qcsfer.engine.evaluate import evaluate, map_labels
+from qcsfer.engine.metrics import compute_metrics
+from qcsfer.engine.sam import SAM
+from qcsfer.engine.trainer import TrainingError, load_checkpoint, lr_factor, train
+from qcsfer.pretrained import load_model
+
+from .conftest import REPO
+
+
+def tiny_overrides(root: Path, **extra: object) -> list[str]:
+    settings = {
+        "model": "tiny",
+        "data.root": str(root),
+        "data.limit": 384,
+        "preprocessing.image_size": 48,
+        "preprocessing.load_size": 48,
+        "preprocessing.grayscale": True,
+        "optim.lr": 2e-3,
+        "optim.weight_decay": 0.0,
+        "schedule.name": "constant",
+        "epochs": 2,
+        "batch_size": 16,
+        "eval_flip": False,
+        "eval_batch_size": 512,
+        "device": "cpu",
+    }
+    settings.update(extra)
+    return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in settings.items()]
+
+
+def tiny_config(root: Path, **extra: object) -> TrainConfig:
+    return load_config(None, tiny_overrides(root, **extra))
+
+
+def history(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["baseline", "dcs", "qcs"])
+def test_loss_falls_in_every_mode(ferplus_root: Path, tmp_path: Path, mode: str) -> None:
+    config = tiny_config(ferplus_root, mode=mode, epochs=3)
+    run_dir = train(config, tmp_path / mode)
+    records = history(run_dir)
+    assert len(records) == 3
+    assert records[-1]["train_loss"] < records[0]["train_loss"] - 0.05
+    assert (run_dir / "best.safetensors").is_file() and (run_dir / "best.json").is_file()
+    assert (run_dir / "config.yaml").is_file()
+    if mode == "qcs":
+        assert len(records[-1]["k"]) == 3 and all(0 < k < 2 for k in records[-1]["k"])
+
+
+def test_config_files_parse_and_overrides_apply() -> None:
+    files = sorted((REPO / "configs").glob("*.yaml"))
+    assert files, "no recipes in configs/"
+    for path in files:
+        config = load_config(path)
+        assert config.model_config(8).image_size == config.preprocessing.image_size, path
+    config = load_config(files[0], ["optim.lr=1e-4", "sampler.negative_rule=uniform-class"])
+    assert config.optim.lr == 1e-4 and config.sampler.negative_rule == "uniform-class"
+    with pytest.raises(ValueError, match="unknown key"):
+        load_config(None, ["optim.learning_rate=1"])
+    with pytest.raises(ValueError, match="not one of"):
+        load_config(None, ["mode=triplet"])
+
+
+def test_schedules() -> None:
+    config = load_config(None, ["epochs=10", "schedule.name=exponential", "schedule.gamma=0.5"])
+    assert lr_factor(config, 0, 100) == 1.0 and lr_factor(config, 250, 100) == 0.25
+    config = load_config(None, ["epochs=10", "schedule.name=cosine", "schedule.warmup_epochs=1"])
+    assert lr_factor(config, 0, 100) == pytest.approx(0.01)
+    assert lr_factor(config, 100, 100) == pytest.approx(1.0)
+    assert lr_factor(config, 999, 100) < 1e-3
+    config = load_config(None, ["epochs=10", "schedule.name=onecycle"])
+    factors = [lr_factor(config, s, 100) for s in range(1000)]
+    assert factors[0] == pytest.approx(1 / 25) and max(factors) == pytest.approx(1.0, abs=1e-3)
+    assert int(np.argmax(factors)) == pytest.approx(300, abs=2) and factors[-1] < 1e-3
+
+
+def test_sam_restores_weights_before_the_update() -> None:
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, 1)
+    start = [p.detach().clone() for p in layer.parameters()]
+    sam = SAM(torch.optim.SGD(layer.parameters(), lr=0.0), rho=0.5)
+    layer(torch.randn(8, 4)).pow(2).mean().backward()
+    sam.perturb()
+    moved = [p.detach().clone() for p in layer.parameters()]
+    step = torch.cat([(m - s).flatten() for m, s in zip(moved, start, strict=True)])
+    assert step.norm() == pytest.approx(0.5, rel=1e-4)  # the radius rho
+    sam.zero_grad()
+    layer(torch.randn(8, 4)).pow(2).mean().backward()
+    sam.step()  # lr 0: the update itself changes nothing, so the weights must be restored
+    for p, s in zip(layer.parameters(), start, strict=True):
+        assert torch.equal(p.detach(), s)
+
+
+def test_reference_preset_drops_weight_decay() -> None:
+    model = torch.nn.Linear(3, 3)
+    config = load_config(
+        None, ["optim.name=adam", "optim.weight_decay=1e-4", "optim.reference_weight_decay=true"]
+    )
+    optimizer = trainer_module.build_optimizer(model, config)
+    assert all(g["weight_decay"] == 0.0 for g in optimizer.param_groups)
+    config = load_config(None, ["optim.name=adam", "optim.weight_decay=1e-4"])
+    optimizer = trainer_module.build_optimizer(model, config)
+    assert optimizer.param_groups[0]["weight_decay"] == 1e-4  # matrices decay ...
+    assert optimizer.param_groups[1]["weight_decay"] == 0.0  # ... biases do not
+
+
+def test_non_finite_loss_stops_and_keeps_checkpoint(
+    ferplus_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_loss = trainer_module.branch_loss
+    calls = {"n": 0}
+
+    def exploding(logits, targets):
+        calls["n"] += 1
+        loss = real_loss(logits, targets)
+        return loss * float("nan") if calls["n"] > 5 else loss
+
+    monkeypatch.setattr(trainer_module, "branch_loss", exploding)
+    config = tiny_config(ferplus_root, mode="baseline", checkpoint_every_steps=2, epochs=1)
+    with pytest.raises(TrainingError, match="non-finite loss"):
+        train(config, tmp_path / "nan")
+    checkpoint = load_checkpoint(tmp_path / "nan" / "last.pt")
+    assert checkpoint["step"] == 4
+    assert all(
+        torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point()
+    )
+
+
+def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run_dir / "last.pt")["model"]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_exactly(ferplus_root: Path, tmp_path: Path) -> None:
+    """SIGKILL mid-epoch, resume: the final weights equal an uninterrupted run's, bit for bit."""
+    extra = {"mode": "qcs", "checkpoint_every_steps": 3, "data.limit": 256}
+    reference = train(tiny_config(ferplus_root, **extra), tmp_path / "reference")
+
+    run_dir = tmp_path / "killed"
+    command = [sys.executable, "-m", "qcsfer", "-q", "train", "--run-dir", str(run_dir)]
+    for item in tiny_overrides(ferplus_root, **extra):
+        command += ["--set", item]
+    process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and process.poll() is None:
+            last = run_dir / "last.pt"
+            if last.is_file() and load_checkpoint(last)["step"] >= 20:  # into the second epoch
+                process.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.05)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_at = load_checkpoint(run_dir / "last.pt")["step"]
+    assert 0 < killed_at < 2 * 16
+
+    train(TrainConfig(), run_dir, resume=True)
+    expected, resumed = _final_weights(reference), _final_weights(run_dir)
+    assert expected.keys() == resumed.keys()
+    for key in expected:
+        assert torch.equal(expected[key], resumed[key]), key
+    assert history(run_dir)[-1]["val_accuracy"] == history(reference)[-1]["val_accuracy"]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_single_process(ferplus_root: Path, tmp_path: Path) -> None:
+    """2 x gloo processes with batch 8 each see the same anchors per step as 1 x batch 16."""
+    extra = {"mode": "qcs", "epochs": 2}
+    single = train(tiny_config(ferplus_root, **extra), tmp_path / "single")
+
+    run_dir = tmp_path / "ddp"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "qcsfer",
+        "-q",
+        "train",
+        "--run-dir",
+        str(run_dir),
+    ]
+    for item in tiny_overrides(ferplus_root, batch_size=8, **extra):
+        command += ["--set", item]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = history(single), history(run_dir)
+    assert len(one) == len(two) == 2
+    assert two[-1]["confusion"] and sum(map(sum, two[-1]["confusion"])) == sum(
+        map(sum, one[-1]["confusion"])
+    )
+    # Same data and updates; BatchNorm statistics are per process, so allow a small difference.
+    assert abs(one[-1]["val_accuracy"] - two[-1]["val_accuracy"]) < 0.05
+    assert abs(one[-1]["train_loss"] - two[-1]["train_loss"]) < 0.1
+
+
+def test_evaluate_matches_direct_computation(ferplus_root: Path, tmp_path: Path) -> None:
+    run_dir = train(tiny_config(ferplus_root, mode="baseline", epochs=1), tmp_path / "run")
+    out = tmp_path / "eval"
+    metrics = evaluate(
+        run_dir, "ferplus", ferplus_root, "valid", flip=True, device="cpu", out_dir=out
+    )
+
+    model, meta = load_model(run_dir)
+    prep = Preprocessing.from_dict(meta["preprocessing"])
+    data = read_ferplus(ferplus_root, "valid")
+    images = load_images(data.paths, prep.load_size, prep.grayscale).images
+    with torch.no_grad():
+        logits = torch.cat(
+            [
+                model(eval_transform(images[i : i + 500], prep))[0]
+                + model(eval_transform(images[i : i + 500], prep, flip=True))[0]
+                for i in range(0, len(images), 500)
+            ]
+        )
+    predictions = logits.argmax(1).numpy()
+    direct = compute_metrics(data.labels, predictions, data.classes)
+    assert metrics.total == len(data) == 3191
+    assert np.array_equal(metrics.confusion, direct.confusion)
+    accuracy = float((predictions == data.labels).mean())
+    assert metrics.accuracy == pytest.approx(accuracy)
+    recalls = [float((predictions[data.labels == c] == c).mean()) for c in range(8)]
+    assert metrics.balanced_accuracy == pytest.approx(np.mean(recalls))
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["accuracy"] == pytest.approx(accuracy) and report["images"] == 3191
+    assert (out / "confusion_matrix.png").stat().st_size > 1000
+    assert math.isclose(report["balanced_accuracy"], metrics.balanced_accuracy)
+
+
+def test_class_lists_must_match_or_be_mapped() -> None:
+    data = LabeledImages(
+        name="toy",
+        split="test",
+        classes=("happy", "sad", "other"),
+        paths=(Path("a"), Path("b"), Path("c"), Path("d")),
+        labels=np.array([0, 1, 2, 0]),
+    )
+    model_classes = ("neutral", "happiness", "sadness")
+    with pytest.raises(DatasetError, match="model's classes differ") as error:
+        map_labels(data, model_classes, None)
+    assert "happiness" in str(error.value) and "happy" in str(error.value)
+    kept, labels = map_labels(data, model_classes, {"happy": "happiness", "sad": "sadness"})
+    assert kept.tolist() == [0, 1, 3] and labels.tolist() == [1, 2, 1]
+    with pytest.raises(DatasetError, match="unknown model classes"):
+        map_labels(data, model_classes, {"happy": "joy"})

@@ -1,0 +1,556 @@
+"""Model tests: shapes, paper sizes, CSA against its formulas, training topology, weights I/O.
+
+CPU only and quick: the paper-sized model is built once per module and reused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from qcsfer.models import (
+    TOPOLOGY,
+    BaseNetwork,
+    CrossSimilarityAttention,
+    CSAConfig,
+    ModelConfig,
+    QCSModel,
+    get_config,
+)
+from qcsfer.models.backbone import IRBackbone
+from qcsfer.models.complexity import count_parameters, measure_complexity
+from qcsfer.models.weights import (
+    WeightsError,
+    load_ir50_backbone,
+    load_reference_checkpoint,
+    load_weights,
+    save_weights,
+)
+
+from .conftest import SHARED
+
+REFERENCE_KEYS = SHARED / "docs" / "reference-checkpoint-keys-rafdb7.tsv"
+QCS_PAIRS = TOPOLOGY["qcs"]
+SWAP_PAIRS = [1, 0, 3, 2]  # anchor <-> positive together with negative <-> negative2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """These tensors are small: one thread is as fast, and on a busy 2-core machine 2 OpenMP
+    threads contending with other work made this file ~10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def paper() -> QCSModel:
+    torch.manual_seed(0)
+    return QCSModel(get_config("paper", num_classes=7), "qcs").eval()
+
+
+def _tiny(mode: str = "qcs", **overrides) -> QCSModel:
+    torch.manual_seed(0)
+    return QCSModel(get_config("tiny", num_classes=5, **overrides), mode)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes and sizes
+
+
+def _expected_shapes(name: str) -> tuple[int, int, list[tuple[int, int]], int, int]:
+    """(input side, backbone side, stage maps (channels, side), tokens per scale, dim)."""
+    if name == "paper":  # written out: the reference's numbers (method doc, section 1)
+        return 224, 112, [(64, 56), (128, 28), (256, 14)], 49, 768
+    c = get_config(name)  # CPU configurations are tuned: follow them
+    maps = [(w, c.backbone_size // 2 ** (i + 1)) for i, w in enumerate(c.widths)]
+    return c.image_size, c.backbone_size, maps, c.token_grid**2, c.dim
+
+
+@pytest.mark.parametrize("name", ["paper", "small", "tiny"])
+def test_shapes_through_every_stage(name: str, request: pytest.FixtureRequest) -> None:
+    side, backbone_side, maps, n, dim = _expected_shapes(name)
+    model = request.getfixturevalue("paper") if name == "paper" else QCSModel(get_config(name))
+    model.eval()
+    base, k = model.base, model.config.num_classes
+    images = torch.randn(4, 1, 3, side, side)
+    x = images[0]
+    with torch.no_grad():
+        resized = F.interpolate(x, size=base.config.backbone_size, mode="nearest")
+        assert resized.shape == (1, 3, backbone_side, backbone_side)
+        stage_maps = base.backbone(resized)
+        assert [tuple(m.shape) for m in stage_maps] == [(1, c, s, s) for c, s in maps]
+        scales = [embed(m) for embed, m in zip(base.tokens, stage_maps, strict=True)]
+        assert [tuple(t.shape) for t in scales] == [(1, n, dim)] * 3
+        tokens = base.embed(x)
+        assert torch.equal(tokens, torch.cat(scales, dim=1))
+        logits, out_tokens = base.vit(tokens)
+        assert logits.shape == (1, k) and out_tokens.shape == (1, 3 * n, dim)
+
+        # Training graph, 4 branches of batch 1: what each per-scale CSA receives and returns.
+        seen: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+        hooks = [
+            csa.register_forward_hook(lambda _m, a, o: seen.append((a[0].shape, o.shape)))
+            for csa in model.csa
+        ]
+        try:
+            out = model(images)
+        finally:
+            for hook in hooks:
+                hook.remove()
+    assert seen == [((4, 1, n, dim), (4, 1, n, dim))] * 3
+    assert out.base.shape == (4, 1, k) and out.cross.shape == (4, 1, k)
+
+
+def test_paper_size_and_macs(paper: QCSModel) -> None:
+    report = measure_complexity(paper.base)
+    assert report.params_inference == pytest.approx(40.7e6, rel=0.01)
+    assert report.gmacs_inference == pytest.approx(8.1, rel=0.01)
+    assert report.tokens_per_scale == (49, 49, 49)
+    assert report.vit_sequence == 148
+    assert report.macs_training is None
+    # The training graph only adds CSA and the cross ViT, which inference never runs.
+    extra = count_parameters(paper.csa) + count_parameters(paper.cross_vit)
+    assert count_parameters(paper) == report.params_inference + extra
+
+
+def test_training_graph_macs_are_consistent() -> None:
+    report = measure_complexity(get_config("tiny"), mode="qcs")
+    assert report.branches == 4 and report.params_training > report.params_inference
+    for part in ("backbone", "tokens", "vit"):  # every branch runs the whole base network
+        assert report.macs_training_by_part[part] == 4 * report.macs_inference_by_part[part]
+    assert report.macs_training_by_part["csa"] > 0 and report.macs_training_by_part["cross_vit"] > 0
+    assert report.macs_training == sum(report.macs_training_by_part.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# CSA against the formulas of the method doc, section 3, written out independently
+
+
+def _layer_norm(x: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
+    mean = x.mean(-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(-1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + norm.eps) * norm.weight + norm.bias
+
+
+def _distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """B x Na x C, B x Nb x C -> B x Na x Nb Euclidean distances, by explicit loops."""
+    out = torch.zeros(a.shape[0], a.shape[1], b.shape[1])
+    for s in range(a.shape[0]):
+        for r in range(a.shape[1]):
+            for c in range(b.shape[1]):
+                out[s, r, c] = torch.sqrt(((a[s, r] - b[s, c]) ** 2).sum())
+    return out
+
+
+def _column_scores(m: torch.Tensor) -> torch.Tensor:
+    """Score over the column image's positions: each row (partner token) L2-normalised over the
+    columns, then summed over rows."""
+    out = torch.zeros(m.shape[0], m.shape[2])
+    for s in range(m.shape[0]):
+        for r in range(m.shape[1]):
+            out[s] += m[s, r] / torch.sqrt((m[s, r] ** 2).sum())
+    return out
+
+
+def reference_csa(
+    csa: CrossSimilarityAttention, x: torch.Tensor, variant: str, normalize: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(attention maps G x B x N, outputs G x B x N x C) for branches 1..4 = indices 0..3."""
+    c = x.shape[-1]
+    xn = _layer_norm(x, csa.norm1)
+    qv = xn @ csa.proj.weight.T + csa.proj.bias
+    q, v = qv[..., :c], qv[..., c:]
+
+    def shift(m: torch.Tensor) -> torch.Tensor:
+        return m - (m.min() if normalize == "batch" else m.amin(dim=(1, 2), keepdim=True))
+
+    def similarity(m: torch.Tensor) -> torch.Tensor:
+        return (m.max() if normalize == "batch" else m.amax(dim=(1, 2), keepdim=True)) - m
+
+    s21 = similarity(shift(_distances(q[1], q[0])))
+    s43 = similarity(shift(_distances(q[3], q[2])))
+    d31 = shift(_distances(q[2], q[0]))
+    d42 = shift(_distances(q[3], q[1]))
+
+    def rows(m: torch.Tensor) -> torch.Tensor:  # the row image's scores: the transposed matrix
+        return _column_scores(m.transpose(1, 2))
+
+    s = [_column_scores(s21), rows(s21), _column_scores(s43), rows(s43)]
+    d = [_column_scores(d31), _column_scores(d42), rows(d31), rows(d42)]
+    if variant == "SD":
+        k = 1 + math.tanh(float(csa.theta))
+        logits = [s[i] + k * d[i] for i in range(4)]
+    else:
+        logits = s if variant == "S" else d
+    a = torch.stack([torch.exp(t) / torch.exp(t).sum(-1, keepdim=True) for t in logits])
+    y = xn + a.unsqueeze(-1) * v
+    z = _layer_norm(y, csa.norm2)
+    hidden = F.gelu(z @ csa.mlp.fc1.weight.T + csa.mlp.fc1.bias)
+    return a, z + hidden @ csa.mlp.fc2.weight.T + csa.mlp.fc2.bias
+
+
+def _csa(variant: str = "SD", normalize: str = "batch", dim: int = 6) -> CrossSimilarityAttention:
+    torch.manual_seed(1)
+    csa = CrossSimilarityAttention(dim, 4.0, CSAConfig(variant=variant, normalize=normalize))
+    with torch.no_grad():  # non-trivial LayerNorms and k != 1, so every term is exercised
+        for norm in (csa.norm1, csa.norm2):
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.normal_(0, 0.1)
+        if csa.theta is not None:
+            csa.theta.fill_(0.3)
+    return csa
+
+
+def _used(csa: CrossSimilarityAttention) -> list:
+    return [p for p in QCS_PAIRS if p.relation in csa.relations]
+
+
+@pytest.mark.parametrize("normalize", ["batch", "sample"])
+@pytest.mark.parametrize("variant", ["SD", "S", "D"])
+def test_csa_matches_formulas(variant: str, normalize: str) -> None:
+    csa = _csa(variant, normalize)
+    x = torch.randn(4, 2, 4, 6)  # G=4 branches, B=2, N=4 tokens, C=6
+    with torch.no_grad():
+        expected_a, expected_out = reference_csa(csa, x, variant, normalize)
+        q = csa.proj(csa.norm1(x)).chunk(2, dim=-1)[0]
+        a = csa.attention_map(q, _used(csa))
+        out = csa(x, QCS_PAIRS)
+    torch.testing.assert_close(a, expected_a, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out, expected_out, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["SD", "S", "D"])
+def test_attention_maps_sum_to_one(variant: str) -> None:
+    csa = _csa(variant, dim=16)
+    q = torch.randn(4, 3, 9, 16)
+    a = csa.attention_map(q, _used(csa))
+    assert a.shape == (4, 3, 9) and bool((a >= 0).all())
+    torch.testing.assert_close(a.sum(-1), torch.ones(4, 3))
+
+
+def test_sample_normalisation_isolates_samples() -> None:
+    torch.manual_seed(2)
+    q = torch.randn(4, 2, 5, 8)
+    changed = q.clone()
+    changed[:, 1] = 5 * changed[:, 1] + 1  # only the second sample changes
+    maps = {}
+    for normalize in ("sample", "batch"):
+        csa = _csa("SD", normalize, dim=8)
+        maps[normalize] = (csa.attention_map(q, QCS_PAIRS), csa.attention_map(changed, QCS_PAIRS))
+    before, after = maps["sample"]
+    torch.testing.assert_close(after[:, 0], before[:, 0])
+    before, after = maps["batch"]  # batch-wide min/max: the first sample's map moves too
+    assert not torch.allclose(after[:, 0], before[:, 0], atol=1e-4)
+
+
+@pytest.mark.parametrize("normalize", ["batch", "sample"])
+def test_circle_symmetry(normalize: str) -> None:
+    """1 -S- 2 -D- 4 -S- 3 -D- 1 is unchanged by 1<->2 with 3<->4: outputs permute alike."""
+    csa = _csa("SD", normalize, dim=8)
+    x = torch.randn(4, 2, 5, 8)
+    with torch.no_grad():
+        out = csa(x, QCS_PAIRS)
+        torch.testing.assert_close(csa(x[SWAP_PAIRS], QCS_PAIRS), out[SWAP_PAIRS])
+        # Control: swapping anchor and negative alone is not a symmetry of the circle.
+        other = [2, 1, 0, 3]
+        assert not torch.allclose(csa(x[other], QCS_PAIRS), out[other], atol=1e-4)
+
+
+def test_circle_symmetry_of_the_whole_model() -> None:
+    model = _tiny().eval()
+    images = torch.randn(4, 2, 3, 48, 48)
+    with torch.no_grad():
+        out = model(images)
+        swapped = model(images[SWAP_PAIRS])
+    torch.testing.assert_close(swapped.cross, out.cross[SWAP_PAIRS], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(swapped.base, out.base[SWAP_PAIRS])
+
+
+# ---------------------------------------------------------------------------------------------
+# Training topology and inference path
+
+
+def test_cross_loss_alone_trains_the_backbone() -> None:
+    model = _tiny().train()
+    images = torch.randn(4, 2, 3, 48, 48)
+    targets = torch.tensor([[0, 1], [0, 1], [2, 3], [2, 3]])
+    out = model(images)
+    F.cross_entropy(out.cross.flatten(0, 1), targets.flatten()).backward()
+    for name, p in model.base.backbone.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    # The base head is not on the cross path: it receives nothing from this loss.
+    assert model.base.vit.head.weight.grad is None
+    assert model.base.vit.se_block.linear1.weight.grad is None
+
+
+@pytest.mark.parametrize("mode", ["qcs", "dcs"])
+def test_base_alone_gives_the_training_base_logits(mode: str) -> None:
+    model = _tiny(mode).eval()
+    g = model.branches
+    images = torch.randn(g, 3, 3, 48, 48)
+    with torch.no_grad():
+        out = model(images)
+        alone, _ = model.base(images.flatten(0, 1))
+        assert torch.equal(alone, out.base.flatten(0, 1))
+        # One batched pass of G*B images equals G sequential base calls in eval mode.
+        for branch in range(g):
+            torch.testing.assert_close(model.base(images[branch])[0], out.base[branch])
+    # Training-mode BatchNorm differs by design: statistics over all G*B images of the step.
+    model.train()
+    with torch.no_grad():
+        assert not torch.allclose(model.base(images[0])[0], model(images).base[0], atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference checkpoints
+
+REFERENCE_UNUSED = re.compile(
+    r"ir_back\.output_layer\..*|VIT_(base|cross)\.(patch_embed|eca_block|CON1|IRLinear[12])\..*"
+    r"|VIT_(base|cross)\.blocks\.\d+\.conv\..*"
+)
+
+
+@pytest.fixture(scope="module")
+def reference_state() -> dict[str, torch.Tensor]:
+    """Random tensors for every key and shape of the authors' checkpoint (RAF-DB, 7 classes)."""
+    if not REFERENCE_KEYS.is_file():
+        pytest.skip(f"reference key list not found ({REFERENCE_KEYS.name})")
+    generator = torch.Generator().manual_seed(3)
+    state = {}
+    for line in REFERENCE_KEYS.read_text().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        key, shape_text = line.split("\t")
+        shape = tuple(int(s) for s in re.findall(r"\d+", shape_text))
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.randint(0, 1000, shape, generator=generator)
+        else:
+            state[key] = torch.randn(shape, generator=generator)
+    return state
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_reference_checkpoint_loads_completely(
+    nested: bool, reference_state: dict, paper: QCSModel, tmp_path: Path
+) -> None:
+    saved = {"state_dict": {"module." + k: v for k, v in reference_state.items()}}
+    path = tmp_path / "reference.pth"
+    torch.save(saved if nested else reference_state, path)
+    state, report = load_reference_checkpoint(path, get_config("paper", num_classes=7))
+
+    unused = {k for k in reference_state if REFERENCE_UNUSED.fullmatch(k)}
+    assert set(report.skipped) == unused and len(unused) == 34
+    assert set(report.loaded.values()) == set(reference_state) - unused
+    assert not report.defaulted
+    result = paper.load_state_dict(state, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    ours = paper.state_dict()
+    for name, key in report.loaded.items():
+        assert torch.equal(ours[name], reference_state[key]), (name, key)
+    # A few spot checks of the mapping itself.
+    assert report.loaded["base.backbone.stages.2.13.residual.3.weight"] == (
+        "ir_back.body3.13.res_layer.3.weight"
+    )
+    assert report.loaded["base.backbone.stages.1.0.shortcut.1.running_var"] == (
+        "ir_back.body2.0.shortcut_layer.1.running_var"
+    )
+    assert report.loaded["base.tokens.0.embed.1.weight"] == "embed_q.1.weight"
+    assert report.loaded["base.tokens.2.embed.0.bias"] == "embed_v.proj.bias"
+    assert report.loaded["base.vit.head.weight"] == "VIT_base.head.linear.weight"
+    assert report.loaded["cross_vit.blocks.0.attn.qkv.bias"] == "VIT_cross.blocks.0.attn.qkv.bias"
+    assert report.loaded["csa.2.theta"] == "cross_attention_3.theta"
+
+
+def test_reference_checkpoint_errors_name_the_keys(reference_state: dict) -> None:
+    config = get_config("paper", num_classes=7)
+    state = dict(reference_state)
+    del state["VIT_base.blocks.1.mlp.fc2.weight"]
+    with pytest.raises(WeightsError, match=r"missing keys \(1\)[\s\S]*base\.vit\.blocks\.1\.mlp\."):
+        load_reference_checkpoint(state, config)
+
+    state = dict(reference_state)
+    state["cross_attention_2.proj.weight"] = torch.zeros(1536, 767)
+    with pytest.raises(WeightsError, match=r"cross_attention_2\.proj\.weight.*\(1536, 767\)"):
+        load_reference_checkpoint(state, config)
+
+    state = dict(reference_state)
+    state["VIT_base.extra_token"] = torch.zeros(3)
+    state["something_else.weight"] = torch.zeros(3)
+    with pytest.raises(WeightsError) as info:
+        load_reference_checkpoint(state, config)
+    assert "VIT_base.extra_token" in str(info.value)
+    assert "something_else.weight" in str(info.value)
+
+    # The 7-class checkpoint does not fit an 8-class model: the head shapes are named.
+    with pytest.raises(WeightsError, match=r"VIT_base\.head\.linear\.weight"):
+        load_reference_checkpoint(reference_state, get_config("paper", num_classes=8))
+
+
+class _NotATensor:
+    pass
+
+
+def test_pickles_beyond_weights_only_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "unsafe.pth"
+    torch.save({"state_dict": {}, "args": _NotATensor()}, path)
+    with pytest.raises(WeightsError, match=r"unsafe\.pth: refused"):
+        load_reference_checkpoint(path, get_config("tiny"))
+    with pytest.raises(WeightsError, match="no such checkpoint"):
+        load_reference_checkpoint(tmp_path / "absent.pth", get_config("tiny"))
+
+
+def _ir50_state(backbone: IRBackbone) -> dict[str, torch.Tensor]:
+    """An ir50.pth-like state dict for `backbone`: its tensors under the face-recognition names
+    (one flat body of 24 units), plus stage 4 and the output layer."""
+    state: dict[str, torch.Tensor] = {}
+    offsets = [0, 3, 7]
+    for name, tensor in backbone.state_dict().items():
+        parts = name.split(".")
+        if parts[0] == "stem":
+            key = "input_layer." + ".".join(parts[1:])
+        else:
+            stage, unit, branch = int(parts[1]), int(parts[2]), parts[3]
+            layer = {"residual": "res_layer", "shortcut": "shortcut_layer"}[branch]
+            key = f"body.{offsets[stage] + unit}.{layer}.{'.'.join(parts[4:])}"
+        state[key] = tensor + 7 if tensor.dtype == torch.long else torch.randn_like(tensor)
+    width = 2 * backbone.widths[-1]
+    for unit in (21, 22, 23):
+        state[f"body.{unit}.res_layer.1.weight"] = torch.randn(width, width, 3, 3)
+    state["output_layer.3.weight"] = torch.randn(4, 8)
+    return state
+
+
+def test_ir50_backbone_loads_into_stages_1_to_3(tmp_path: Path) -> None:
+    # A narrow IR-50 (same units, small widths) exercises the same mapping as the real one.
+    backbone = IRBackbone((3, 4, 14), (4, 8, 16))
+    state = _ir50_state(backbone)
+    path = tmp_path / "ir50.pth"
+    torch.save({"module." + k: v for k, v in state.items()}, path)
+    report = load_ir50_backbone(path, backbone)
+    assert set(report.skipped) == {
+        "body.21.res_layer.1.weight",
+        "body.22.res_layer.1.weight",
+        "body.23.res_layer.1.weight",
+        "output_layer.3.weight",
+    }
+    assert len(report.loaded) == len(backbone.state_dict())
+    ours = backbone.state_dict()
+    assert torch.equal(ours["stages.2.13.residual.3.weight"], state["body.20.res_layer.3.weight"])
+    assert torch.equal(
+        ours["stages.1.0.shortcut.0.weight"], state["body.3.shortcut_layer.0.weight"]
+    )
+    assert torch.equal(ours["stem.0.weight"], state["input_layer.0.weight"])
+
+    # Old checkpoints without BatchNorm counters load, and say so.
+    old = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    torch.save(old, path)
+    assert load_ir50_backbone(path, backbone).defaulted
+
+    broken = dict(state)
+    broken["body.5.res_layer.1.weight"] = torch.zeros(8, 8, 1, 1)
+    del broken["body.9.res_layer.4.running_mean"]
+    torch.save(broken, path)
+    with pytest.raises(WeightsError) as info:
+        load_ir50_backbone(path, backbone)
+    assert "body.5.res_layer.1.weight" in str(info.value)
+    assert "stages.2.2.residual.4.running_mean" in str(info.value)
+
+    with pytest.raises(WeightsError, match=r"units \(3, 4, 14\)"):
+        load_ir50_backbone(path, _tiny())
+
+
+# ---------------------------------------------------------------------------------------------
+# Our weights files
+
+PREPROCESSING = {"image_size": 48, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+@pytest.mark.parametrize("network", ["base", "training"])
+def test_weights_round_trip(network: str, tmp_path: Path) -> None:
+    model = _tiny()
+    with torch.no_grad():  # move BatchNorm statistics away from their defaults
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    model.eval()
+    classes = ["a", "b", "c", "d", "e"]
+    saved = model.base if network == "base" else model
+    path = save_weights(
+        saved,
+        tmp_path / "best.safetensors",
+        classes=classes,
+        preprocessing=PREPROCESSING,
+        provenance={"mode": "qcs", "epoch": 3, "run": tmp_path},
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.json", "best.safetensors"]
+    assert (path.stat().st_mode & 0o777) == 0o644  # not the 0600 of the temporary file
+
+    loaded, metadata = load_weights(path)
+    assert type(loaded) is type(saved) and not loaded.training
+    assert metadata["classes"] == classes and metadata["preprocessing"] == PREPROCESSING
+    assert metadata["network"] == network and metadata["mode"] == "qcs"
+    assert metadata["provenance"]["epoch"] == 3
+    assert ModelConfig.from_dict(metadata["model"]) == model.config
+    images = torch.randn(4, 2, 3, 48, 48)
+    with torch.no_grad():
+        if network == "training":
+            expected, got = model(images), loaded(images)
+            assert torch.equal(expected.base, got.base) and torch.equal(expected.cross, got.cross)
+        expected_logits, expected_tokens = model.base(images[0])
+        base, _ = load_weights(tmp_path / "best.json", base_only=True)
+        assert isinstance(base, BaseNetwork)
+        logits, tokens = base(images[0])
+    assert torch.equal(expected_logits, logits) and torch.equal(expected_tokens, tokens)
+
+
+def test_weights_errors_name_the_file(tmp_path: Path) -> None:
+    model = _tiny().base
+    path = save_weights(
+        model, tmp_path / "w.safetensors", classes=list("abcde"), preprocessing={}, provenance={}
+    )
+    sidecar = tmp_path / "w.json"
+    metadata = json.loads(sidecar.read_text())
+
+    tensors = load_file(path)
+    del tensors["vit.head.weight"]
+    tensors["vit.extra"] = torch.zeros(2)
+    tensors["backbone.stem.0.weight"] = torch.zeros(1, 1, 1, 1)
+    save_file(tensors, path)
+    with pytest.raises(WeightsError, match="sha256"):
+        load_weights(path)
+    del metadata["tensors"]["sha256"]
+    sidecar.write_text(json.dumps(metadata))
+    with pytest.raises(WeightsError) as info:
+        load_weights(path)
+    message = str(info.value)
+    assert str(path) in message
+    for key in ("vit.head.weight", "vit.extra", "backbone.stem.0.weight"):
+        assert key in message
+
+    sidecar.unlink()
+    with pytest.raises(WeightsError, match=re.escape(str(sidecar))):
+        load_weights(path)
+    with pytest.raises(WeightsError, match="not JSON serialisable"):
+        save_weights(
+            model,
+            tmp_path / "y.safetensors",
+            classes=list("abcde"),
+            preprocessing={},
+            provenance={"x": object()},
+        )
+    assert not list(tmp_path.glob("*y.*"))  # nothing half-written
+    with pytest.raises(WeightsError, match="2 class names for a 5-class model"):
+        save_weights(
+            model, tmp_path / "x.safetensors", classes=["a", "b"], preprocessing={}, provenance={}
+        )
