@@ -79,6 +79,99 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recognizer_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", default="default", help="'default', a weights file, a run directory or .onnx"
+    )
+    p.add_argument("--device", default="cpu", help="cpu, cuda, auto (PyTorch backend)")
+    p.add_argument("--no-detect", action="store_true", help="each image is one face (no detector)")
+    p.add_argument(
+        "--box",
+        action="append",
+        default=None,
+        metavar="X0,Y0,X1,Y1",
+        help="classify this box (pixels) instead of detecting faces (repeatable)",
+    )
+    p.add_argument(
+        "--cascade",
+        default="alt2",
+        help="Haar cascade: alt2, alt, default, alt_tree or an XML path",
+    )
+
+
+def _boxes(args: argparse.Namespace) -> list[tuple[float, float, float, float]] | None:
+    from .inference.faces import parse_box
+
+    return [parse_box(text) for text in args.box] if args.box else None
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .inference.recognizer import ExpressionRecognizer
+    from .inference.runner import run_predict
+
+    boxes = _boxes(args)
+    try:
+        recognizer = ExpressionRecognizer(
+            args.model,
+            backend=args.backend,
+            device=args.device,
+            detect=not args.no_detect,
+            detector=args.cascade,
+            batch_size=args.batch_size,
+        )
+    except ImportError as exc:  # onnxruntime missing for an .onnx model
+        raise RuntimeError(str(exc)) from exc
+    summary = run_predict(
+        recognizer,
+        args.inputs,
+        fmt=args.format,
+        out_dir=args.out,
+        every=args.every,
+        boxes=boxes,
+        progress=not args.quiet,
+    )
+    print(summary.line(), file=sys.stderr)
+    if summary.annotated:
+        print(f"annotated images in {args.out}", file=sys.stderr)
+    return 0 if summary.images or summary.frames else 1
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .inference.export import export_weights
+
+    suffix = ".onnx" if args.format == "onnx" else ".pt"
+    out = Path(args.out) if args.out else Path(Path(args.weights).stem + suffix)
+    try:
+        report = export_weights(args.weights, args.format, out, opset=args.opset)
+    except ImportError as exc:  # onnx / onnxruntime missing
+        raise RuntimeError(str(exc)) from exc
+    print(
+        f"wrote {report.path} ({report.format}); max |logit difference| vs PyTorch "
+        f"{report.max_abs_diff:.2g} on batch sizes {', '.join(map(str, report.batch_sizes))}"
+    )
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from .inference.explain import explain
+    from .inference.recognizer import ExpressionRecognizer
+
+    recognizer = ExpressionRecognizer(
+        args.model,
+        backend="torch",
+        device=args.device,
+        detect=not args.no_detect,
+        detector=args.cascade,
+    )
+    written = explain(recognizer, args.image, args.out, boxes=_boxes(args))
+    if not written:
+        print(f"{args.image}: no face found (for pre-cropped faces use --no-detect)")
+        return 1
+    for prediction, path in written:
+        print(f"{path}: {prediction.label} {prediction.confidence:.0%} at {prediction.box}")
+    return 0
+
+
 def _parse_options(items: list[str]) -> list[tuple[str, object]]:
     import yaml
 
@@ -155,6 +248,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="qcs", choices=["baseline", "dcs", "qcs"])
     p.add_argument("--classes", type=int, help="number of classes (default: the config's)")
     p.set_defaults(func=_info)
+
+    p = sub.add_parser("predict", help="expressions of the faces in images, folders or videos")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image, folder, glob or video")
+    _recognizer_options(p)
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"])
+    p.add_argument("--out", help="folder for annotated images and videos")
+    p.add_argument("--format", default="table", choices=["table", "json", "csv"])
+    p.add_argument("--every", type=int, default=1, metavar="N", help="video: every Nth frame")
+    p.add_argument("--batch-size", type=int, default=64, help="faces per forward pass")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("export", help="export the inference network to ONNX or TorchScript")
+    p.add_argument("weights", help="weights file, run directory or 'default'")
+    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
+    p.add_argument("--out", help="output file (default: WEIGHTS name + .onnx / .pt)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("explain", help="draw where the classifier looks (class-token attention)")
+    p.add_argument("image")
+    _recognizer_options(p)
+    p.add_argument("--out", default="explain", help="folder for the PNG files")
+    p.set_defaults(func=_explain)
     return parser
 
 

@@ -58,11 +58,22 @@ class ScheduleConfig:
 
 
 @dataclass
+class InitConfig:
+    """Where the starting weights come from (all optional; applied in this order)."""
+
+    ir50: str | None = None  # POSTER++'s ir50.pth (MS-Celeb-1M) into the backbone
+    reference: str | None = None  # an authors' QCS checkpoint, the whole training model
+    backbone_from: str | None = None  # a qcsfer weights file: its IR backbone (the paper's
+    # "AffectNet-8 init" for RAF-DB/FERPlus)
+
+
+@dataclass
 class TrainConfig:
     mode: Literal["baseline", "dcs", "qcs"] = "qcs"
     model: str = "small"  # a named configuration ...
     model_overrides: dict[str, Any] = field(default_factory=dict)  # ... with changes
     data: DataConfig = field(default_factory=DataConfig)
+    init: InitConfig = field(default_factory=InitConfig)
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     augmentation: Augmentation = field(default_factory=Augmentation)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)

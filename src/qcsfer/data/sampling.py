@@ -31,7 +31,8 @@ class SamplerConfig:
     branches: int = 4  # 1 plain, 2 pair (DCS), 4 quadruplet (QCS)
     negative_rule: NegativeRule = "frequency"
     balanced: bool = False  # draw anchors with weights 1/class count, with replacement
-    anchors_per_epoch: int | None = None  # default: the dataset size
+    anchors_per_epoch: int | None = None  # default: epoch_fraction x the dataset size
+    epoch_fraction: float = 1.0  # AffectNet's reference draws len/12 (QCS) or len/8 (DCS)
     seed: int = 0
 
 
@@ -77,7 +78,7 @@ class BranchSampler:
 
     @property
     def anchors_per_epoch(self) -> int:
-        return self.config.anchors_per_epoch or len(self.labels)
+        return self.config.anchors_per_epoch or round(self.config.epoch_fraction * len(self.labels))
 
     def __len__(self) -> int:
         """Batches per epoch for each rank (incomplete batches are dropped)."""

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from ..config import TrainConfig, from_dict, save_config, to_dict
+from ..config import InitConfig, TrainConfig, from_dict, save_config, to_dict
 from ..data.datasets import read_dataset, stratified_split
 from ..data.images import ImageStore, default_cache_dir, load_images
 from ..data.records import LabeledImages
@@ -32,6 +32,12 @@ from ..data.sampling import BranchSampler
 from ..data.transforms import Preprocessing, eval_transform, train_transform
 from ..models.base import BaseNetwork
 from ..models.qcs import QCSModel, branch_loss
+from ..models.weights import (
+    load_ir50_backbone,
+    load_reference_checkpoint,
+    load_weights,
+    save_weights,
+)
 from .metrics import Metrics, compute_metrics
 from .plots import plot_confusion, plot_curves
 from .sam import SAM
@@ -157,6 +163,20 @@ def load_splits(config: TrainConfig, run_dir: Path | None) -> tuple[Split, Split
     return Split.load(train, config.preprocessing, cache), Split.load(
         val, config.preprocessing, cache
     )
+
+
+def initialize(model: QCSModel, init: InitConfig) -> None:
+    """Starting weights from foreign or earlier checkpoints; every key is accounted for."""
+    if init.ir50:
+        log.info(load_ir50_backbone(init.ir50, model).summary())
+    if init.reference:
+        state, report = load_reference_checkpoint(init.reference, model.config, model.mode)
+        model.load_state_dict(state)
+        log.info(report.summary())
+    if init.backbone_from:
+        source, _ = load_weights(init.backbone_from, base_only=True)
+        model.base.backbone.load_state_dict(source.backbone.state_dict())
+        log.info("backbone initialised from %s", init.backbone_from)
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -365,6 +385,8 @@ def train(config: TrainConfig, run_dir: Path | None = None, resume: bool = False
     model = QCSModel(config.model_config(len(classes)), config.mode).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if checkpoint is None:
+        initialize(model, config.init)
     optimizer = build_optimizer(model, config)
     sampler = BranchSampler(
         train_split.records.labels,
@@ -597,8 +619,6 @@ def _export_best(
     model: QCSModel, classes, config: TrainConfig, record: dict, run_dir: Path
 ) -> None:
     """The best base network as an inference weights file (safetensors + JSON)."""
-    from ..models.weights import save_weights
-
     save_weights(
         model.base,
         run_dir / "best.safetensors",

@@ -1,0 +1,18 @@
+"""Offline inference: face detection, expression recognition, export and explanations.
+
+Importing this package needs neither torch nor onnxruntime; each backend imports its runtime
+when a model is loaded.
+"""
+
+from .faces import Face, FaceDetector
+from .imageio import ImageError
+from .recognizer import ExpressionRecognizer, ImageResult, Prediction
+
+__all__ = [
+    "ExpressionRecognizer",
+    "Face",
+    "FaceDetector",
+    "ImageError",
+    "ImageResult",
+    "Prediction",
+]

@@ -1,0 +1,172 @@
+"""Where the classifier looks: class-token attention of the base ViT's last block.
+
+The base network's tokens are three scales of `grid x grid` tokens (backbone stages 1-3, in
+that order). A forward pre-hook captures the last block's attention input; the attention
+weights are recomputed from that block's own `qkv` layer (the same formula as its CPU path), so
+vit.py stays untouched. The class token's row, averaged over heads, is split into the three
+scales and each is reshaped to its grid and drawn over the face.
+
+CSA (cross similarity) maps between a face and reference images are not drawn: they exist only
+in the training topology, and the shipped inference model is the base network alone.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .backends import TorchBackend
+from .imageio import ImageInput, describe, to_rgb_array
+from .preprocess import stack_crops
+from .recognizer import ExpressionRecognizer, Prediction
+
+
+@dataclass(frozen=True)
+class Attention:
+    """Class-token attention of one face (head mean of the last block)."""
+
+    maps: np.ndarray  # 3 x grid x grid: attention to each token, scales 1-3
+    to_self: float  # attention the class token pays to itself
+
+    @property
+    def shares(self) -> tuple[float, float, float]:
+        """Fraction of the class token's attention on each scale."""
+        return tuple(float(m.sum()) for m in self.maps)  # type: ignore[return-value]
+
+
+def class_token_attention(
+    base: torch.nn.Module, images: torch.Tensor
+) -> tuple[torch.Tensor, list[Attention]]:
+    """(logits, attention per image) for normalised images B x 3 x S x S."""
+    block = base.vit.blocks[-1]
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep_input(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        captured["x"] = args[0].detach()
+
+    handle = block.attn.register_forward_pre_hook(keep_input)
+    try:
+        with torch.inference_mode():
+            logits, _ = base(images)
+            weights = attention_weights(block.attn, captured["x"])
+    finally:
+        handle.remove()
+    grid = base.config.token_grid
+    row = weights.mean(dim=1)[:, 0]  # B x (1 + 3N): the class token's row, head mean
+    maps = row[:, 1:].reshape(-1, 3, grid, grid).float().cpu().numpy()
+    return logits, [Attention(m, float(r[0])) for m, r in zip(maps, row.cpu(), strict=True)]
+
+
+def attention_weights(attn: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) of a vit.Attention module on its input x: B x heads x N x N."""
+    b, n, c = x.shape
+    head_dim = c // attn.heads
+    q, k, _ = attn.qkv(x).view(b, n, 3, attn.heads, head_dim).permute(2, 0, 3, 1, 4)
+    return (q @ k.transpose(-1, -2) * head_dim**-0.5).softmax(dim=-1)
+
+
+def _figure_module() -> Any:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise RuntimeError(
+            "qcsfer explain draws with matplotlib, which is not installed: "
+            "pip install 'qcsfer[plots]'"
+        ) from exc
+    return Figure
+
+
+def render(
+    face: np.ndarray,
+    attention: Attention,
+    prediction: Prediction,
+    path: Path,
+    stage_sides: tuple[int, int, int],
+) -> Path:
+    """Face, then the face under each scale's attention (one colour scale for all three)."""
+    figure_class = _figure_module()
+    fig = figure_class(figsize=(11, 3.3), dpi=100, layout="constrained")
+    axes = fig.subplots(1, 4)
+    height, width = face.shape[:2]
+    vmax = float(attention.maps.max()) or 1.0
+    axes[0].imshow(face)
+    axes[0].set_title(f"{prediction.label} {prediction.confidence:.0%}")
+    grid = attention.maps.shape[-1]
+    for i, (ax, share) in enumerate(zip(axes[1:], attention.shares, strict=True)):
+        ax.imshow(face)
+        image = ax.imshow(
+            attention.maps[i],
+            cmap="inferno",
+            alpha=0.55,
+            vmin=0.0,
+            vmax=vmax,
+            extent=(0, width, height, 0),
+            interpolation="bilinear",
+        )
+        side = stage_sides[i]
+        ax.set_title(f"scale {i + 1}: {side}x{side} map -> {grid}x{grid}\n{share:.0%} of attention")
+    for ax in axes:
+        ax.set_axis_off()
+    fig.colorbar(image, ax=axes[1:], shrink=0.8, label="class-token attention")
+    fig.suptitle(f"class-token attention, last block (self {attention.to_self:.0%})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def explain(
+    recognizer: ExpressionRecognizer,
+    image: ImageInput,
+    out_dir: str | os.PathLike[str],
+    *,
+    boxes: list[tuple[float, float, float, float]] | None = None,
+    stem: str | None = None,
+) -> list[tuple[Prediction, Path]]:
+    """One PNG per face in `out_dir`: `<stem>_face<i>_attention.png`; [] when no face."""
+    backend = recognizer.backend
+    if not isinstance(backend, TorchBackend):
+        raise ValueError("explain needs a PyTorch model (a weights file), not an ONNX one")
+    _figure_module()  # fail before any work when matplotlib is missing
+    rgb = to_rgb_array(image)
+    faces = recognizer.find_faces(rgb, boxes)
+    if not faces:
+        return []
+    spec = recognizer.spec
+    crops = recognizer.crops(rgb, faces, boxes is not None)
+    inputs = backend.inputs(stack_crops(crops, spec))
+    logits, attention = class_token_attention(backend.model, inputs)
+    probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
+    base_config = backend.model.config
+    stage_sides = base_config.stage_sizes()
+    stem = stem or Path(describe(image)).stem
+    written = []
+    for i, (face, crop, p, att) in enumerate(zip(faces, crops, probs, attention, strict=True)):
+        best = int(p.argmax())
+        prediction = Prediction(
+            box=face.box,
+            label=recognizer.classes[best],
+            confidence=float(p[best]),
+            probabilities={c: float(v) for c, v in zip(recognizer.classes, p, strict=True)},
+            detector_score=face.score,
+        )
+        shown = _model_view(crop, spec.image_size / spec.load_size, spec.grayscale)
+        path = Path(out_dir) / f"{stem}_face{i}_attention.png"
+        written.append((prediction, render(shown, att, prediction, path, stage_sides)))
+    return written
+
+
+def _model_view(crop: np.ndarray, fraction: float, grayscale: bool) -> np.ndarray:
+    """The part of the full-resolution crop the model sees (its centre crop), as shown."""
+    side = crop.shape[0]
+    keep = max(1, round(side * fraction))
+    start = (side - keep) // 2
+    view = crop[start : start + keep, start : start + keep]
+    if grayscale:
+        gray = (view @ np.array([0.299, 0.587, 0.114])).round().astype(np.uint8)
+        view = np.repeat(gray[:, :, None], 3, axis=2)
+    return view

@@ -1,0 +1,274 @@
+"""`ExpressionRecognizer`: images in, one typed result per face out.
+
+Pipeline: image -> RGB uint8 -> faces (Haar detector, given boxes, or the whole image) -> square
+crops from the full-resolution image -> the model's own preprocessing (from its metadata) ->
+logits (PyTorch or ONNX Runtime) -> softmax. Faces of several images are classified in shared
+batches.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .backends import load_backend
+from .faces import DEFAULT_MARGIN, Face, FaceDetector, crop_face, given_box, whole_image
+from .imageio import Color, ImageInput, describe, to_rgb_array
+from .preprocess import InputSpec, stack_crops
+
+Box = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One face: where it is, what expression, how sure, and every class probability."""
+
+    box: Box  # x0, y0, x1, y1 in original image pixels (x1, y1 exclusive)
+    label: str
+    confidence: float  # probability of `label`
+    probabilities: dict[str, float]
+    detector_score: float | None  # Haar windows merged into the box; None if not detected
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "box": list(self.box),
+            "label": self.label,
+            "confidence": self.confidence,
+            "probabilities": dict(self.probabilities),
+            "detector_score": self.detector_score,
+        }
+
+
+@dataclass
+class ImageResult:
+    """Everything about one input image (or video frame), including why it failed."""
+
+    source: str
+    predictions: list[Prediction] = field(default_factory=list)
+    width: int | None = None
+    height: int | None = None
+    frame: int | None = None
+    error: str | None = None
+    image: np.ndarray | None = field(default=None, repr=False)  # RGB, only when asked to keep
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.source,
+            "frame": self.frame,
+            "width": self.width,
+            "height": self.height,
+            "error": self.error,
+            "faces": [p.to_dict() for p in self.predictions],
+        }
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+@dataclass
+class _Pending:
+    result: ImageResult
+    faces: list[Face]
+    batch: np.ndarray  # uint8 F x C x L x L
+
+
+class ExpressionRecognizer:
+    """Facial expression recognition on whole photos, pre-cropped faces or video frames.
+
+    model: "default" (the shipped model), a weights file, a run directory or an exported .onnx
+    file. backend: "torch", "onnx" or "auto" (ONNX Runtime for .onnx files, else PyTorch).
+    detect=False treats each whole image as one face (like FERPlus crops).
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] = "default",
+        backend: str = "auto",
+        device: str = "cpu",
+        detect: bool = True,
+        *,
+        detector: str | FaceDetector = "alt2",
+        margin: float = DEFAULT_MARGIN,
+        batch_size: int = 64,
+        threads: int | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if margin < 0:
+            raise ValueError("margin must be >= 0")
+        loaded = load_backend(model, backend, device, threads)
+        self.backend = loaded.backend
+        self.classes: list[str] = loaded.classes
+        self.metadata: dict[str, Any] = loaded.metadata
+        self.detect = detect
+        self.detector: FaceDetector | None = None
+        if detect:
+            self.detector = (
+                detector if isinstance(detector, FaceDetector) else FaceDetector(detector)
+            )
+        self.margin = margin
+        self.batch_size = batch_size
+
+    @property
+    def spec(self) -> InputSpec:
+        """The model's preprocessing (sizes, gray, mean/std), from its metadata."""
+        return self.backend.spec
+
+    # -- single image ------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        image: ImageInput,
+        *,
+        color: Color = "rgb",
+        boxes: Sequence[Sequence[float]] | None = None,
+    ) -> list[Prediction]:
+        """Predictions for every face in one image; [] when it has none.
+
+        Raises ImageError (a ValueError) when the input cannot be read as an image.
+        """
+        pending = self._prepare(image, color, boxes, describe(image), None, keep_image=False)
+        self._classify([pending])
+        return pending.result.predictions
+
+    def predict_frame(
+        self,
+        image: ImageInput,
+        *,
+        source: str,
+        frame: int | None = None,
+        color: Color = "rgb",
+        boxes: Sequence[Sequence[float]] | None = None,
+        keep_image: bool = False,
+    ) -> ImageResult:
+        """One image (or video frame) as an ImageResult; raises ImageError if unreadable."""
+        pending = self._prepare(image, color, boxes, source, frame, keep_image)
+        self._classify([pending])
+        return pending.result
+
+    # -- many images -------------------------------------------------------------------------
+
+    def predict_many(
+        self,
+        images: Iterable[ImageInput],
+        *,
+        color: Color = "rgb",
+        boxes: Sequence[Sequence[float]] | None = None,
+    ) -> list[ImageResult]:
+        """One ImageResult per input, in order; unreadable inputs carry `error` instead."""
+        return list(self.iter_predictions(images, color=color, boxes=boxes))
+
+    def iter_predictions(
+        self,
+        images: Iterable[ImageInput],
+        *,
+        color: Color = "rgb",
+        boxes: Sequence[Sequence[float]] | None = None,
+        keep_images: bool = False,
+    ) -> Iterator[ImageResult]:
+        """Stream of ImageResults in input order; faces are batched across images."""
+        pending: list[_Pending] = []
+        waiting = 0
+        for image in images:
+            source = describe(image)
+            try:
+                item = self._prepare(image, color, boxes, source, None, keep_images)
+            except ValueError as exc:  # unreadable (ImageError) or a box outside this image
+                item = _Pending(ImageResult(source, error=str(exc)), [], _empty(self.spec))
+            pending.append(item)
+            waiting += len(item.faces)
+            if waiting >= self.batch_size:
+                self._classify(pending)
+                yield from (p.result for p in pending)
+                pending, waiting = [], 0
+        if pending:
+            self._classify(pending)
+            yield from (p.result for p in pending)
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def find_faces(
+        self, rgb: np.ndarray, boxes: Sequence[Sequence[float]] | None = None
+    ) -> list[Face]:
+        """Given boxes if any, else detected faces, else (detect=False) the whole image."""
+        height, width = rgb.shape[:2]
+        if boxes is not None:
+            return [given_box(box, width, height) for box in boxes]
+        if self.detector is None:
+            return [whole_image(width, height)]
+        return self.detector.detect(rgb)
+
+    def crops(self, rgb: np.ndarray, faces: list[Face], given: bool = False) -> list[np.ndarray]:
+        """Square face crops with the margin; without detection, the whole image unchanged.
+
+        The whole image is passed on as it is, not squared: training resizes its face images
+        to load_size x load_size whatever their shape, and so does inference then.
+        """
+        if self.detector is None and not given:
+            return [rgb]
+        return [crop_face(rgb, face, self.margin) for face in faces]
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 B x C x L x L face batch -> B x K class probabilities (float64)."""
+        if len(batch) == 0:
+            return np.zeros((0, len(self.classes)))
+        logits = np.concatenate(
+            [
+                self.backend.logits(batch[i : i + self.batch_size])
+                for i in range(0, len(batch), self.batch_size)
+            ]
+        )
+        return softmax(logits)
+
+    def _prepare(
+        self,
+        image: ImageInput,
+        color: Color,
+        boxes: Sequence[Sequence[float]] | None,
+        source: str,
+        frame: int | None,
+        keep_image: bool,
+    ) -> _Pending:
+        rgb = to_rgb_array(image, color)
+        faces = self.find_faces(rgb, boxes)
+        crops = self.crops(rgb, faces, boxes is not None)
+        result = ImageResult(source, width=rgb.shape[1], height=rgb.shape[0], frame=frame)
+        if keep_image:
+            result.image = rgb
+        return _Pending(result, faces, stack_crops(crops, self.spec))
+
+    def _classify(self, pending: list[_Pending]) -> None:
+        batches = [p.batch for p in pending if len(p.faces)]
+        if not batches:
+            return
+        probs = self.probabilities(np.concatenate(batches))
+        row = 0
+        for item in pending:
+            for face in item.faces:
+                p = probs[row]
+                row += 1
+                best = int(p.argmax())
+                item.result.predictions.append(
+                    Prediction(
+                        box=face.box,
+                        label=self.classes[best],
+                        confidence=float(p[best]),
+                        probabilities={c: float(v) for c, v in zip(self.classes, p, strict=True)},
+                        detector_score=face.score,
+                    )
+                )
+
+
+def _empty(spec: InputSpec) -> np.ndarray:
+    return np.zeros((0, spec.channels, spec.load_size, spec.load_size), dtype=np.uint8)
