@@ -276,3 +276,26 @@ def test_class_lists_must_match_or_be_mapped() -> None:
     assert kept.tolist() == [0, 1, 3] and labels.tolist() == [1, 2, 1]
     with pytest.raises(DatasetError, match="unknown model classes"):
         map_labels(data, model_classes, {"happy": "joy"})
+
+
+def test_disk_storage_skips_and_counts_unreadable_images(ferplus_root: Path, tmp_path: Path) -> None:
+    """Images decoded per batch: a corrupt file is left out of the loss and counted."""
+    data = read_ferplus(ferplus_root, "valid")
+    root = tmp_path / "faces"
+    for split in ("train", "valid"):
+        for c in (0, 1):  # neutral, happiness
+            folder = root / split / data.classes[c]
+            folder.mkdir(parents=True)
+            members = np.flatnonzero(data.labels == c)[:24] + (24 if split == "valid" else 0)
+            for i in members:
+                (folder / data.paths[i].name).write_bytes(data.paths[i].read_bytes())
+    (root / "train" / "neutral" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    config = tiny_config(
+        root, **{"data.format": "folder", "data.limit": None, "data.storage": "disk",
+                 "mode": "qcs", "epochs": 2, "batch_size": 8}
+    )
+    run_dir = train(config, tmp_path / "run")
+    records = history(run_dir)
+    assert len(records) == 2 and all(math.isfinite(r["train_loss"]) for r in records)
+    assert records[-1]["skipped_images"] == 1
+    assert sum(map(sum, records[-1]["confusion"])) == 48

@@ -31,6 +31,9 @@ class DataConfig:
     options: dict[str, Any] = field(default_factory=dict)  # reader options, e.g. label_mode
     limit: int | None = None  # use only this many training images (smoke tests)
     cache_dir: str | None = "default"  # decoded-image cache; None disables it
+    # Where decoded pixels live: "memory" (decoded once, fastest), "disk" (decoded per batch,
+    # with the next batch prefetched), "auto" (memory when a split fits in 8 GB decoded).
+    storage: Literal["auto", "memory", "disk"] = "auto"
 
 
 @dataclass

@@ -107,23 +107,15 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("QCSFER_CACHE", Path.home() / ".cache" / "qcsfer"))
 
 
-def load_images(
-    paths: Sequence[Path],
-    size: int,
-    grayscale: bool,
-    cache_dir: Path | None = None,
-    workers: int | None = None,
-) -> ImageStore:
-    """Decode every image once (threads: PIL releases the GIL), with an on-disk cache."""
-    channels = 1 if grayscale else 3
-    cache_file = None
-    if cache_dir is not None:
-        cache_file = Path(cache_dir) / f"images-{cache_key(paths, size, grayscale)}.npz"
-        if cache_file.is_file():
-            with np.load(cache_file) as cached:
-                return ImageStore(torch.from_numpy(cached["images"]), cached["valid"])
+def _workers(workers: int | None) -> int:
+    return workers or min(8, (os.cpu_count() or 2) * 2)
 
-    images = np.zeros((len(paths), channels, size, size), dtype=np.uint8)
+
+def decode_many(
+    paths: Sequence[Path], size: int, grayscale: bool, pool: ThreadPoolExecutor
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode in parallel (PIL releases the GIL): uint8 N x C x S x S and a validity mask."""
+    images = np.zeros((len(paths), 1 if grayscale else 3, size, size), dtype=np.uint8)
     valid = np.zeros(len(paths), dtype=bool)
 
     def work(i: int) -> None:
@@ -131,8 +123,27 @@ def load_images(
         if array is not None:
             images[i], valid[i] = array, True
 
-    with ThreadPoolExecutor(workers or min(8, (os.cpu_count() or 2) * 2)) as pool:
-        list(pool.map(work, range(len(paths))))
+    list(pool.map(work, range(len(paths))))
+    return images, valid
+
+
+def load_images(
+    paths: Sequence[Path],
+    size: int,
+    grayscale: bool,
+    cache_dir: Path | None = None,
+    workers: int | None = None,
+) -> ImageStore:
+    """Decode every image once, with an on-disk cache keyed by the files and the size."""
+    cache_file = None
+    if cache_dir is not None:
+        cache_file = Path(cache_dir) / f"images-{cache_key(paths, size, grayscale)}.npz"
+        if cache_file.is_file():
+            with np.load(cache_file) as cached:
+                return ImageStore(torch.from_numpy(cached["images"]), cached["valid"])
+
+    with ThreadPoolExecutor(_workers(workers)) as pool:
+        images, valid = decode_many(paths, size, grayscale, pool)
     if (~valid).any():
         log.warning("%d of %d images could not be read and are skipped", (~valid).sum(), len(paths))
     if cache_file is not None:
@@ -141,3 +152,45 @@ def load_images(
         np.savez(tmp, images=images, valid=valid)
         os.replace(tmp, cache_file)
     return ImageStore(torch.from_numpy(images), valid)
+
+
+class MemoryImages:
+    """A split held in memory as one uint8 tensor (unreadable images already removed)."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load(self, indices: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        return self.images[torch.from_numpy(indices)], np.ones(len(indices), dtype=bool)
+
+
+class DiskImages:
+    """A split decoded batch by batch, for datasets too large to hold in memory (AffectNet).
+
+    Unreadable files come back as zeros with valid=False: the trainer leaves their examples out
+    of the loss and evaluation leaves them out of the metrics; `skipped` counts them.
+    """
+
+    def __init__(
+        self, paths: Sequence[Path], size: int, grayscale: bool, workers: int | None = None
+    ) -> None:
+        self.paths, self.size, self.grayscale = list(paths), size, grayscale
+        self.pool = ThreadPoolExecutor(_workers(workers))
+        self.failed: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def skipped(self) -> int:
+        return len(self.failed)
+
+    def load(self, indices: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        images, valid = decode_many(
+            [self.paths[i] for i in indices], self.size, self.grayscale, self.pool
+        )
+        self.failed.update(np.asarray(indices)[~valid].tolist())
+        return torch.from_numpy(images), valid

@@ -14,6 +14,8 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import InitConfig, TrainConfig, from_dict, save_config, to_dict
 from ..data.datasets import read_dataset, stratified_split
-from ..data.images import ImageStore, default_cache_dir, load_images
+from ..data.images import DiskImages, MemoryImages, default_cache_dir, load_images
 from ..data.records import LabeledImages
 from ..data.sampling import BranchSampler
 from ..data.transforms import Preprocessing, eval_transform, train_transform
@@ -45,6 +47,7 @@ from .sam import SAM
 log = logging.getLogger("qcsfer.train")
 
 CHECKPOINT_VERSION = 1
+MEMORY_LIMIT_GB = 8.0  # storage "auto": hold a split in memory below this decoded size
 
 
 class TrainingError(RuntimeError):
@@ -109,22 +112,39 @@ def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
 
 @dataclass
 class Split:
-    """Records of a split and their decoded images (unreadable ones removed and counted)."""
+    """Records of a split and where their pixels come from (memory, or disk batch by batch)."""
 
     records: LabeledImages
-    images: torch.Tensor  # uint8 N x C x S x S
-    skipped: int
+    images: MemoryImages | DiskImages
+    skipped_at_load: int = 0  # unreadable images removed before training (memory storage)
+
+    @property
+    def skipped(self) -> int:
+        return self.skipped_at_load + getattr(self.images, "skipped", 0)
 
     @classmethod
-    def load(cls, records: LabeledImages, prep: Preprocessing, cache_dir: Path | None) -> Split:
-        store: ImageStore = load_images(records.paths, prep.load_size, prep.grayscale, cache_dir)
+    def load(
+        cls, records: LabeledImages, prep: Preprocessing, storage: str, cache_dir: Path | None
+    ) -> Split:
+        channels = 1 if prep.grayscale else 3
+        size_gb = len(records) * channels * prep.load_size**2 / 1e9
+        if storage == "disk" or (storage == "auto" and size_gb > MEMORY_LIMIT_GB):
+            log.info(
+                "%s/%s: decoding from disk per batch (%.1f GB decoded)",
+                records.name,
+                records.split,
+                size_gb,
+            )
+            return cls(records, DiskImages(records.paths, prep.load_size, prep.grayscale))
+        store = load_images(records.paths, prep.load_size, prep.grayscale, cache_dir)
         if store.skipped:
             log.warning(
                 "%s/%s: skipped %d unreadable images", records.name, records.split, store.skipped
             )
             keep = np.flatnonzero(store.valid)
-            return cls(records.subset(keep), store.images[torch.from_numpy(keep)], store.skipped)
-        return cls(records, store.images, 0)
+            images = MemoryImages(store.images[torch.from_numpy(keep)])
+            return cls(records.subset(keep), images, store.skipped)
+        return cls(records, MemoryImages(store.images))
 
     def targets(self, indices: np.ndarray) -> torch.Tensor:
         """Class ids, or vote distributions where the split has soft labels."""
@@ -160,8 +180,10 @@ def load_splits(config: TrainConfig, run_dir: Path | None) -> tuple[Split, Split
         if data.cache_dir is None
         else (default_cache_dir() if data.cache_dir == "default" else Path(data.cache_dir))
     )
-    return Split.load(train, config.preprocessing, cache), Split.load(
-        val, config.preprocessing, cache
+    storage = data.storage
+    return (
+        Split.load(train, config.preprocessing, storage, cache),
+        Split.load(val, config.preprocessing, storage, cache),
     )
 
 
@@ -261,19 +283,24 @@ def evaluate_split(
     base: BaseNetwork, split: Split, config: TrainConfig, device: torch.device, dd: Distributed
 ) -> Metrics:
     """Validation metrics; under DDP each rank scores a shard and the confusion is summed."""
-    indices = np.arange(dd.rank, len(split.records), dd.world_size)
-    logits = predict_logits(
-        base,
-        split.images[torch.from_numpy(indices)],
-        config.preprocessing,
-        device,
-        config.precision,
-        config.eval_flip,
-        config.eval_batch_size,
-        config.channels_last,
-    )
+    shard = np.arange(dd.rank, len(split.records), dd.world_size)
+    targets, predictions = [], []
+    for chunk in np.array_split(shard, max(1, len(shard) // 4096)):
+        images, valid = split.images.load(chunk)
+        logits = predict_logits(
+            base,
+            images[torch.from_numpy(valid)],
+            config.preprocessing,
+            device,
+            config.precision,
+            config.eval_flip,
+            config.eval_batch_size,
+            config.channels_last,
+        )
+        targets.append(split.records.labels[chunk[valid]])
+        predictions.append(logits.argmax(1).numpy())
     metrics = compute_metrics(
-        split.records.labels[indices], logits.argmax(1).numpy(), split.records.classes
+        np.concatenate(targets), np.concatenate(predictions), split.records.classes
     )
     if dd.enabled:
         confusion = torch.from_numpy(metrics.confusion).to(device)
@@ -473,16 +500,16 @@ def train(config: TrainConfig, run_dir: Path | None = None, resume: bool = False
             model.train()
             progress = Progress(steps_per_epoch, epoch + 1, batch_start, dd.is_main)
             losses = []
-            for b in range(batch_start, steps_per_epoch):
+            for b, images, valid in iterate_batches(train_split.images, batches, batch_start):
                 if config.max_steps is not None and global_step >= config.max_steps:
                     break
                 seed = step_seed(config.seed, epoch, b, dd.rank)
                 generator.manual_seed(seed)
                 torch.manual_seed(seed)  # dropout
                 index = batches[b]  # G x B
-                images = train_split.images[torch.from_numpy(index.reshape(-1))].to(
-                    device, non_blocking=True
-                )
+                # An example with an unreadable image (disk storage) is left out of the loss.
+                keep = torch.from_numpy(valid.reshape(index.shape).all(0)).to(device)
+                images = images.to(device, non_blocking=True)
                 x = train_transform(images, config.preprocessing, config.augmentation, generator)
                 if config.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
@@ -490,7 +517,7 @@ def train(config: TrainConfig, run_dir: Path | None = None, resume: bool = False
                 targets = (
                     train_split.targets(index.reshape(-1)).to(device).unflatten(0, index.shape)
                 )
-                loss = _optimizer_step(network, optimizer, scaler, x, targets, config, device)
+                loss = _optimizer_step(network, optimizer, scaler, x, targets, keep, config, device)
                 if not math.isfinite(loss):
                     raise TrainingError(
                         f"non-finite loss ({loss}) at epoch {epoch + 1}, step {b}: stopping; the "
@@ -538,7 +565,25 @@ def train(config: TrainConfig, run_dir: Path | None = None, resume: bool = False
     return run_dir
 
 
-def _optimizer_step(network, optimizer, scaler, x, targets, config, device) -> float:
+def iterate_batches(
+    source: MemoryImages | DiskImages, batches: np.ndarray, start: int
+) -> Iterator[tuple[int, torch.Tensor, np.ndarray]]:
+    """(batch number, uint8 images, validity) from `start` on; from disk, the next batch is
+    decoded in a background thread while the current one trains."""
+    if isinstance(source, MemoryImages):
+        for b in range(start, len(batches)):
+            yield (b, *source.load(batches[b].reshape(-1)))
+        return
+    with ThreadPoolExecutor(1) as prefetch:
+        upcoming = None
+        for b in range(start, len(batches)):
+            current = upcoming or prefetch.submit(source.load, batches[b].reshape(-1))
+            if b + 1 < len(batches):
+                upcoming = prefetch.submit(source.load, batches[b + 1].reshape(-1))
+            yield (b, *current.result())
+
+
+def _optimizer_step(network, optimizer, scaler, x, targets, keep, config, device) -> float:
     """One update: forward, backward (twice for SAM: at w, then at the perturbed w), clip, step.
 
     Returns the loss at w. fp16 gradient scaling and SAM are not combined (checked at start).
@@ -547,7 +592,7 @@ def _optimizer_step(network, optimizer, scaler, x, targets, config, device) -> f
     def forward_backward() -> float:
         with autocast(device, config.precision):
             logits = network(x)
-        loss = branch_loss(logits, targets)
+        loss = branch_loss(logits, targets, keep)
         scaler.scale(loss).backward()
         return loss.item()
 

@@ -102,14 +102,23 @@ class QCSModel(nn.Module):
         return [float(csa.k.detach()) for csa in self.csa if csa.theta is not None]
 
 
-def branch_loss(logits: BranchLogits, targets: torch.Tensor) -> torch.Tensor:
+def branch_loss(
+    logits: BranchLogits, targets: torch.Tensor, keep: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean of the CE terms: base and cross logits of every branch against its own target.
 
     targets: G x B class ids, or G x B x K probabilities (FERPlus probability mode). With equal
     batch sizes per term, the mean of the 2G per-term means is the mean over all of them.
+    keep (B, bool): examples to count; the others (an unreadable image) are left out.
     """
-    flat = targets.flatten(0, 1)
-    loss = F.cross_entropy(logits.base.flatten(0, 1).float(), flat)
-    if logits.cross is None:
-        return loss
-    return (loss + F.cross_entropy(logits.cross.flatten(0, 1).float(), flat)) / 2
+    heads = [logits.base] if logits.cross is None else [logits.base, logits.cross]
+    terms = torch.stack(
+        [
+            F.cross_entropy(h.flatten(0, 1).float(), targets.flatten(0, 1), reduction="none")
+            for h in heads
+        ]
+    ).unflatten(1, logits.base.shape[:2])  # heads x G x B
+    if keep is None:
+        return terms.mean()
+    weight = keep.to(terms.dtype).expand_as(terms)
+    return (terms * weight).sum() / weight.sum().clamp(min=1)
