@@ -34,6 +34,7 @@ from qcsfer.inference.export import (
 )
 from qcsfer.inference.faces import crop_box, crop_face, sort_faces
 from qcsfer.inference.preprocess import InputSpec, numpy_eval_transform, stack_crops
+from qcsfer.inference.runner import Progress
 from qcsfer.models import BaseNetwork, get_config
 from qcsfer.models.weights import save_weights
 from qcsfer.pretrained import load_model
@@ -555,6 +556,24 @@ def test_cli_export(weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture
         assert (tmp_path / name).is_file() and "max |logit difference|" in out
     code, _, err = run_cli(["export", tmp_path / "nothing.safetensors"], capsys)
     assert code == 2 and "no weights file" in err
+    code, out, err = run_cli(["predict", ASTRONAUT, "--model", tmp_path / "m.onnx"], capsys)
+    expected = ExpressionRecognizer(weights)(ASTRONAUT)[0]
+    assert code == 0 and f"{expected.label} " in out and "1 face" in err
+
+
+def test_progress_goes_to_a_terminal_only() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal, pipe = Terminal(), io.StringIO()
+    for stream in (terminal, pipe):
+        meter = Progress(3, enabled=True, stream=stream)
+        meter.step("a.png")
+        meter.step("b.png")
+        meter.clear()
+    assert "\r[1/3] a.png" in terminal.getvalue() and "\r[2/3] b.png" in terminal.getvalue()
+    assert terminal.getvalue().endswith("\r") and pipe.getvalue() == ""
 
 
 # ---------------------------------------------------------------------------- explain

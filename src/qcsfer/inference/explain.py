@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .backends import TorchBackend
 from .imageio import ImageInput, describe, to_rgb_array
@@ -93,7 +94,8 @@ def render(
     fig = figure_class(figsize=(11, 3.3), dpi=100, layout="constrained")
     axes = fig.subplots(1, 4)
     height, width = face.shape[:2]
-    vmax = float(attention.maps.max()) or 1.0
+    vmin, vmax = float(attention.maps.min()), float(attention.maps.max())
+    vmax = vmax if vmax > vmin else vmin + 1e-6
     axes[0].imshow(face)
     axes[0].set_title(f"{prediction.label} {prediction.confidence:.0%}")
     grid = attention.maps.shape[-1]
@@ -103,7 +105,7 @@ def render(
             attention.maps[i],
             cmap="inferno",
             alpha=0.55,
-            vmin=0.0,
+            vmin=vmin,
             vmax=vmax,
             extent=(0, width, height, 0),
             interpolation="bilinear",
@@ -162,6 +164,9 @@ def explain(
 
 def _model_view(crop: np.ndarray, fraction: float, grayscale: bool) -> np.ndarray:
     """The part of the full-resolution crop the model sees (its centre crop), as shown."""
+    if crop.shape[0] != crop.shape[1]:  # a whole image: the model sees it squeezed square
+        side = max(crop.shape[:2])
+        crop = np.asarray(Image.fromarray(crop).resize((side, side), Image.BILINEAR))
     side = crop.shape[0]
     keep = max(1, round(side * fraction))
     start = (side - keep) // 2

@@ -88,7 +88,9 @@ class ExpressionRecognizer:
 
     model: "default" (the shipped model), a weights file, a run directory or an exported .onnx
     file. backend: "torch", "onnx" or "auto" (ONNX Runtime for .onnx files, else PyTorch).
-    detect=False treats each whole image as one face (like FERPlus crops).
+    detect=False treats each whole image as one face (like FERPlus crops). detector: a Haar
+    cascade name or a FaceDetector; margin: added around detected or given boxes on each side,
+    as a fraction of the box; threads: ONNX Runtime threads (None: its default).
     """
 
     def __init__(

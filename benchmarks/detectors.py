@@ -1,0 +1,196 @@
+"""Haar face detectors compared: recall, false alarms and time per image.
+
+Test set, made deterministically from shared/ (no download): composed scenes with 1-4 faces
+(FERPlus validation faces and the astronaut's head, 60-300 px) pasted without overlap on plain,
+noise or photo (coffee.png) backgrounds, some scenes larger than the detector's 1280 px limit,
+plus the two shared photos (astronaut.png: one face, coffee.png: none).
+
+A detection is a hit when it is centred on a not yet matched true face and of a similar size
+(see `matches`); every other detection, duplicates included, is a false alarm. FERPlus faces
+include profiles, occlusions and low-contrast faces that no frontal Haar cascade finds, so
+recall is a relative measure between detectors.
+
+    python benchmarks/detectors.py [--scenes 40] [--threads 1]
+
+prints a markdown table (times are single-threaded unless --threads says otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from qcsfer.inference.faces import Face, FaceDetector  # noqa: E402
+from qcsfer.inference.imageio import read_image  # noqa: E402
+
+SHARED = ROOT.parent / "shared"
+PHOTOS = SHARED / "photos"
+FER_VALID = SHARED / "datasets" / "ferplus" / "FER2013Valid"
+# The astronaut's head crop and the face box inside it (from the photo, alt2 detection).
+HEAD = (150, 40, 298, 188)
+HEAD_FACE = (28 / 148, 29 / 148, 120 / 148, 121 / 148)
+
+Box = tuple[float, float, float, float]
+
+
+@dataclass
+class Scene:
+    name: str
+    image: np.ndarray  # RGB uint8
+    faces: list[Box]  # true face boxes
+
+
+def _paste_positions(
+    rng: np.random.Generator, width: int, height: int, sides: list[int]
+) -> list[tuple[int, int]] | None:
+    placed: list[tuple[int, int, int]] = []
+    for side in sides:
+        for _ in range(200):
+            x = int(rng.integers(0, width - side))
+            y = int(rng.integers(0, height - side))
+            if all(
+                x + side + 10 < px or px + ps + 10 < x or y + side + 10 < py or py + ps + 10 < y
+                for px, py, ps in placed
+            ):
+                placed.append((x, y, side))
+                break
+        else:
+            return None
+    return [(x, y) for x, y, _ in placed]
+
+
+def make_scenes(count: int, seed: int = 0) -> list[Scene]:
+    rng = np.random.default_rng(seed)
+    fer = sorted(FER_VALID.glob("*.png"))[:400]
+    if not fer:
+        raise SystemExit(f"FERPlus validation faces not found in {FER_VALID}")
+    astronaut = Image.open(PHOTOS / "astronaut.png").convert("RGB")
+    head = astronaut.crop(HEAD)
+    coffee = Image.open(PHOTOS / "coffee.png").convert("RGB")
+    scenes = []
+    for i in range(count):
+        width, height = (
+            (int(rng.integers(1800, 2600)), int(rng.integers(1400, 1900)))
+            if i % 8 == 7
+            else (int(rng.integers(500, 1280)), int(rng.integers(400, 960)))
+        )
+        kind = ("plain", "noise", "photo")[i % 3]
+        if kind == "plain":
+            canvas = np.empty((height, width, 3), np.uint8)
+            canvas[:] = rng.integers(40, 220, 3)
+        elif kind == "noise":
+            small = rng.integers(0, 256, (height // 16 + 1, width // 16 + 1, 3), dtype=np.uint8)
+            canvas = np.asarray(Image.fromarray(small).resize((width, height), Image.BILINEAR))
+        else:
+            canvas = np.asarray(coffee.resize((width, height), Image.BILINEAR))
+        canvas = canvas.copy()
+        n = int(rng.integers(1, 5))
+        sides = [int(rng.integers(60, 300)) for _ in range(n)]
+        positions = _paste_positions(rng, width, height, sides)
+        if positions is None:
+            continue
+        truths: list[Box] = []
+        for side, (x, y) in zip(sides, positions, strict=True):
+            if rng.random() < 0.25:
+                face = head.resize((side, side), Image.BICUBIC)
+                a, b, c, d = HEAD_FACE
+                truths.append((x + a * side, y + b * side, x + c * side, y + d * side))
+            else:
+                path = fer[int(rng.integers(0, len(fer)))]
+                face = Image.open(path).convert("RGB").resize((side, side), Image.BICUBIC)
+                truths.append((x, y, x + side, y + side))  # a FER crop ~ the face box
+            canvas[y : y + side, x : x + side] = np.asarray(face)
+        scenes.append(Scene(f"scene{i:02d}-{kind}-{width}x{height}", canvas, truths))
+    scenes.append(
+        Scene("astronaut.png", read_image(PHOTOS / "astronaut.png"), [(178, 69, 270, 161)])
+    )
+    scenes.append(Scene("coffee.png", read_image(PHOTOS / "coffee.png"), []))
+    return scenes
+
+
+def matches(found: Box, truth: Box) -> bool:
+    """A detection of this face: centred in the middle 60% of its box, of a similar size.
+
+    Looser than an IoU test on purpose: a FERPlus crop is the true box only approximately
+    (some crops are wider than the face, and then the detector's box is smaller than the crop).
+    """
+    cx, cy = (found[0] + found[2]) / 2, (found[1] + found[3]) / 2
+    w, h = truth[2] - truth[0], truth[3] - truth[1]
+    centred = (
+        abs(cx - (truth[0] + truth[2]) / 2) <= 0.3 * w
+        and abs(cy - (truth[1] + truth[3]) / 2) <= 0.3 * h
+    )
+    ratio = (found[2] - found[0]) / w
+    return centred and 0.35 <= ratio <= 1.4
+
+
+def score(found: list[Face], truths: list[Box]) -> tuple[int, int]:
+    """(hits, false alarms); each true face matches at most one detection."""
+    free = list(truths)
+    hits = 0
+    for face in sorted(found, key=lambda f: -(f.score or 0)):
+        match = next((t for t in free if matches(face.box, t)), None)
+        if match is not None:
+            free.remove(match)
+            hits += 1
+    return hits, len(found) - hits
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scenes", type=int, default=40, help="composed scenes")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="OpenCV threads")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per image")
+    args = parser.parse_args()
+    cv2.setNumThreads(args.threads)
+    scenes = make_scenes(args.scenes, args.seed)
+    total = sum(len(s.faces) for s in scenes)
+    configs = [("alt2", 5), ("alt2", 3), ("default", 5), ("default", 3)]
+    print(
+        f"{len(scenes)} images ({len(scenes) - 2} composed + astronaut.png + coffee.png), "
+        f"{total} faces; OpenCV {cv2.__version__}, {args.threads} thread(s)\n"
+    )
+    print(
+        "| cascade | minNeighbors | recall | false alarms | images with false alarms "
+        "| astronaut (1 face) | coffee (0) | ms / image (median) | ms / image (mean) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for cascade, neighbours in configs:
+        detector = FaceDetector(cascade, min_neighbors=neighbours)
+        hits = alarms = alarm_images = 0
+        times = []
+        per_photo = {}
+        for scene in scenes:
+            detector.detect(scene.image[:64, :64])  # warm-up outside the timing
+            best = float("inf")
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                found = detector.detect(scene.image)
+                best = min(best, time.perf_counter() - start)
+            times.append(best * 1000)
+            h, a = score(found, scene.faces)
+            hits, alarms, alarm_images = hits + h, alarms + a, alarm_images + (a > 0)
+            if scene.name.endswith(".png"):
+                per_photo[scene.name] = f"{h} found, {a} false"
+        print(
+            f"| {cascade} | {neighbours} | {hits}/{total} ({hits / total:.0%}) | {alarms} "
+            f"| {alarm_images}/{len(scenes)} | {per_photo['astronaut.png']} "
+            f"| {per_photo['coffee.png']} | {statistics.median(times):.1f} "
+            f"| {statistics.fmean(times):.1f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
