@@ -278,7 +278,9 @@ def test_class_lists_must_match_or_be_mapped() -> None:
         map_labels(data, model_classes, {"happy": "joy"})
 
 
-def test_disk_storage_skips_and_counts_unreadable_images(ferplus_root: Path, tmp_path: Path) -> None:
+def test_disk_storage_skips_and_counts_unreadable_images(
+    ferplus_root: Path, tmp_path: Path
+) -> None:
     """Images decoded per batch: a corrupt file is left out of the loss and counted."""
     data = read_ferplus(ferplus_root, "valid")
     root = tmp_path / "faces"
@@ -291,8 +293,15 @@ def test_disk_storage_skips_and_counts_unreadable_images(ferplus_root: Path, tmp
                 (folder / data.paths[i].name).write_bytes(data.paths[i].read_bytes())
     (root / "train" / "neutral" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     config = tiny_config(
-        root, **{"data.format": "folder", "data.limit": None, "data.storage": "disk",
-                 "mode": "qcs", "epochs": 2, "batch_size": 8}
+        root,
+        **{
+            "data.format": "folder",
+            "data.limit": None,
+            "data.storage": "disk",
+            "mode": "qcs",
+            "epochs": 2,
+            "batch_size": 8,
+        },
     )
     run_dir = train(config, tmp_path / "run")
     records = history(run_dir)

@@ -87,13 +87,20 @@ class QCSModel(nn.Module):
         base_logits = base_logits.unflatten(0, (g, b))
         if self.mode == "baseline":
             return BranchLogits(base_logits, None)
-        tokens = tokens.unflatten(0, (g, b))
+        return BranchLogits(base_logits, self.cross_logits(tokens.unflatten(0, (g, b))))
+
+    def cross_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Base tokens of the G branches (G x B x 3N x C) -> cross classifier logits (G x B x K).
+
+        Each scale is refined by its CSA module over the branch pairs, added back to the base
+        tokens (the residual through which the cross losses reach the base network).
+        """
         scales = tokens.split(self.config.tokens_per_scale, dim=2)
         refined = torch.cat(
             [csa(s, self.pairs) for csa, s in zip(self.csa, scales, strict=True)], dim=2
         )
-        cross_logits, _ = self.cross_vit((tokens + refined).flatten(0, 1))
-        return BranchLogits(base_logits, cross_logits.unflatten(0, (g, b)))
+        logits, _ = self.cross_vit((tokens + refined).flatten(0, 1))
+        return logits.unflatten(0, tokens.shape[:2])
 
     def k_values(self) -> list[float]:
         """The learned k = 1 + tanh(gamma * theta) of each scale (empty where there is none)."""

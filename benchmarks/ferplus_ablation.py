@@ -1,0 +1,169 @@
+"""FERPlus ablation with the `tiny` model: baseline vs DCS vs QCS, CSA variants, SDPA.
+
+    python benchmarks/ferplus_ablation.py run [--only NAME ...] [--qcs-epochs 2]
+    python benchmarks/ferplus_ablation.py report          # Markdown tables from the results
+
+Budgets. "equal images": every run pushes the same number of images through the backbone, so a
+QCS anchor-epoch (4 images per anchor) is matched by 4 baseline or 2 DCS anchor-epochs.
+"equal anchor epochs" (the paper's comparison): baseline and DCS get as many anchor-epochs as QCS.
+
+Runs go one after another (never two at once on this 2-core machine), each through the
+`qcsfer train` command line so the exact command is recorded. A finished run leaves
+benchmarks/results/ablation/NAME.json and is skipped next time; an interrupted run resumes from
+its checkpoint in runs/ablation/NAME. Select on FERPlus Valid only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "ablation"
+RUNS = Path("runs") / "ablation"  # relative to the repository root, where runs are started
+RECIPE = "configs/ferplus_tiny_cpu.yaml"
+SEEDS = (0, 1, 2)
+IMAGES_PER_ANCHOR = {"baseline": 1, "dcs": 2, "qcs": 4}
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    mode: str
+    epochs: int
+    seed: int
+    group: str  # which table it belongs to
+    overrides: dict[str, object] = field(default_factory=dict)
+
+    def command(self) -> list[str]:
+        settings = {"mode": self.mode, "epochs": self.epochs, "seed": self.seed, **self.overrides}
+        args = [sys.executable, "-m", "qcsfer", "train", RECIPE, "--run-dir", str(RUNS / self.name)]
+        for key, value in settings.items():
+            args += ["--set", f"{key}={json.dumps(value)}"]
+        return args
+
+
+def plan(qcs_epochs: int) -> list[Run]:
+    runs = []
+    for seed in SEEDS:
+        for mode in ("baseline", "dcs", "qcs"):
+            epochs = qcs_epochs * IMAGES_PER_ANCHOR["qcs"] // IMAGES_PER_ANCHOR[mode]
+            runs.append(Run(f"{mode}-images-s{seed}", mode, epochs, seed, "equal images"))
+    for seed in SEEDS[:1]:
+        for mode in ("baseline", "dcs"):
+            runs.append(
+                Run(f"{mode}-anchors-s{seed}", mode, qcs_epochs, seed, "equal anchor epochs")
+            )
+    variants = {
+        "qcs-S": {"model_overrides.csa.variant": "S"},
+        "qcs-D": {"model_overrides.csa.variant": "D"},
+        "qcs-sample-norm": {"model_overrides.csa.normalize": "sample"},
+        "qcs-sdpa": {"model_overrides.csa.attention": "sdpa"},
+    }
+    for name, overrides in variants.items():
+        runs.append(Run(f"{name}-s0", "qcs", qcs_epochs, 0, "variants", overrides))
+    return runs
+
+
+def execute(run: Run) -> None:
+    result = RESULTS / f"{run.name}.json"
+    if result.is_file():
+        print(f"{run.name}: done already", file=sys.stderr)
+        return
+    command = run.command()
+    resuming = (REPO / RUNS / run.name / "last.pt").is_file()
+    if resuming:
+        command = [sys.executable, "-m", "qcsfer", "train", "--resume", str(RUNS / run.name)]
+    print(f"{run.name}: {' '.join(command[2:])}", file=sys.stderr)
+    start = time.time()
+    subprocess.run(command, check=True, cwd=REPO)
+    history = [
+        json.loads(line)
+        for line in (REPO / RUNS / run.name / "metrics.jsonl").read_text().splitlines()
+    ]
+    best = max(history, key=lambda h: h["val_accuracy"])
+    record = {
+        "name": run.name,
+        "group": run.group,
+        "mode": run.mode,
+        "seed": run.seed,
+        "epochs": run.epochs,
+        "overrides": run.overrides,
+        "command": " ".join(["qcsfer", *run.command()[3:]]),
+        "wall_seconds_this_invocation": time.time() - start,
+        "train_seconds": sum(h["epoch_seconds"] for h in history),
+        "resumed": resuming,
+        "best_epoch": best["epoch"],
+        "val_accuracy": best["val_accuracy"],
+        "val_balanced_accuracy": best["val_balanced_accuracy"],
+        "final_val_accuracy": history[-1]["val_accuracy"],
+        "k": history[-1]["k"],
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result.write_text(json.dumps(record, indent=2))
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{100 * values[0]:.2f}" if values else "-"
+    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
+
+
+def report() -> str:
+    records = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+    lines = [
+        "| group | run | seeds | Valid accuracy (%) | Valid balanced acc. (%) | train minutes |",
+        "|---|---|---|---|---|---|",
+    ]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        key = (r["group"], r["name"].rsplit("-s", 1)[0])
+        groups.setdefault(key, []).append(r)
+    for (group, name), rs in sorted(groups.items()):
+        lines.append(
+            f"| {group} | {name} | {len(rs)} | {_mean_std([r['val_accuracy'] for r in rs])} | "
+            f"{_mean_std([r['val_balanced_accuracy'] for r in rs])} | "
+            f"{statistics.mean(r['train_seconds'] for r in rs) / 60:.1f} |"
+        )
+    by_seed = {(r["name"].rsplit("-s", 1)[0], r["seed"]): r for r in records}
+    lines += [
+        "",
+        "Paired differences per seed, equal images (QCS minus other, accuracy points):",
+        "",
+    ]
+    for other in ("baseline-images", "dcs-images"):
+        diffs = [
+            100 * (by_seed[("qcs-images", s)]["val_accuracy"] - by_seed[(other, s)]["val_accuracy"])
+            for s in SEEDS
+            if ("qcs-images", s) in by_seed and (other, s) in by_seed
+        ]
+        if diffs:
+            lines.append(f"- QCS - {other}: {', '.join(f'{d:+.2f}' for d in diffs)}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    p = sub.add_parser("run")
+    p.add_argument("--only", nargs="*", help="run only these names")
+    p.add_argument("--qcs-epochs", type=int, default=2)
+    sub.add_parser("report")
+    args = parser.parse_args()
+    if args.action == "report":
+        print(report())
+        return
+    for run in plan(args.qcs_epochs):
+        if not args.only or run.name in args.only:
+            execute(run)
+    print(report())
+
+
+if __name__ == "__main__":
+    main()

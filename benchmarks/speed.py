@@ -1,0 +1,242 @@
+"""Speed: QCS training throughput (ours vs a naive implementation), inference, data pipeline.
+
+    python benchmarks/speed.py [--configs small tiny paper] [--repeats 3] [--skip-inference]
+
+Training: images per second through forward + backward + optimiser step, QCS mode.
+- ours: the four branches in ONE batched base-network call, bf16 autocast, channels_last;
+- naive: four separate base-network calls (one per branch), fp32, default memory format, the
+  way a straightforward port of the reference runs. It lives only here, for comparison.
+Both are measured side by side in one process, alternating, and reported as a ratio.
+
+Inference: the shipped model (or `small` initialised at random if none is shipped), batch 1
+latency and batch 64 throughput, eager fp32 / eager bf16 / ONNX Runtime; peak resident memory
+of each in a fresh subprocess. Data: sampler + gather + batched augmentation images per second.
+
+Writes benchmarks/results/speed.json and prints Markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qcsfer.data.sampling import BranchSampler, SamplerConfig
+from qcsfer.data.transforms import Augmentation, Preprocessing, train_transform
+from qcsfer.models import BranchLogits, QCSModel, branch_loss, get_config
+
+RESULTS = Path(__file__).parent / "results"
+ANCHORS = {"tiny": 32, "small": 32, "paper": 2}
+
+
+def naive_forward(model: QCSModel, images: torch.Tensor) -> BranchLogits:
+    """Four separate base-network calls, then the same cross classifier."""
+    outputs = [model.base(images[g]) for g in range(images.shape[0])]
+    base_logits = torch.stack([logits for logits, _ in outputs])
+    tokens = torch.stack([t for _, t in outputs])
+    return BranchLogits(base_logits, model.cross_logits(tokens))
+
+
+def make_step(name: str, implementation: str):
+    config = get_config(name, num_classes=8)
+    torch.manual_seed(0)
+    model = QCSModel(config, "qcs")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    b = ANCHORS[name]
+    images = torch.randn(4, b, 3, config.image_size, config.image_size)
+    targets = torch.randint(0, 8, (4, b))
+    if implementation == "ours":
+        model = model.to(memory_format=torch.channels_last)
+        flat = images.flatten(0, 1).contiguous(memory_format=torch.channels_last)
+        images = flat.unflatten(0, (4, b))
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        if implementation == "ours":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits = model(images)
+        else:
+            logits = naive_forward(model, images)
+        branch_loss(logits, targets).backward()
+        optimizer.step()
+
+    return step, 4 * b
+
+
+def time_steps(step, steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps
+
+
+def training_throughput(names: list[str], repeats: int) -> list[dict]:
+    rows = []
+    for name in names:
+        steps = 2 if name == "paper" else 5
+        runs = {impl: make_step(name, impl) for impl in ("ours", "naive")}
+        for step, _ in runs.values():  # warm-up
+            step()
+        seconds = {impl: [] for impl in runs}
+        for _ in range(repeats):  # alternate so both see the same machine state
+            for impl, (step, _) in runs.items():
+                seconds[impl].append(time_steps(step, steps))
+        images = runs["ours"][1]
+        ours = images / statistics.median(seconds["ours"])
+        naive = images / statistics.median(seconds["naive"])
+        rows.append(
+            {
+                "config": name,
+                "images_per_step": images,
+                "ours_img_s": ours,
+                "naive_img_s": naive,
+                "speedup": ours / naive,
+            }
+        )
+        print(
+            f"  {name}: ours {ours:.1f} img/s, naive {naive:.1f} img/s, x{ours / naive:.2f}",
+            file=sys.stderr,
+        )
+    return rows
+
+
+def data_throughput(repeats: int) -> dict:
+    """Sampler + gather + augmentation of FERPlus-sized images (48 px gray), no model."""
+    n, b = 25_000, 32
+    labels = np.random.default_rng(0).integers(0, 8, n)
+    images = torch.randint(0, 256, (n, 1, 48, 48), dtype=torch.uint8)
+    sampler = BranchSampler(labels, SamplerConfig(branches=4), b)
+    prep = Preprocessing(image_size=48, load_size=48, grayscale=True)
+    aug, g = Augmentation(), torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    batches = sampler.epoch(0)[: 20 * repeats]
+    for index in batches:
+        train_transform(images[torch.from_numpy(index.reshape(-1))], prep, aug, g)
+    seconds = time.perf_counter() - start
+    return {"images_per_second": batches.size / seconds}
+
+
+def probe(kind: str, weights: str) -> dict:
+    """Inference speed of one backend; run in a fresh process so peak memory is its own."""
+    from qcsfer.models import BaseNetwork
+    from qcsfer.pretrained import load_model
+
+    if weights == "random":
+        torch.manual_seed(0)
+        model = BaseNetwork(get_config("small", num_classes=8)).eval()
+        meta = {"classes": [str(i) for i in range(8)]}
+    else:
+        model, meta = load_model(weights)
+    size = model.config.image_size
+    one, many = torch.randn(1, 3, size, size), torch.randn(64, 3, size, size)
+    if kind == "onnx":
+        import tempfile
+
+        import onnxruntime as ort
+
+        from qcsfer.inference.export import export_onnx
+
+        path = Path(tempfile.mkdtemp()) / "model.onnx"
+        export_onnx(model, meta, path)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+
+        def run(x: torch.Tensor) -> object:
+            return session.run(None, {name: x.numpy()})
+    else:
+
+        def run(x: torch.Tensor) -> object:
+            with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=kind == "bf16"):
+                return model(x)
+
+    run(one)
+    latency = time_steps(lambda: run(one), 50)
+    batch = time_steps(lambda: run(many), 10)
+    # VmHWM: this process's peak resident memory (ru_maxrss would include the forking parent).
+    status = Path("/proc/self/status").read_text().splitlines()
+    peak_mb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+    return {
+        "backend": kind,
+        "latency_ms": latency * 1e3,
+        "batch64_img_s": 64 / batch,
+        "peak_rss_mb": peak_mb,
+    }
+
+
+def inference(weights: str) -> list[dict]:
+    rows = []
+    for kind in ("fp32", "bf16", "onnx"):
+        out = subprocess.run(
+            [sys.executable, __file__, "--probe", kind, weights], capture_output=True, text=True
+        )
+        if out.returncode != 0:
+            print(f"  inference {kind} failed: {out.stderr[-500:]}", file=sys.stderr)
+            continue
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--configs", nargs="+", default=["small", "tiny", "paper"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-inference", action="store_true")
+    parser.add_argument("--probe", nargs=2, metavar=("BACKEND", "WEIGHTS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.probe:
+        print(json.dumps(probe(*args.probe)))
+        return
+
+    from qcsfer.pretrained import DEFAULT_WEIGHTS, WEIGHTS_DIR
+
+    shipped = WEIGHTS_DIR / f"{DEFAULT_WEIGHTS}.safetensors"
+    weights = "default" if shipped.is_file() else "random"
+    report = {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+        "command": "python " + " ".join(sys.argv),
+        "training": training_throughput(args.configs, args.repeats),
+        "data": data_throughput(args.repeats),
+        "inference_weights": weights,
+        "inference": [] if args.skip_inference else inference(weights),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "speed.json").write_text(json.dumps(report, indent=2))
+
+    print(
+        "| config | images/step | ours: batched, bf16 (img/s) | naive: 4 calls, fp32 (img/s) |"
+        " speed-up |"
+    )
+    print("|---|---|---|---|---|")
+    for r in report["training"]:
+        print(
+            f"| {r['config']} | {r['images_per_step']} | {r['ours_img_s']:.1f} | "
+            f"{r['naive_img_s']:.1f} | {r['speedup']:.2f}x |"
+        )
+    print(
+        f"\ndata pipeline (sampler + gather + augmentation): "
+        f"{report['data']['images_per_second']:.0f} img/s"
+    )
+    if report["inference"]:
+        print(f"\ninference ({weights} model)\n")
+        print("| backend | latency batch 1 (ms) | throughput batch 64 (img/s) | peak RSS (MB) |")
+        print("|---|---|---|---|")
+        for r in report["inference"]:
+            print(
+                f"| {r['backend']} | {r['latency_ms']:.2f} | {r['batch64_img_s']:.0f} | "
+                f"{r['peak_rss_mb']:.0f} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
