@@ -492,6 +492,7 @@ def train(config: TrainConfig, run_dir: Path | None = None, resume: bool = False
             steps_per_epoch,
         )
 
+    tensorboard = _open_tensorboard(run_dir) if config.tensorboard and dd.is_main else None
     generator = torch.Generator(device=device)
     global_step = epoch * steps_per_epoch + batch_start
     try:
@@ -541,14 +542,14 @@ def train(config: TrainConfig, run_dir: Path | None = None, resume: bool = False
                 )
                 history.append(record)
                 if dd.is_main:
-                    _write_epoch_record(record, history, run_dir)
+                    _write_history(history, run_dir, tensorboard)
                 improved = record["val_accuracy"] > best
                 best = max(best, record["val_accuracy"])
                 epoch, batch_start = epoch + 1, 0
-                save("last.pt", epoch, 0)
-                if improved and dd.is_main:
+                if improved and dd.is_main:  # best first: a kill before last.pt redoes both
                     save_atomic(state(epoch, 0), run_dir / "best.pt")
                     _export_best(model, classes, config, record, run_dir)
+                save("last.pt", epoch, 0)
                 continue
             progress.close()  # max_steps reached inside the epoch
             save("last.pt", epoch, b)
@@ -650,14 +651,33 @@ def _end_of_epoch(
     return record
 
 
-def _write_epoch_record(record: dict, history: list[dict], run_dir: Path) -> None:
-    with (run_dir / "metrics.jsonl").open("a") as f:
-        f.write(json.dumps(record) + "\n")
+def _write_history(history: list[dict], run_dir: Path, tensorboard) -> None:
+    """metrics.jsonl rewritten whole from the checkpointed history: no duplicate lines after a
+    resume; plots; TensorBoard scalars when enabled."""
+    tmp = run_dir / ".metrics.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
+    os.replace(tmp, run_dir / "metrics.jsonl")
+    record = history[-1]
+    if tensorboard is not None:
+        for key in ("train_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1"):
+            tensorboard.add_scalar(key, record[key], record["epoch"])
+        for scale, k in enumerate(record["k"], start=1):
+            tensorboard.add_scalar(f"k/scale{scale}", k, record["epoch"])
+        tensorboard.flush()
     plot_curves(history, run_dir / "curves.png")
     metrics = Metrics(tuple(record["classes"]), np.asarray(record["confusion"]))
     plot_confusion(
         metrics, run_dir / "confusion_matrix.png", title=f"epoch {record['epoch']} validation"
     )
+
+
+def _open_tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.warning("tensorboard=true but the tensorboard package is not installed: skipping")
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
 
 
 def _export_best(
