@@ -464,7 +464,7 @@ def test_cli_table_reports_and_skips_bad_files(
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split()[:5] == ["file", "box", "label", "conf", "det"]
-    assert "no face found" in out and str(ASTRONAUT) in out
+    assert "no face found" in out and ASTRONAUT.name in out  # long paths are shortened
     for name in ("missing", "text", "zero"):
         assert f"skipped {bad_inputs[name]}" in err
     assert "3 unreadable (skipped)" in err and "1 without a face" not in err
