@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -183,7 +184,7 @@ def test_killed_run_resumes_exactly(ferplus_root: Path, tmp_path: Path) -> None:
     killed_at = load_checkpoint(run_dir / "last.pt")["step"]
     assert 0 < killed_at < 2 * 16
 
-    train(TrainConfig(), run_dir, resume=True)
+    train(None, run_dir, resume=True)
     expected, resumed = _final_weights(reference), _final_weights(run_dir)
     assert expected.keys() == resumed.keys()
     for key in expected:
@@ -308,3 +309,34 @@ def test_disk_storage_skips_and_counts_unreadable_images(
     assert len(records) == 2 and all(math.isfinite(r["train_loss"]) for r in records)
     assert records[-1]["skipped_images"] == 1
     assert sum(map(sum, records[-1]["confusion"])) == 48
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_sam_stops_at_a_step_boundary_and_resumes_exactly(
+    ferplus_root: Path, tmp_path: Path
+) -> None:
+    """SIGINT during a SAM run: the checkpoint never holds perturbed weights or half a step."""
+    extra = {"mode": "qcs", "optim.sam": True, "data.limit": 256, "checkpoint_every_steps": 4}
+    reference = train(tiny_config(ferplus_root, **extra), tmp_path / "reference")
+
+    run_dir = tmp_path / "interrupted"
+
+    def interrupt_once_running() -> None:
+        while not (run_dir / "last.pt").is_file():
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_running, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(ferplus_root, **extra), run_dir)
+    stopped_at = load_checkpoint(run_dir / "last.pt")["step"]
+    assert 4 < stopped_at < 2 * 16  # saved at the step where the request arrived
+
+    train(None, run_dir, resume=True)
+    expected, resumed = _final_weights(reference), _final_weights(run_dir)
+    for key in expected:
+        assert torch.equal(expected[key], resumed[key]), key
+    keys = ("train_loss", "val_accuracy", "confusion", "k")
+    assert [[h[k] for k in keys] for h in history(run_dir)] == [
+        [h[k] for k in keys] for h in history(reference)
+    ]

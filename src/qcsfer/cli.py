@@ -29,7 +29,12 @@ def _train(args: argparse.Namespace) -> int:
     from .engine.trainer import train
 
     if args.resume:
-        run_dir = train(load_config(None, []), Path(args.resume), resume=True)
+        if args.config or args.set or args.run_dir:
+            raise ValueError(
+                "--resume continues a run with its own configuration: "
+                "drop the config file, --set and --run-dir"
+            )
+        run_dir = train(None, Path(args.resume), resume=True)
     else:
         config = load_config(args.config, args.set)
         run_dir = train(config, Path(args.run_dir) if args.run_dir else None)
@@ -40,7 +45,7 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from .engine.evaluate import evaluate
 
-    mapping = dict(_parse_options(args.class_map)) if args.class_map else None
+    mapping = dict(_parse_pairs(args.class_map)) if args.class_map else None
     metrics = evaluate(
         args.weights,
         args.format,
@@ -170,6 +175,17 @@ def _explain(args: argparse.Namespace) -> int:
     for prediction, path in written:
         print(f"{path}: {prediction.label} {prediction.confidence:.0%} at {prediction.box}")
     return 0
+
+
+def _parse_pairs(items: list[str]) -> list[tuple[str, str]]:
+    """KEY=VALUE pairs kept as plain strings (class names like 'no' or '1' stay names)."""
+    pairs = []
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"expected NAME=NAME, got {item!r}")
+        key, value = item.split("=", 1)
+        pairs.append((key.strip(), value.strip()))
+    return pairs
 
 
 def _parse_options(items: list[str]) -> list[tuple[str, object]]:

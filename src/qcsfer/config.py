@@ -29,6 +29,9 @@ class DataConfig:
     val_split: str | None = "valid"  # None: carve a stratified split from train
     val_fraction: float = 0.1  # used only when val_split is None
     options: dict[str, Any] = field(default_factory=dict)  # reader options, e.g. label_mode
+    # Reader options for the validation split (None: the same as `options`). E.g. FERPlus
+    # trained on vote distributions is still selected on majority labels.
+    val_options: dict[str, Any] | None = None
     limit: int | None = None  # use only this many training images (smoke tests)
     cache_dir: str | None = "default"  # decoded-image cache; None disables it
     # Where decoded pixels live: "memory" (decoded once, fastest), "disk" (decoded per batch,
@@ -96,6 +99,24 @@ class TrainConfig:
     tensorboard: bool = False
     out_dir: str = "runs"
     name: str | None = None
+
+    def __post_init__(self) -> None:
+        positive = {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "eval_batch_size": self.eval_batch_size,
+            "optim.lr": self.optim.lr,
+            "sampler.epoch_fraction": self.sampler.epoch_fraction,
+        }
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        for name, value in (
+            ("checkpoint_every_steps", self.checkpoint_every_steps),
+            ("max_steps", self.max_steps),
+        ):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1 (or null), got {value}")
 
     def model_config(self, num_classes: int) -> ModelConfig:
         overrides = {**self.model_overrides, "num_classes": num_classes}

@@ -14,13 +14,45 @@ import torch
 from ..data.datasets import read_dataset
 from ..data.images import default_cache_dir, load_images
 from ..data.records import DatasetError, LabeledImages
-from ..data.transforms import Preprocessing
+from ..data.transforms import Preprocessing, eval_transform
+from ..models.base import BaseNetwork
 from ..pretrained import load_model
+from .device import autocast, select_device
 from .metrics import Metrics, compute_metrics
 from .plots import plot_confusion
-from .trainer import predict_logits, select_device
 
 log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def predict_logits(
+    base: BaseNetwork,
+    images: torch.Tensor,
+    prep: Preprocessing,
+    device: torch.device,
+    precision: str = "fp32",
+    flip: bool = False,
+    batch_size: int = 256,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """Logits (float32, on CPU) of the base network for uint8 images, optionally flip-averaged."""
+    was_training = base.training
+    base.eval()
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size].to(device, non_blocking=True)
+        views = [eval_transform(batch, prep)]
+        if flip:
+            views.append(eval_transform(batch, prep, flip=True))
+        logits = 0
+        for view in views:
+            if channels_last:
+                view = view.contiguous(memory_format=torch.channels_last)
+            with autocast(device, precision):
+                logits = logits + base(view)[0].float()
+        outputs.append((logits / len(views)).cpu())
+    base.train(was_training)
+    return torch.cat(outputs) if outputs else torch.zeros(0, base.config.num_classes)
 
 
 def map_labels(
@@ -78,7 +110,7 @@ def evaluate(
     if store.skipped:
         log.warning("%d unreadable images skipped", store.skipped)
     valid = np.flatnonzero(store.valid)
-    target = torch.device(select_device(device))
+    target = select_device(device)
     model = model.to(target)
     logits = predict_logits(
         model, store.images[torch.from_numpy(valid)], prep, target, "fp32", flip, batch_size

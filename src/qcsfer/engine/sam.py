@@ -48,10 +48,15 @@ class SAM(torch.optim.Optimizer):
         """Restore the weights exactly, then let the base optimiser use the second gradient."""
         if closure is not None:
             raise ValueError("SAM here is driven explicitly: call perturb(), backward, then step()")
+        self.restore()
+        self.base.step()
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put back the weights saved by perturb() (nothing to do if there are none)."""
         for p, origin in self._origin.items():
             p.copy_(origin)
         self._origin.clear()
-        self.base.step()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base.zero_grad(set_to_none)

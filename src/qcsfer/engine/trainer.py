@@ -12,14 +12,16 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +33,7 @@ from ..data.datasets import read_dataset, stratified_split
 from ..data.images import DiskImages, MemoryImages, default_cache_dir, load_images
 from ..data.records import LabeledImages
 from ..data.sampling import BranchSampler
-from ..data.transforms import Preprocessing, eval_transform, train_transform
+from ..data.transforms import Preprocessing, train_transform
 from ..models.base import BaseNetwork
 from ..models.qcs import QCSModel, branch_loss
 from ..models.weights import (
@@ -40,6 +42,8 @@ from ..models.weights import (
     load_weights,
     save_weights,
 )
+from .device import autocast, select_device
+from .evaluate import predict_logits
 from .metrics import Metrics, compute_metrics
 from .plots import plot_confusion, plot_curves
 from .sam import SAM
@@ -82,27 +86,6 @@ def init_distributed(device_type: str) -> Distributed:
     return Distributed(
         dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
     )
-
-
-def select_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise TrainingError(f"device {name!r} requested but CUDA is not available")
-        if device.index is None:
-            device = torch.device(f"cuda:{local_rank}")
-    return device
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise TrainingError("fp16 needs CUDA; use bf16 on CPU")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
@@ -167,8 +150,8 @@ def load_splits(config: TrainConfig, run_dir: Path | None) -> tuple[Split, Split
             }
             (run_dir / "validation_split.json").write_text(json.dumps(record))
     else:
-        eval_options = {k: v for k, v in data.options.items() if k != "label_mode"}
-        val = read_dataset(data.format, data.root, data.val_split, **eval_options)
+        val_options = data.options if data.val_options is None else data.val_options
+        val = read_dataset(data.format, data.root, data.val_split, **val_options)
     if data.limit is not None:
         rng = np.random.default_rng(config.seed)
         train = train.subset(np.sort(rng.permutation(len(train))[: data.limit]))
@@ -205,10 +188,15 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
     """Weight decay on weight matrices and kernels only (not norms, biases, tokens, theta)."""
     o = config.optim
     decay = 0.0 if o.reference_weight_decay else o.weight_decay
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    no_decay = ("cls_token", "pos_embed")
+
+    def decays(name: str, p: torch.Tensor) -> bool:
+        return p.ndim >= 2 and not name.endswith(no_decay)
+
     groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        {"params": [p for n, p in named if decays(n, p)], "weight_decay": decay},
+        {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0},
     ]
     if o.name == "adam":
         # torch's Adam adds decay to the gradient (L2); AdamW decouples it.
@@ -216,7 +204,7 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
     elif o.name == "adamw":
         base = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas)
     elif o.name == "sgd":
-        base = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=True)
+        base = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0)
     else:
         raise ValueError(f"unknown optimiser {o.name!r}")
     return SAM(base, o.sam_rho, o.sam_adaptive) if o.sam else base
@@ -246,37 +234,6 @@ def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
 
 
 # ----------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def predict_logits(
-    base: BaseNetwork,
-    images: torch.Tensor,
-    prep: Preprocessing,
-    device: torch.device,
-    precision: str = "fp32",
-    flip: bool = False,
-    batch_size: int = 256,
-    channels_last: bool = False,
-) -> torch.Tensor:
-    """Logits (float32, on CPU) of the base network for uint8 images, optionally flip-averaged."""
-    was_training = base.training
-    base.eval()
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size].to(device, non_blocking=True)
-        views = [eval_transform(batch, prep)]
-        if flip:
-            views.append(eval_transform(batch, prep, flip=True))
-        logits = 0
-        for view in views:
-            if channels_last:
-                view = view.contiguous(memory_format=torch.channels_last)
-            with autocast(device, precision):
-                logits = logits + base(view)[0].float()
-        outputs.append((logits / len(views)).cpu())
-    base.train(was_training)
-    return torch.cat(outputs) if outputs else torch.zeros(0, base.config.num_classes)
 
 
 def evaluate_split(
@@ -385,22 +342,30 @@ def default_run_dir(config: TrainConfig) -> Path:
     return Path(config.out_dir) / name
 
 
-def train(config: TrainConfig, run_dir: Path | None = None, resume: bool = False) -> Path:
-    """Train (or resume, when `resume` and run_dir/last.pt exists); returns the run directory."""
+def train(
+    config: TrainConfig | None = None, run_dir: Path | None = None, resume: bool = False
+) -> Path:
+    """Train, or with `resume` continue run_dir/last.pt under the run's own configuration.
+
+    Returns the run directory.
+    """
+    checkpoint = None
+    if resume:
+        if run_dir is None:
+            raise TrainingError("resuming needs the run directory")
+        last = Path(run_dir) / "last.pt"
+        if not last.is_file():
+            raise TrainingError(f"cannot resume: {last} does not exist")
+        checkpoint = load_checkpoint(last)
+        config = from_dict(TrainConfig, checkpoint["config"])  # before anything depends on it
+    elif config is None:
+        raise TrainingError("a configuration is needed to start a run")
     requested = select_device(config.device)
     dd = init_distributed(requested.type)
     device = select_device(config.device, dd.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
-
-    checkpoint = None
-    if resume:
-        last = run_dir / "last.pt"
-        if not last.is_file():
-            raise TrainingError(f"cannot resume: {last} does not exist")
-        checkpoint = load_checkpoint(last)
-        config = from_dict(TrainConfig, checkpoint["config"])  # the run's own configuration wins
     if dd.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
@@ -436,7 +401,7 @@ def train(config: TrainConfig, run_dir: Path | None = None, resume: bool = False
     if scaler.is_enabled() and isinstance(optimizer, SAM):
         raise TrainingError("SAM with fp16 gradient scaling is not supported: use bf16 or fp32")
 
-    epoch, batch_start, history, best = 0, 0, [], -1.0
+    epoch, batch_start, history, best, epoch_loss = 0, 0, [], -1.0, [0.0, 0]
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -444,6 +409,7 @@ def train(config: TrainConfig, run_dir: Path | None = None, resume: bool = False
         scaler.load_state_dict(checkpoint["scaler"])
         epoch, batch_start = checkpoint["epoch"], checkpoint["batch"]
         history, best = checkpoint["history"], checkpoint["best"]
+        epoch_loss = list(checkpoint["epoch_loss"])
         log.info("resumed %s at epoch %d, batch %d", run_dir, epoch, batch_start)
 
     network: torch.nn.Module = model
@@ -469,7 +435,7 @@ def train(config: TrainConfig, run_dir: Path | None = None, resume: bool = False
             "step": epoch * steps_per_epoch + batch,
             "history": history,
             "best": best,
-            "torch_rng": torch.get_rng_state(),
+            "epoch_loss": epoch_loss,  # sum and count of this epoch's step losses so far
         }
 
     def save(name: str, epoch: int, batch: int) -> None:
@@ -493,77 +459,182 @@ def train(config: TrainConfig, run_dir: Path | None = None, resume: bool = False
         )
 
     tensorboard = _open_tensorboard(run_dir) if config.tensorboard and dd.is_main else None
+    updater = Updater(network, optimizer, scaler, config, device, dd)
     generator = torch.Generator(device=device)
     global_step = epoch * steps_per_epoch + batch_start
     try:
-        while epoch < config.epochs:
-            batches = sampler.epoch(epoch)
-            model.train()
-            progress = Progress(steps_per_epoch, epoch + 1, batch_start, dd.is_main)
-            losses = []
-            for b, images, valid in iterate_batches(train_split.images, batches, batch_start):
-                if config.max_steps is not None and global_step >= config.max_steps:
-                    break
-                seed = step_seed(config.seed, epoch, b, dd.rank)
-                generator.manual_seed(seed)
-                torch.manual_seed(seed)  # dropout
-                index = batches[b]  # G x B
-                # An example with an unreadable image (disk storage) is left out of the loss.
-                keep = torch.from_numpy(valid.reshape(index.shape).all(0)).to(device)
-                images = images.to(device, non_blocking=True)
-                x = train_transform(images, config.preprocessing, config.augmentation, generator)
-                if config.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                x = x.unflatten(0, index.shape)
-                targets = (
-                    train_split.targets(index.reshape(-1)).to(device).unflatten(0, index.shape)
-                )
-                loss = _optimizer_step(network, optimizer, scaler, x, targets, keep, config, device)
-                if not math.isfinite(loss):
-                    raise TrainingError(
-                        f"non-finite loss ({loss}) at epoch {epoch + 1}, step {b}: stopping; the "
-                        f"last good checkpoint {run_dir / 'last.pt'} is kept"
+        with GracefulStop(dd) as stop:
+            while epoch < config.epochs:
+                batches = sampler.epoch(epoch)
+                model.train()
+                progress = Progress(steps_per_epoch, epoch + 1, batch_start, dd.is_main)
+                b = batch_start
+                for b, images, valid in iterate_batches(train_split.images, batches, batch_start):
+                    if config.max_steps is not None and global_step >= config.max_steps:
+                        break
+                    seed = step_seed(config.seed, epoch, b, dd.rank)
+                    generator.manual_seed(seed)
+                    torch.manual_seed(seed)  # dropout
+                    index = batches[b]  # G x B
+                    # An example with an unreadable image (disk storage) is left out of the loss.
+                    keep = torch.from_numpy(valid.reshape(index.shape).all(0)).to(device)
+                    x = train_transform(
+                        images.to(device, non_blocking=True),
+                        config.preprocessing,
+                        config.augmentation,
+                        generator,
                     )
-                scheduler.step()
-                global_step += 1
-                losses.append(loss)
-                progress.update(
-                    b, x.shape[0] * x.shape[1] * dd.world_size, loss, scheduler.get_last_lr()[0]
-                )
-                if (
-                    config.checkpoint_every_steps
-                    and global_step % config.checkpoint_every_steps == 0
-                ):
-                    save("last.pt", epoch, b + 1)
-            else:
-                progress.close()
-                record = _end_of_epoch(
-                    model, val_split, train_split, config, device, dd, epoch, losses, progress
-                )
-                history.append(record)
-                if dd.is_main:
-                    _write_history(history, run_dir, tensorboard)
-                improved = record["val_accuracy"] > best
-                best = max(best, record["val_accuracy"])
-                epoch, batch_start = epoch + 1, 0
-                if improved and dd.is_main:  # best first: a kill before last.pt redoes both
-                    save_atomic(state(epoch, 0), run_dir / "best.pt")
-                    _export_best(model, classes, config, record, run_dir)
-                save("last.pt", epoch, 0)
-                continue
-            progress.close()  # max_steps reached inside the epoch
-            save("last.pt", epoch, b)
-            break
+                    if config.channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    x = x.unflatten(0, index.shape)
+                    targets = train_split.targets(index.reshape(-1)).to(device)
+                    loss = updater.step(x, targets.unflatten(0, index.shape), keep)
+                    if not math.isfinite(loss):
+                        raise TrainingError(
+                            f"non-finite loss or gradients ({loss}) at epoch {epoch + 1}, step "
+                            f"{b}: stopping without applying it; the last good checkpoint "
+                            f"{run_dir / 'last.pt'} is kept"
+                        )
+                    scheduler.step()
+                    global_step += 1
+                    epoch_loss = [epoch_loss[0] + loss, epoch_loss[1] + 1]
+                    progress.update(
+                        b,
+                        x.shape[0] * x.shape[1] * dd.world_size,
+                        loss,
+                        scheduler.get_last_lr()[0],
+                    )
+                    every = config.checkpoint_every_steps
+                    if (every and global_step % every == 0) or stop.requested():
+                        save("last.pt", epoch, b + 1)
+                    if stop.requested():
+                        raise KeyboardInterrupt
+                else:
+                    progress.close()
+                    train_seconds = time.perf_counter() - progress.start
+                    record = _end_of_epoch(
+                        model,
+                        val_split,
+                        train_split,
+                        config,
+                        device,
+                        dd,
+                        epoch,
+                        epoch_loss,
+                        progress.images / max(train_seconds, 1e-9),
+                        train_seconds,
+                    )
+                    history.append(record)
+                    if dd.is_main:
+                        _write_history(history, run_dir, tensorboard)
+                    improved = record["val_accuracy"] > best
+                    best = max(best, record["val_accuracy"])
+                    epoch, batch_start, epoch_loss = epoch + 1, 0, [0.0, 0]
+                    if improved and dd.is_main:  # best first: a kill before last.pt redoes both
+                        save_atomic(state(epoch, 0), run_dir / "best.pt")
+                        _export_best(model, classes, config, record, run_dir)
+                    save("last.pt", epoch, 0)
+                    if stop.requested():
+                        raise KeyboardInterrupt
+                    continue
+                progress.close()  # max_steps reached inside the epoch
+                save("last.pt", epoch, b)
+                break
     except KeyboardInterrupt:
         if dd.is_main:
-            position = global_step - epoch * steps_per_epoch
-            save("last.pt", epoch, position)
-            log.warning("interrupted: resumable checkpoint written to %s", run_dir / "last.pt")
+            log.warning("interrupted: resume with qcsfer train --resume %s", run_dir)
         raise
     finally:
         if dd.enabled and dist.is_initialized():
             dist.destroy_process_group()
     return run_dir
+
+
+class GracefulStop:
+    """Ctrl-C (SIGINT/SIGTERM) asks the loop to stop at the next step boundary, never inside an
+    update; the loop then writes a resumable checkpoint. A second Ctrl-C stops at once. Under
+    DDP the request is shared so every rank stops at the same step."""
+
+    def __init__(self, dd: Distributed) -> None:
+        self.dd = dd
+        self.flag = False
+        self.previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.flag:
+            raise KeyboardInterrupt
+        self.flag = True
+        log.warning("stop requested: finishing the current step, then saving")
+
+    def __enter__(self) -> GracefulStop:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def requested(self) -> bool:
+        if not self.dd.enabled:
+            return self.flag
+        flag = torch.tensor([float(self.flag)])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+class Updater:
+    """One optimiser update: forward, backward (twice for SAM: at w, then at the perturbed w),
+    clip, step. Nothing is applied unless the loss and gradients are finite on every rank."""
+
+    def __init__(self, network, optimizer, scaler, config: TrainConfig, device, dd) -> None:
+        self.network, self.optimizer, self.scaler = network, optimizer, scaler
+        self.config, self.device, self.dd = config, device, dd
+        self.parameters = [p for p in network.parameters() if p.requires_grad]
+
+    def _forward_backward(self, x, targets, keep) -> float:
+        with autocast(self.device, self.config.precision):
+            logits = self.network(x)
+        loss = branch_loss(logits, targets, keep)
+        self.scaler.scale(loss).backward()
+        return loss.item()
+
+    def _all_finite(self, value: float) -> bool:
+        finite = torch.tensor([float(math.isfinite(value))], device=self.device)
+        if self.dd.enabled:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        return bool(finite.item())
+
+    def step(self, x, targets, keep) -> float:
+        """Returns the loss at w, or nan when the update was refused."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self._forward_backward(x, targets, keep)
+        if not self._all_finite(loss):
+            return math.nan
+        sam = isinstance(self.optimizer, SAM)
+        try:
+            if sam:
+                self.optimizer.perturb()
+                self.optimizer.zero_grad(set_to_none=True)
+                if not self._all_finite(self._forward_backward(x, targets, keep)):
+                    return math.nan
+            self.scaler.unscale_(self.optimizer)
+            grads = [p.grad for p in self.parameters if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads)
+            if self.config.optim.grad_clip:
+                torch.nn.utils.clip_grads_with_norm_(
+                    self.parameters, self.config.optim.grad_clip, norm
+                )
+            # fp16 overflow is the scaler's business (it skips the step); otherwise refuse.
+            if not self.scaler.is_enabled() and not self._all_finite(float(norm)):
+                return math.nan
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        finally:
+            if sam:
+                self.optimizer.restore()  # no-op after step(); undoes w + e otherwise
+        return loss
 
 
 def iterate_batches(
@@ -584,44 +655,14 @@ def iterate_batches(
             yield (b, *current.result())
 
 
-def _optimizer_step(network, optimizer, scaler, x, targets, keep, config, device) -> float:
-    """One update: forward, backward (twice for SAM: at w, then at the perturbed w), clip, step.
-
-    Returns the loss at w. fp16 gradient scaling and SAM are not combined (checked at start).
-    """
-
-    def forward_backward() -> float:
-        with autocast(device, config.precision):
-            logits = network(x)
-        loss = branch_loss(logits, targets, keep)
-        scaler.scale(loss).backward()
-        return loss.item()
-
-    optimizer.zero_grad(set_to_none=True)
-    loss = forward_backward()
-    if not math.isfinite(loss):
-        return loss
-    if isinstance(optimizer, SAM):
-        optimizer.perturb()
-        optimizer.zero_grad(set_to_none=True)
-        forward_backward()
-    if config.optim.grad_clip:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(network.parameters(), config.optim.grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    return loss
-
-
 def _end_of_epoch(
-    model, val_split, train_split, config, device, dd, epoch, losses, progress
+    model, val_split, train_split, config, device, dd, epoch, epoch_loss, rate, train_seconds
 ) -> dict:
     metrics = evaluate_split(model.base, val_split, config, device, dd)
-    loss = torch.tensor([sum(losses), len(losses)], dtype=torch.float64)
+    loss = torch.tensor(epoch_loss, dtype=torch.float64)
     if dd.enabled:
         loss = loss.to(device)
         dist.all_reduce(loss)
-    elapsed = time.perf_counter() - progress.start
     record = {
         "epoch": epoch + 1,
         "train_loss": float(loss[0] / max(loss[1], 1)),
@@ -629,8 +670,8 @@ def _end_of_epoch(
         "val_balanced_accuracy": metrics.balanced_accuracy,
         "val_macro_f1": metrics.macro_f1,
         "k": model.k_values(),
-        "images_per_second": progress.images / max(elapsed, 1e-9),
-        "epoch_seconds": elapsed,
+        "images_per_second": rate,  # training steps only, validation excluded
+        "epoch_seconds": train_seconds,
         "skipped_images": train_split.skipped + val_split.skipped,
     }
     record["classes"] = list(metrics.classes)

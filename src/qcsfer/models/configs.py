@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,6 +21,16 @@ class CSAConfig:
     variant: Variant = "SD"  # which position scores feed the softmax
     normalize: Normalize = "batch"  # min/max shift over the whole batch (reference) or per sample
     gamma: float = 1.0  # k = 1 + tanh(gamma * theta); the reference has gamma = 1
+
+    def __post_init__(self) -> None:
+        for name, kind in (
+            ("attention", Attention),
+            ("variant", Variant),
+            ("normalize", Normalize),
+        ):
+            value, allowed = getattr(self, name), typing.get_args(kind)
+            if value not in allowed:
+                raise ValueError(f"csa.{name} must be one of {allowed}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -52,13 +64,18 @@ class ModelConfig:
 
     def stage_sizes(self) -> tuple[int, int, int]:
         """Spatial side of the three backbone stage maps."""
-        s = self.backbone_size
-        return (s // 2, s // 4, s // 8)
+        sizes, s = [], self.backbone_size
+        for _ in range(3):  # each stage starts with a stride-2 conv (padding 1): ceil(s / 2)
+            s = math.ceil(s / 2)
+            sizes.append(s)
+        return tuple(sizes)
 
     def replace(self, **changes: Any) -> ModelConfig:
+        """A copy with changes (validated); a `csa` mapping changes only the keys it names."""
+        data = self.to_dict()
         if isinstance(changes.get("csa"), dict):
-            changes["csa"] = CSAConfig(**changes["csa"])
-        return dataclasses.replace(self, **changes)
+            changes = {**changes, "csa": {**data["csa"], **changes["csa"]}}
+        return ModelConfig.from_dict({**data, **changes})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -74,7 +91,10 @@ class ModelConfig:
             if key in data:
                 data[key] = tuple(data[key])
         if isinstance(data.get("csa"), dict):
-            data["csa"] = CSAConfig(**data["csa"])
+            try:
+                data["csa"] = CSAConfig(**data["csa"])
+            except TypeError as exc:
+                raise ValueError(f"csa: {exc}") from exc
         return cls(**data)
 
 
@@ -111,5 +131,5 @@ CONFIGS: dict[str, ModelConfig] = {
 
 def get_config(name: str, **overrides: Any) -> ModelConfig:
     if name not in CONFIGS:
-        raise KeyError(f"unknown model configuration {name!r}; choose from {sorted(CONFIGS)}")
+        raise ValueError(f"unknown model configuration {name!r}; choose from {sorted(CONFIGS)}")
     return CONFIGS[name].replace(**overrides)

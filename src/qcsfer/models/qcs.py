@@ -7,6 +7,7 @@ D42), each read by both of its images; DCS is the anchor-positive pair alone.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal, NamedTuple
 
 import torch
@@ -54,8 +55,8 @@ class QCSModel(nn.Module):
         self.base = BaseNetwork(config)
         if mode != "baseline":
             csa_config = config.csa
-            if mode == "dcs" and csa_config.variant != "S":
-                csa_config = type(csa_config)(**{**csa_config.__dict__, "variant": "S"})
+            if mode == "dcs":  # DCS has only the same-class pair: S terms only, no k
+                csa_config = dataclasses.replace(csa_config, variant="S")
             self.csa = nn.ModuleList(
                 CrossSimilarityAttention(config.dim, config.mlp_ratio, csa_config) for _ in range(3)
             )
