@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +27,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from qcsfer.imaging import read_image
+from qcsfer.inference.faces import Face, FaceDetector
 
-from qcsfer.inference.faces import Face, FaceDetector  # noqa: E402
-from qcsfer.inference.imageio import read_image  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SHARED = ROOT.parent / "shared"
 PHOTOS = SHARED / "photos"

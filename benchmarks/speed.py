@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qcsfer.data.sampling import BranchSampler, SamplerConfig
+from qcsfer.data.sampling import BranchSampler
 from qcsfer.data.transforms import Augmentation, Preprocessing, train_transform
 from qcsfer.models import BranchLogits, QCSModel, branch_loss, get_config
 
@@ -114,7 +114,7 @@ def data_throughput(repeats: int) -> dict:
     n, b = 25_000, 32
     labels = np.random.default_rng(0).integers(0, 8, n)
     images = torch.randint(0, 256, (n, 1, 48, 48), dtype=torch.uint8)
-    sampler = BranchSampler(labels, SamplerConfig(branches=4), b)
+    sampler = BranchSampler(labels, 4, b)
     prep = Preprocessing(image_size=48, load_size=48, grayscale=True)
     aug, g = Augmentation(), torch.Generator().manual_seed(0)
     start = time.perf_counter()
@@ -133,7 +133,9 @@ def probe(kind: str, weights: str) -> dict:
     if weights == "random":
         torch.manual_seed(0)
         model = BaseNetwork(get_config("small", num_classes=8)).eval()
-        meta = {"classes": [str(i) for i in range(8)]}
+        side = model.config.image_size
+        prep = Preprocessing(image_size=side, load_size=side, grayscale=True)
+        meta = {"classes": [str(i) for i in range(8)], "preprocessing": prep.to_dict()}
     else:
         model, meta = load_model(weights)
     size = model.config.image_size

@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from qcsfer import imaging
 from qcsfer.data import images as images_module
 from qcsfer.data.affectnet import read_affectnet
 from qcsfer.data.csv import read_csv_list
@@ -25,12 +26,14 @@ from qcsfer.data.datasets import READERS, read_dataset, stratified_split
 from qcsfer.data.ferplus import CLASSES as FERPLUS_CLASSES
 from qcsfer.data.ferplus import process_votes, read_ferplus
 from qcsfer.data.folder import read_folder
-from qcsfer.data.images import ImageError, load_images, open_image
+from qcsfer.data.images import DiskImages, load_images
 from qcsfer.data.rafdb import CLASSES as RAFDB_CLASSES
 from qcsfer.data.rafdb import read_rafdb
 from qcsfer.data.records import DatasetError, LabeledImages
 from qcsfer.data.sampling import BranchSampler, SamplerConfig
 from qcsfer.data.transforms import Augmentation, Preprocessing, eval_transform, train_transform
+from qcsfer.imaging import ImageError, open_image
+from qcsfer.io import atomic_write
 
 FERPLUS_ROOT = Path(__file__).parents[1] / ".." / "shared" / "datasets" / "ferplus"
 
@@ -614,7 +617,7 @@ def test_load_images_skips_unreadable(
 def test_decompression_bomb_guard(
     odd_images: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(images_module, "MAX_PIXELS", 100)  # the 16x16 images are now too large
+    monkeypatch.setattr(imaging, "MAX_PIXELS", 100)  # the 16x16 images are now too large
     with pytest.raises(ImageError, match="too large"):
         open_image(odd_images["rgb"])
     store = load_images([odd_images["rgb"], odd_images["tiny"]], 4, grayscale=False, workers=1)
@@ -637,6 +640,59 @@ def test_image_cache_returns_identical_tensors(
     assert second.skipped == first.skipped == 3
 
 
+def test_image_cache_is_checked_before_use(
+    odd_images: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    paths, cache = list(odd_images.values()), tmp_path / "cache"
+    first = load_images(paths, 8, grayscale=False, cache_dir=cache, workers=1)
+    (cache_file,) = cache.glob("images-*.npz")
+    wrong = {
+        "truncated": None,
+        "shape": {"images": first.images.numpy()[:, :, :4], "valid": first.valid},
+        "dtype": {"images": first.images.numpy().astype(np.float32), "valid": first.valid},
+        "valid": {"images": first.images.numpy(), "valid": first.valid[:-1]},
+        "keys": {"pixels": first.images.numpy()},
+    }
+    for problem, content in wrong.items():
+        if content is None:
+            cache_file.write_bytes(cache_file.read_bytes()[:100])
+        else:
+            np.savez(cache_file, **content)
+        with caplog.at_level(logging.WARNING, logger="qcsfer.data.images"):
+            again = load_images(paths, 8, grayscale=False, cache_dir=cache, workers=1)
+        assert "ignoring" in caplog.text and str(cache_file) in caplog.text, problem
+        caplog.clear()
+        assert torch.equal(again.images, first.images) and (again.valid == first.valid).all()
+        with np.load(cache_file) as rewritten:  # decoded again and cached afresh
+            assert rewritten["images"].shape == tuple(first.images.shape), problem
+    assert sorted(p.name for p in cache.iterdir()) == [cache_file.name]  # no temporaries
+
+
+def test_atomic_write_replaces_whole_files_or_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "file.bin"
+    assert atomic_write(target, lambda tmp: tmp.write_bytes(b"first")) == target
+    assert target.read_bytes() == b"first" and (target.stat().st_mode & 0o777) == 0o644
+
+    def failing(tmp: Path) -> None:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(target, failing)
+    assert target.read_bytes() == b"first"  # the old file is untouched
+    assert [p.name for p in target.parent.iterdir()] == ["file.bin"]  # temporary removed
+
+
+def test_disk_images_close_their_threads(odd_images: dict[str, Path]) -> None:
+    with DiskImages([odd_images["rgb"], odd_images["corrupt"]], 4, grayscale=True) as disk:
+        images, valid = disk.load(np.array([0, 1]))
+        assert images.shape == (2, 1, 4, 4) and valid.tolist() == [True, False]
+        assert disk.skipped == 1
+    with pytest.raises(RuntimeError, match="shutdown"):  # its threads stopped with the block
+        disk.load(np.array([0]))
+    disk.close()  # idempotent
+
+
 # ---------------------------------------------------------------------------- sampling
 
 SAMPLING_COUNTS = [60, 30, 20, 10]
@@ -654,8 +710,8 @@ def quadruplets(sampler: BranchSampler, epoch: int) -> np.ndarray:
 @pytest.mark.parametrize("rule", ["frequency", "uniform-class"])
 def test_quadruplet_roles(rule: str) -> None:
     labels = SAMPLING_LABELS
-    config = SamplerConfig(branches=4, negative_rule=rule, anchors_per_epoch=24_000, seed=3)  # type: ignore[arg-type]
-    sampler = BranchSampler(labels, config, batch_size=16)
+    config = SamplerConfig(negative_rule=rule, anchors_per_epoch=24_000)  # type: ignore[arg-type]
+    sampler = BranchSampler(labels, 4, 16, config, seed=3)
     anchor, positive, negative, negative2 = quadruplets(sampler, 0)
     assert (labels[positive] == labels[anchor]).all() and (positive != anchor).all()
     assert (labels[negative] != labels[anchor]).all()
@@ -673,28 +729,25 @@ def test_quadruplet_roles(rule: str) -> None:
 
 
 def test_balanced_epochs_and_reproducibility() -> None:
-    config = SamplerConfig(branches=4, balanced=True, anchors_per_epoch=8_000, seed=1)
-    sampler = BranchSampler(SAMPLING_LABELS, config, batch_size=20)
+    config = SamplerConfig(balanced=True, anchors_per_epoch=8_000)
+    sampler = BranchSampler(SAMPLING_LABELS, 4, 20, config, seed=1)
     anchors = quadruplets(sampler, 0)[0]
     share = np.bincount(SAMPLING_LABELS[anchors], minlength=4) / len(anchors)
     np.testing.assert_allclose(share, 0.25, atol=0.03)
 
-    again = BranchSampler(SAMPLING_LABELS, config, batch_size=20)
+    again = BranchSampler(SAMPLING_LABELS, 4, 20, config, seed=1)
     assert np.array_equal(sampler.epoch(5), again.epoch(5))
     assert not np.array_equal(sampler.epoch(5), sampler.epoch(6))
-    other_seed = BranchSampler(
-        SAMPLING_LABELS, SamplerConfig(balanced=True, anchors_per_epoch=8_000, seed=2), 20
-    )
+    other_seed = BranchSampler(SAMPLING_LABELS, 4, 20, config, seed=2)
     assert not np.array_equal(sampler.epoch(5), other_seed.epoch(5))
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_rank_shards(world_size: int) -> None:
-    config = SamplerConfig(branches=4, seed=11)
     batch = 7
-    single = quadruplets(BranchSampler(SAMPLING_LABELS, config, batch), 2)
+    single = quadruplets(BranchSampler(SAMPLING_LABELS, 4, batch, seed=11), 2)
     shards = [
-        BranchSampler(SAMPLING_LABELS, config, batch, rank=r, world_size=world_size).epoch(2)
+        BranchSampler(SAMPLING_LABELS, 4, batch, seed=11, rank=r, world_size=world_size).epoch(2)
         for r in range(world_size)
     ]
     anchor_sets = [set(s[:, 0].ravel().tolist()) for s in shards]
@@ -717,9 +770,10 @@ def test_one_image_class_warns_and_works(caplog: pytest.LogCaptureFixture) -> No
         with caplog.at_level(logging.WARNING, logger="qcsfer.data.sampling"):
             sampler = BranchSampler(
                 labels,
-                SamplerConfig(negative_rule=rule, anchors_per_epoch=400),
+                4,
                 8,
-                class_names=names,  # type: ignore[arg-type]
+                SamplerConfig(negative_rule=rule, anchors_per_epoch=400),  # type: ignore[arg-type]
+                class_names=names,
             )
         assert "'lonely' has a single image" in caplog.text
         anchor, positive, negative, negative2 = quadruplets(sampler, 0)
@@ -735,16 +789,16 @@ def test_one_image_class_warns_and_works(caplog: pytest.LogCaptureFixture) -> No
 
 def test_plain_and_pair_shapes() -> None:
     for branches in (1, 2):
-        sampler = BranchSampler(SAMPLING_LABELS, SamplerConfig(branches=branches), batch_size=16)
+        sampler = BranchSampler(SAMPLING_LABELS, branches, 16)
         table = sampler.epoch(0)
         assert table.shape == (120 // 16, branches, 16) and len(sampler) == 7
         assert len(set(table[:, 0].ravel().tolist())) == 112  # anchors: no repeats within an epoch
         if branches == 2:
             assert (SAMPLING_LABELS[table[:, 1]] == SAMPLING_LABELS[table[:, 0]]).all()
     with pytest.raises(ValueError, match="branches"):
-        BranchSampler(SAMPLING_LABELS, SamplerConfig(branches=3), 4)
+        BranchSampler(SAMPLING_LABELS, 3, 4)
     with pytest.raises(ValueError, match="two classes"):
-        BranchSampler(np.zeros(5, dtype=np.int64), SamplerConfig(branches=4), 2)
+        BranchSampler(np.zeros(5, dtype=np.int64), 4, 2)
 
 
 # ---------------------------------------------------------------------------- transforms

@@ -22,9 +22,10 @@ import torch
 from PIL import Image
 
 from qcsfer.cli import main
-from qcsfer.data.images import MAX_PIXELS, load_images, open_image
+from qcsfer.data.images import load_images
 from qcsfer.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, eval_transform
-from qcsfer.inference import ExpressionRecognizer, Face, FaceDetector, ImageError, imageio
+from qcsfer.imaging import read_image
+from qcsfer.inference import ExpressionRecognizer, Face, FaceDetector, ImageError
 from qcsfer.inference.explain import attention_weights, class_token_attention, explain
 from qcsfer.inference.export import (
     export_onnx,
@@ -33,7 +34,8 @@ from qcsfer.inference.export import (
     onnx_model_bytes,
 )
 from qcsfer.inference.faces import crop_box, crop_face, sort_faces
-from qcsfer.inference.preprocess import InputSpec, numpy_eval_transform, stack_crops
+from qcsfer.inference.preprocess import numpy_eval_transform, stack_crops
+from qcsfer.inference.recognizer import Prediction
 from qcsfer.inference.runner import Progress
 from qcsfer.models import BaseNetwork, get_config
 from qcsfer.models.weights import save_weights
@@ -126,12 +128,12 @@ def probs_close(a: dict[str, float], b: dict[str, float], tol: float) -> bool:
 
 def test_detector_finds_the_astronaut_and_nothing_in_the_coffee() -> None:
     detector = FaceDetector()
-    faces = detector.detect(imageio.read_image(ASTRONAUT))
+    faces = detector.detect(read_image(ASTRONAUT))
     assert len(faces) == 1
     face = faces[0]
     assert 150 < (face.x0 + face.x1) / 2 < 300 and 60 < (face.y0 + face.y1) / 2 < 180
     assert 60 < face.width < 160 and face.score is not None and face.score >= 1
-    assert detector.detect(imageio.read_image(COFFEE)) == []
+    assert detector.detect(read_image(COFFEE)) == []
 
 
 def test_three_faces_in_stable_left_to_right_order(
@@ -149,7 +151,7 @@ def test_three_faces_in_stable_left_to_right_order(
 
 
 def test_huge_images_are_detected_downscaled_with_boxes_in_original_pixels() -> None:
-    small = imageio.read_image(ASTRONAUT)
+    small = read_image(ASTRONAUT)
     big = np.asarray(Image.fromarray(small).resize((1536, 1536), Image.BICUBIC))
     (reference,) = FaceDetector().detect(small)
     (face,) = FaceDetector(max_side=512).detect(big)  # detection runs at 512 px
@@ -181,16 +183,13 @@ def test_numpy_preprocessing_equals_eval_transform(
     grayscale: bool, load_size: int, image_size: int
 ) -> None:
     prep = Preprocessing(image_size=image_size, load_size=load_size, grayscale=grayscale)
-    spec = InputSpec.from_dict({**prep.__dict__, "mean": list(prep.mean), "std": list(prep.std)})
     channels = 1 if grayscale else 3
     batch = np.random.default_rng(0).integers(0, 256, (4, channels, load_size, load_size))
     batch = batch.astype(np.uint8)
     expected = eval_transform(torch.from_numpy(batch), prep).numpy()
-    got = numpy_eval_transform(batch, spec)
+    got = numpy_eval_transform(batch, prep)
     assert got.shape == expected.shape == (4, 3, image_size, image_size)
     assert np.abs(got - expected).max() <= 1e-5
-    with pytest.raises(ValueError, match="lacks"):
-        InputSpec.from_dict({"image_size": 48})
 
 
 def test_inference_input_equals_the_training_pipeline(
@@ -215,7 +214,7 @@ def test_inference_input_equals_the_training_pipeline(
 
 
 def test_arrays_pil_and_paths_agree(rec: ExpressionRecognizer) -> None:
-    rgb = imageio.read_image(ASTRONAUT)
+    rgb = read_image(ASTRONAUT)
     expected = rec(ASTRONAUT)
     for image, color in [
         (str(ASTRONAUT), "rgb"),
@@ -304,29 +303,38 @@ def test_bad_inputs_give_clear_results(
     assert errors == {"missing", "text", "zero"}
 
 
-def test_torch_free_reader_matches_the_training_reader(bad_inputs: dict[str, Path]) -> None:
-    assert imageio.MAX_PIXELS == MAX_PIXELS
+def test_reader_applies_exif_and_gray_decoding_agrees(bad_inputs: dict[str, Path]) -> None:
+    """Training decodes files straight to gray; inference crops RGB and converts: same pixels."""
     exif = bad_inputs["rgba"].parent / "exif.jpg"
     exif_data = Image.Exif()
     exif_data[0x0112] = 6  # orientation: rotate 90 degrees on display
     Image.fromarray(astronaut_face(40)[:, :30]).save(exif, exif=exif_data)
     for name in ("one_pixel", "16bit", "cmyk", "rgba", "palette"):
-        ours = imageio.read_image(bad_inputs[name])
-        assert (ours == np.asarray(open_image(bad_inputs[name]))).all(), name
-        gray = np.asarray(Image.fromarray(ours).convert("L"))
-        assert (gray == np.asarray(open_image(bad_inputs[name], grayscale=True))).all(), name
-    rotated = imageio.read_image(exif)
-    assert rotated.shape == (30, 40, 3) and (rotated == np.asarray(open_image(exif))).all()
+        rgb = read_image(bad_inputs[name])
+        assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3, name
+        gray = read_image(bad_inputs[name], grayscale=True)
+        assert (np.asarray(Image.fromarray(rgb).convert("L")) == gray).all(), name
+    assert read_image(exif).shape == (30, 40, 3)  # shown upright: 40 wide after rotation
+
+
+def test_prediction_from_probabilities() -> None:
+    face = Face(1, 2, 11, 22, score=3.0)
+    prediction = Prediction.from_probabilities(face, np.array([0.1, 0.7, 0.2]), ["a", "b", "c"])
+    assert prediction.box == (1, 2, 11, 22) and prediction.detector_score == 3.0
+    assert prediction.label == "b" and prediction.confidence == pytest.approx(0.7)
+    assert prediction.probabilities == pytest.approx({"a": 0.1, "b": 0.7, "c": 0.2})
+    with pytest.raises(ValueError, match="2 probabilities for 3 classes"):
+        Prediction.from_probabilities(face, np.array([0.5, 0.5]), ["a", "b", "c"])
 
 
 # ---------------------------------------------------------------------------- export
 
 
-def real_inputs(spec: InputSpec, three_faces: Path) -> torch.Tensor:
-    rgb = imageio.read_image(three_faces)
+def real_inputs(prep: Preprocessing, three_faces: Path) -> torch.Tensor:
+    rgb = read_image(three_faces)
     crops = [crop_face(rgb, face) for face in FaceDetector().detect(rgb)]
-    crops += [imageio.read_image(p) for p in fer_faces()]
-    return torch.from_numpy(numpy_eval_transform(stack_crops(crops, spec), spec))
+    crops += [read_image(p) for p in fer_faces()]
+    return torch.from_numpy(numpy_eval_transform(stack_crops(crops, prep), prep))
 
 
 @pytest.mark.parametrize("image_size", [48, 96])  # 96: exercises the backbone's resize
@@ -345,11 +353,11 @@ def test_onnx_export_matches_pytorch(
     assert json.loads(props["classes"]) == CLASSES
     assert json.loads(props["preprocessing"]) == prep
     generator = torch.Generator().manual_seed(1)
-    spec = InputSpec.from_dict(prep)
+    preprocessing = Preprocessing.from_dict(prep)
     for x in [
         torch.randn(1, 3, image_size, image_size, generator=generator),
         torch.randn(7, 3, image_size, image_size, generator=generator),  # dynamic batch
-        real_inputs(spec, three_faces[0]),
+        real_inputs(preprocessing, three_faces[0]),
     ]:
         with torch.no_grad():
             expected = base(x)[0].numpy()
@@ -377,7 +385,7 @@ def test_onnx_backend_equals_torch_backend(
         ExpressionRecognizer(onnx_path, threads=1),  # backend auto -> onnx for .onnx
         ExpressionRecognizer(weights, backend="onnx", threads=1),  # exported in memory
     ):
-        assert onnx_rec.classes == CLASSES and onnx_rec.spec == rec.spec
+        assert onnx_rec.classes == CLASSES and onnx_rec.preprocessing == rec.preprocessing
         for image in (three_faces[0], ASTRONAUT):
             expected, got = rec(image), onnx_rec(image)
             assert [p.box for p in got] == [p.box for p in expected]
@@ -502,8 +510,8 @@ def test_cli_folders_globs_and_annotated_output(
     assert files == [str(folder / "a.png"), str(three_faces[0])]
     written = sorted(p.name for p in out_dir.iterdir())
     assert written == ["a.png", "three_faces.png"]
-    original = imageio.read_image(three_faces[0])
-    annotated = imageio.read_image(out_dir / "three_faces.png")
+    original = read_image(three_faces[0])
+    annotated = read_image(out_dir / "three_faces.png")
     assert annotated.shape == original.shape and (annotated != original).any()
     assert (annotated[-20:, -20:] == original[-20:, -20:]).all()  # away from the faces
 
@@ -533,7 +541,8 @@ def test_cli_video_every_second_frame(
     ]
     code, out, err = run_cli(args, capsys)
     assert code == 0, err
-    results = json.loads(out)["results"]
+    document = json.loads(out)
+    results = document["results"]
     assert [r["frame"] for r in results] == [0, 2, 4]
     assert all(len(r["faces"]) == 1 and r["file"] == str(video) for r in results)
     xs = [r["faces"][0]["box"][0] for r in results]
@@ -543,8 +552,17 @@ def test_cli_video_every_second_frame(
     capture = cv2.VideoCapture(str(annotated))
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
     capture.release()
+    assert document["summary"]["annotated"] == [str(annotated)]
+    assert "1 annotated file" in err
     code, out, err = run_cli(["predict", video, "--model", weights], capsys)
     assert code == 0 and out.splitlines()[0].split()[:2] == ["file", "frame"]
+    # A box outside the 512 x 512 frames (but inside the 600 x 400 photo) skips the video only.
+    args = ["predict", video, COFFEE, "--model", weights, "--box", "520,10,580,60"]
+    code, out, err = run_cli([*args, "--format", "json"], capsys)
+    assert code == 0, err
+    video_result, photo_result = json.loads(out)["results"]
+    assert "does not overlap" in video_result["error"] and f"skipped {video}" in err
+    assert photo_result["error"] is None and len(photo_result["faces"]) == 1
 
 
 def test_cli_export(weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

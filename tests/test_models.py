@@ -32,6 +32,7 @@ from qcsfer.models.weights import (
     load_ir50_backbone,
     load_reference_checkpoint,
     load_weights,
+    read_metadata,
     save_weights,
 )
 
@@ -472,7 +473,13 @@ def test_ir50_backbone_loads_into_stages_1_to_3(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # Our weights files
 
-PREPROCESSING = {"image_size": 48, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+PREPROCESSING = {
+    "image_size": 48,
+    "load_size": 56,
+    "grayscale": False,
+    "mean": [0.485, 0.456, 0.406],
+    "std": [0.229, 0.224, 0.225],
+}
 
 
 @pytest.mark.parametrize("network", ["base", "training"])
@@ -517,7 +524,11 @@ def test_weights_round_trip(network: str, tmp_path: Path) -> None:
 def test_weights_errors_name_the_file(tmp_path: Path) -> None:
     model = _tiny().base
     path = save_weights(
-        model, tmp_path / "w.safetensors", classes=list("abcde"), preprocessing={}, provenance={}
+        model,
+        tmp_path / "w.safetensors",
+        classes=list("abcde"),
+        preprocessing=PREPROCESSING,
+        provenance={},
     )
     sidecar = tmp_path / "w.json"
     metadata = json.loads(sidecar.read_text())
@@ -546,11 +557,58 @@ def test_weights_errors_name_the_file(tmp_path: Path) -> None:
             model,
             tmp_path / "y.safetensors",
             classes=list("abcde"),
-            preprocessing={},
+            preprocessing=PREPROCESSING,
             provenance={"x": object()},
         )
     assert not list(tmp_path.glob("*y.*"))  # nothing half-written
     with pytest.raises(WeightsError, match="2 class names for a 5-class model"):
         save_weights(
-            model, tmp_path / "x.safetensors", classes=["a", "b"], preprocessing={}, provenance={}
+            model,
+            tmp_path / "x.safetensors",
+            classes=["a", "b"],
+            preprocessing=PREPROCESSING,
+            provenance={},
         )
+    with pytest.raises(
+        WeightsError, match=r"invalid preprocessing: preprocessing lacks \['load_size'"
+    ):
+        save_weights(
+            model,
+            tmp_path / "z.safetensors",
+            classes=list("abcde"),
+            preprocessing={"image_size": 48},
+            provenance={},
+        )
+    assert not list(tmp_path.glob("z.*"))  # nothing written
+
+
+def test_read_metadata_validates_the_sidecar(tmp_path: Path) -> None:
+    path = save_weights(
+        _tiny().base,
+        tmp_path / "w.safetensors",
+        classes=list("abcde"),
+        preprocessing=PREPROCESSING,
+        provenance={},
+    )
+    sidecar = tmp_path / "w.json"
+    good = json.loads(sidecar.read_text())
+    assert read_metadata(path)["preprocessing"] == PREPROCESSING
+    broken = [
+        (r"lacks \['preprocessing'\]", {"preprocessing": None}),
+        ("a 'preprocessing' mapping", {"preprocessing": [48, 56]}),
+        ("invalid preprocessing: preprocessing lacks", {"preprocessing": {"image_size": 48}}),
+        ("unknown preprocessing key", {"preprocessing": {**PREPROCESSING, "size": 48}}),
+        ("load_size 40 < image_size 48", {"preprocessing": {**PREPROCESSING, "load_size": 40}}),
+        ("std must be > 0", {"preprocessing": {**PREPROCESSING, "std": [0.2, 0.0, 0.2]}}),
+        ("three finite numbers", {"preprocessing": {**PREPROCESSING, "mean": [0.5, 0.5]}}),
+        ("format_version must be a positive integer", {"format_version": "1"}),
+        ("format_version must be a positive integer", {"format_version": None}),
+        ("classes must be a list of names", {"classes": "abcde"}),
+        ("classes must be a list of names", {"classes": [0, 1, 2, 3, 4]}),
+    ]
+    for message, change in broken:
+        metadata = {k: v for k, v in {**good, **change}.items() if v is not None}
+        sidecar.write_text(json.dumps(metadata))
+        with pytest.raises(WeightsError, match=message) as info:
+            read_metadata(path)
+        assert str(sidecar) in str(info.value)

@@ -19,14 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..imaging import IMAGE_SUFFIXES
 from .folder import ClassesOption, parse_classes
 from .records import DatasetError, LabeledImages, check_files_exist
 
 DELIMITERS = ("\t", ",", ";")
 SNIFF_ROWS = 20
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
-)
 PATH_NAMES = frozenset(
     {"path", "file", "filename", "file_name", "filepath", "file_path", "image", "image_path", "img"}
 )

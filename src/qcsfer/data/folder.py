@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..imaging import IMAGE_SUFFIXES
 from .records import DatasetError, LabeledImages
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 SPLIT_FOLDERS = frozenset({"train", "training", "val", "valid", "validation", "test", "testing"})
 
 ClassesOption = str | Sequence[str] | None

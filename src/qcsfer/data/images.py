@@ -1,8 +1,9 @@
-"""Safe image decoding and the in-memory image store used for training on small faces.
+"""Training images decoded in bulk: the in-memory store (cached on disk) and per-batch decoding.
 
-Decoding never crashes a long run: unreadable, truncated or oversized files are skipped and
-counted. The store is a uint8 tensor (N x C x S x S) decoded once in parallel and cached on disk,
-so epochs cost only the model, not PNG decoding.
+Decoding (`qcsfer.imaging`) never crashes a long run: unreadable, truncated or oversized files
+are skipped and counted. The store is a uint8 tensor (N x C x S x S) decoded once in parallel
+and cached on disk, so epochs cost only the model, not PNG decoding; a cache file that does not
+hold what is expected is ignored (logged) and rewritten.
 """
 
 from __future__ import annotations
@@ -10,75 +11,29 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+
+from ..imaging import ImageError, open_image, square_chw
+from ..io import atomic_write
 
 log = logging.getLogger(__name__)
-
-# Refuse decompression bombs. `open_image` checks this limit itself, before decoding: PIL's own
-# guard only raises above twice its limit (and merely warns in between), and it would not see a
-# later change of MAX_PIXELS. PIL's guard stays as a backstop.
-MAX_PIXELS = 64_000_000
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-
-
-class ImageError(ValueError):
-    """An image that cannot be used; the message says which file and why."""
-
-
-def to_supported_mode(image: Image.Image, grayscale: bool) -> Image.Image:
-    """Any PIL mode (16-bit, CMYK, palette, alpha, ...) -> 'L' or 'RGB'."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(np.rint(array / peak * 255.0), 0, 255).astype(np.uint8))
-    elif image.mode == "F":
-        array = np.asarray(image, dtype=np.float64)
-        scaled = np.rint(array * (255.0 if array.max() <= 1 else 1.0))  # round, not truncate
-        image = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8))
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    return image.convert("L" if grayscale else "RGB")
-
-
-def open_image(path: str | Path, grayscale: bool = False) -> Image.Image:
-    """Open, respect EXIF orientation, convert to L/RGB. Raises ImageError with the reason."""
-    try:
-        with Image.open(path) as image:
-            pixels = image.width * image.height  # from the header: nothing decoded yet
-            if pixels > MAX_PIXELS:
-                raise ImageError(f"{path}: image too large ({pixels} pixels > {MAX_PIXELS})")
-            image = ImageOps.exif_transpose(image)
-            image.load()
-            return to_supported_mode(image, grayscale)
-    except ImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        # The warning arrives as an exception when warnings are errors (python -W error).
-        raise ImageError(f"{path}: image too large ({exc})") from exc
-    except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for unreadable data
-        raise ImageError(f"{path}: cannot read image ({exc})") from exc
 
 
 def decode(path: Path, size: int, grayscale: bool) -> np.ndarray | None:
     """One image resized to size x size as uint8 C x S x S, or None if it is unusable."""
     try:
-        image = open_image(path, grayscale)
+        return square_chw(open_image(path, grayscale), size, grayscale)
     except ImageError as exc:
         log.warning("skipping %s", exc)
         return None
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.BILINEAR, reducing_gap=3.0)
-    array = np.asarray(image, dtype=np.uint8)
-    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
 @dataclass
@@ -127,6 +82,26 @@ def decode_many(
     return images, valid
 
 
+def _read_cache(cache_file: Path, count: int, channels: int, size: int) -> ImageStore | None:
+    """The cached store if it holds what is expected, else None (logged): decode again then."""
+    expected = (count, channels, size, size)
+    try:
+        with np.load(cache_file) as cached:
+            images, valid = cached["images"], cached["valid"]
+    except Exception as exc:  # truncated or foreign file: zipfile, OSError, KeyError, ValueError
+        log.warning("ignoring unreadable image cache %s (%s); decoding again", cache_file, exc)
+        return None
+    problem = None
+    if images.dtype != np.uint8 or images.shape != expected:
+        problem = f"images {images.dtype} {images.shape}, expected uint8 {expected}"
+    elif valid.dtype != np.bool_ or valid.shape != (count,):
+        problem = f"valid {valid.dtype} {valid.shape}, expected bool ({count},)"
+    if problem is not None:
+        log.warning("ignoring image cache %s (%s); decoding again", cache_file, problem)
+        return None
+    return ImageStore(torch.from_numpy(images), valid)
+
+
 def load_images(
     paths: Sequence[Path],
     size: int,
@@ -139,18 +114,21 @@ def load_images(
     if cache_dir is not None:
         cache_file = Path(cache_dir) / f"images-{cache_key(paths, size, grayscale)}.npz"
         if cache_file.is_file():
-            with np.load(cache_file) as cached:
-                return ImageStore(torch.from_numpy(cached["images"]), cached["valid"])
+            store = _read_cache(cache_file, len(paths), 1 if grayscale else 3, size)
+            if store is not None:
+                return store
 
     with ThreadPoolExecutor(_workers(workers)) as pool:
         images, valid = decode_many(paths, size, grayscale, pool)
     if (~valid).any():
         log.warning("%d of %d images could not be read and are skipped", (~valid).sum(), len(paths))
     if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(tmp, images=images, valid=valid)
-        os.replace(tmp, cache_file)
+
+        def write(temporary: Path) -> None:
+            with temporary.open("wb") as f:  # a file object: np.savez would add .npz to a name
+                np.savez(f, images=images, valid=valid)
+
+        atomic_write(cache_file, write)
     return ImageStore(torch.from_numpy(images), valid)
 
 
@@ -171,7 +149,9 @@ class DiskImages:
     """A split decoded batch by batch, for datasets too large to hold in memory (AffectNet).
 
     Unreadable files come back as zeros with valid=False: the trainer leaves their examples out
-    of the loss and evaluation leaves them out of the metrics; `skipped` counts them.
+    of the loss and evaluation leaves them out of the metrics; `skipped` counts them. The
+    decoding threads stop on `close()` (or leaving a `with` block), at the latest when the
+    object is garbage collected.
     """
 
     def __init__(
@@ -180,6 +160,22 @@ class DiskImages:
         self.paths, self.size, self.grayscale = list(paths), size, grayscale
         self.pool = ThreadPoolExecutor(_workers(workers))
         self.failed: set[int] = set()
+        self._shutdown = weakref.finalize(self, self.pool.shutdown, wait=False)
+
+    def close(self) -> None:
+        """Stop the decoding threads (idempotent)."""
+        self._shutdown()
+
+    def __enter__(self) -> DiskImages:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -28,12 +28,12 @@ NegativeRule = Literal["frequency", "uniform-class"]
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    branches: int = 4  # 1 plain, 2 pair (DCS), 4 quadruplet (QCS)
+    """How anchors and partners are drawn (the number of branches comes from the mode)."""
+
     negative_rule: NegativeRule = "frequency"
     balanced: bool = False  # draw anchors with weights 1/class count, with replacement
     anchors_per_epoch: int | None = None  # default: epoch_fraction x the dataset size
     epoch_fraction: float = 1.0  # AffectNet's reference draws len/12 (QCS) or len/8 (DCS)
-    seed: int = 0
 
 
 class BranchSampler:
@@ -42,21 +42,26 @@ class BranchSampler:
     def __init__(
         self,
         labels: np.ndarray,
-        config: SamplerConfig,
+        branches: int,
         batch_size: int,
+        config: SamplerConfig | None = None,
+        *,
+        seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
         class_names: tuple[str, ...] | None = None,
     ) -> None:
-        if config.branches not in (1, 2, 4):
-            raise ValueError(f"branches must be 1, 2 or 4, got {config.branches}")
+        if branches not in (1, 2, 4):
+            raise ValueError(f"branches must be 1, 2 or 4, got {branches}")
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
         self.labels = np.asarray(labels, dtype=np.int64)
         if self.labels.size == 0:
             raise ValueError("cannot sample from an empty dataset")
-        self.config = config
-        self.batch_size = batch_size
+        self.config = config or SamplerConfig()
+        self.branches, self.batch_size, self.seed = branches, batch_size, seed
         self.rank, self.world_size = rank, world_size
 
         num_classes = int(self.labels.max()) + 1 if class_names is None else len(class_names)
@@ -67,9 +72,9 @@ class BranchSampler:
         self.slot[self.order] = np.arange(len(self.order)) - self.start[self.labels[self.order]]
         self.nonempty = np.flatnonzero(self.count)
 
-        if config.branches == 4 and len(self.nonempty) < 2:
+        if branches == 4 and len(self.nonempty) < 2:
             raise ValueError("quadruplets need at least two classes with images")
-        if config.branches > 1:
+        if branches > 1:
             names = class_names or tuple(str(c) for c in range(num_classes))
             for c in np.flatnonzero(self.count == 1):
                 log.warning(
@@ -85,18 +90,18 @@ class BranchSampler:
         return self.anchors_per_epoch // (self.batch_size * self.world_size)
 
     def epoch(self, epoch: int) -> np.ndarray:
-        rng = np.random.default_rng([self.config.seed, epoch])
+        rng = np.random.default_rng([self.seed, epoch])
         anchors = self._anchors(rng)
         columns = [anchors]
-        if self.config.branches >= 2:
+        if self.branches >= 2:
             columns.append(self._other_of_same_class(anchors, rng))
-        if self.config.branches == 4:
+        if self.branches == 4:
             negatives = self._negatives(anchors, rng)
             columns += [negatives, self._other_of_same_class(negatives, rng)]
         batches = len(self)
         used = batches * self.batch_size * self.world_size
         table = np.stack(columns)[:, :used]  # branches x used
-        table = table.reshape(self.config.branches, batches, self.world_size, self.batch_size)
+        table = table.reshape(self.branches, batches, self.world_size, self.batch_size)
         return np.ascontiguousarray(table[:, :, self.rank].transpose(1, 0, 2))
 
     def _anchors(self, rng: np.random.Generator) -> np.ndarray:

@@ -14,28 +14,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How a face becomes model input; saved with every model so inference matches training."""
-
-    image_size: int = 224
-    load_size: int = 224  # images are resized to this, then (centre/random) cropped to image_size
-    grayscale: bool = False  # convert to gray, then repeat to the model's 3 channels
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-    def __post_init__(self) -> None:
-        if self.load_size < self.image_size:
-            raise ValueError(f"load_size {self.load_size} < image_size {self.image_size}")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Preprocessing:
-        """From saved metadata (JSON lists back to tuples)."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Augmentation",
+    "Preprocessing",
+    "eval_transform",
+    "normalize",
+    "train_transform",
+]
 
 
 @dataclass(frozen=True)
@@ -55,20 +44,26 @@ class Augmentation:
     erasing_ratio: tuple[float, float] = (0.3, 3.3)
 
 
-def normalize(x: torch.Tensor, prep: Preprocessing, channels: int = 3) -> torch.Tensor:
-    """float [0, 1] B x c x H x W -> normalised B x channels x H x W (gray repeated)."""
-    if x.shape[1] != channels:
-        x = x.expand(-1, channels, -1, -1)
+def normalize(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """float [0, 1] B x c x H x W -> normalised B x 3 x H x W (gray repeated)."""
+    if x.shape[1] != 3:
+        x = x.expand(-1, 3, -1, -1)
     mean = torch.tensor(prep.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     std = torch.tensor(prep.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     return (x - mean) / std
 
 
-def eval_transform(images: torch.Tensor, prep: Preprocessing, flip: bool = False) -> torch.Tensor:
-    """uint8 B x c x L x L -> centre crop to image_size, normalise (optionally mirrored)."""
+def _to_float(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """uint8 B x c x H x W -> float [0, 1] B x c x L x L (resized only if not stored at L)."""
     x = images.float().div_(255)
     if x.shape[-1] != prep.load_size or x.shape[-2] != prep.load_size:
         x = F.interpolate(x, size=(prep.load_size, prep.load_size), mode="bilinear", antialias=True)
+    return x
+
+
+def eval_transform(images: torch.Tensor, prep: Preprocessing, flip: bool = False) -> torch.Tensor:
+    """uint8 B x c x L x L -> centre crop to image_size, normalise (optionally mirrored)."""
+    x = _to_float(images, prep)
     start = (prep.load_size - prep.image_size) // 2
     x = x[..., start : start + prep.image_size, start : start + prep.image_size]
     if flip:
@@ -86,9 +81,7 @@ def train_transform(
     images: torch.Tensor, prep: Preprocessing, aug: Augmentation, generator: torch.Generator
 ) -> torch.Tensor:
     """uint8 B x c x L x L -> augmented, normalised B x 3 x S x S."""
-    x = images.float().div_(255)
-    if x.shape[-1] != prep.load_size or x.shape[-2] != prep.load_size:
-        x = F.interpolate(x, size=(prep.load_size, prep.load_size), mode="bilinear", antialias=True)
+    x = _to_float(images, prep)
     x = _random_affine(x, prep, aug, generator)
     x = _color_jitter(x, aug, generator)
     x = normalize(x, prep)

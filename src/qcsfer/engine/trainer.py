@@ -34,6 +34,7 @@ from ..data.images import DiskImages, MemoryImages, default_cache_dir, load_imag
 from ..data.records import LabeledImages
 from ..data.sampling import BranchSampler
 from ..data.transforms import Preprocessing, train_transform
+from ..io import atomic_write
 from ..models.base import BaseNetwork
 from ..models.qcs import QCSModel, branch_loss
 from ..models.weights import (
@@ -270,10 +271,8 @@ def evaluate_split(
 
 
 def save_atomic(obj: dict, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: never a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """A checkpoint is either the old file or the complete new one, never half of one."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -382,11 +381,13 @@ def train(
     optimizer = build_optimizer(model, config)
     sampler = BranchSampler(
         train_split.records.labels,
-        type(config.sampler)(**{**config.sampler.__dict__, "branches": model.branches}),
+        model.branches,
         config.batch_size,
-        dd.rank,
-        dd.world_size,
-        classes,
+        config.sampler,
+        seed=config.seed,
+        rank=dd.rank,
+        world_size=dd.world_size,
+        class_names=classes,
     )
     steps_per_epoch = len(sampler)
     if steps_per_epoch == 0:
@@ -695,9 +696,8 @@ def _end_of_epoch(
 def _write_history(history: list[dict], run_dir: Path, tensorboard) -> None:
     """metrics.jsonl rewritten whole from the checkpointed history: no duplicate lines after a
     resume; plots; TensorBoard scalars when enabled."""
-    tmp = run_dir / ".metrics.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
-    os.replace(tmp, run_dir / "metrics.jsonl")
+    text = "".join(json.dumps(h) + "\n" for h in history)
+    atomic_write(run_dir / "metrics.jsonl", lambda tmp: tmp.write_text(text))
     record = history[-1]
     if tensorboard is not None:
         for key in ("train_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1"):

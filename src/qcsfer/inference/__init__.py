@@ -4,8 +4,8 @@ Importing this package needs neither torch nor onnxruntime; each backend imports
 when a model is loaded.
 """
 
+from ..imaging import ImageError
 from .faces import Face, FaceDetector
-from .imageio import ImageError
 from .recognizer import ExpressionRecognizer, ImageResult, Prediction
 
 __all__ = [

@@ -14,7 +14,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .preprocess import InputSpec, numpy_eval_transform
+from ..preprocessing import Preprocessing
+from .preprocess import numpy_eval_transform
 
 EXPORT_FORMAT = "qcsfer-export"
 INPUT_NAME = "images"
@@ -22,7 +23,7 @@ OUTPUT_NAME = "logits"
 
 
 class Backend(Protocol):
-    spec: InputSpec
+    preprocessing: Preprocessing
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """uint8 B x C x L x L -> float32 B x K."""
@@ -41,13 +42,10 @@ class LoadedModel:
 class TorchBackend:
     """A BaseNetwork fed through the training code's own `eval_transform`."""
 
-    def __init__(self, model: Any, preprocessing: dict[str, Any], device: str = "cpu") -> None:
+    def __init__(self, model: Any, preprocessing: Preprocessing, device: str = "cpu") -> None:
         import torch
 
-        from ..data.transforms import Preprocessing
-
-        self._prep = Preprocessing.from_dict(dict(preprocessing))
-        self.spec = InputSpec.from_dict(complete_preprocessing(preprocessing))
+        self.preprocessing = preprocessing
         self.device = torch.device(_torch_device(device))
         self.model = model.to(self.device).eval()
 
@@ -58,7 +56,7 @@ class TorchBackend:
         from ..data.transforms import eval_transform
 
         images = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
-        return eval_transform(images, self._prep)
+        return eval_transform(images, self.preprocessing)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         import torch
@@ -71,12 +69,12 @@ class TorchBackend:
 class OnnxBackend:
     """An ONNX Runtime session on numpy-preprocessed input (no torch needed)."""
 
-    def __init__(self, session: Any, spec: InputSpec) -> None:
+    def __init__(self, session: Any, preprocessing: Preprocessing) -> None:
         self.session = session
-        self.spec = spec
+        self.preprocessing = preprocessing
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        x = numpy_eval_transform(batch, self.spec)
+        x = numpy_eval_transform(batch, self.preprocessing)
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0].astype(np.float32)
 
 
@@ -88,14 +86,12 @@ def _torch_device(device: str) -> str:
     return device
 
 
-def complete_preprocessing(preprocessing: dict[str, Any]) -> dict[str, Any]:
-    """A saved preprocessing dict with the training defaults filled in (needs torch)."""
-    import dataclasses
-
-    from ..data.transforms import Preprocessing
-
-    prep = Preprocessing.from_dict(dict(preprocessing))
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(prep).items()}
+def model_preprocessing(metadata: dict[str, Any], where: str) -> Preprocessing:
+    """The complete preprocessing a model's metadata records; ValueError naming `where`."""
+    try:
+        return Preprocessing.from_dict(metadata.get("preprocessing"))
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from exc
 
 
 def onnx_session(model: str | os.PathLike[str] | bytes, threads: int | None = None) -> Any:
@@ -135,6 +131,7 @@ def onnx_metadata(session: Any, where: str) -> dict[str, Any]:
     metadata["qcsfer_version"] = props.get("qcsfer_version")
     if not isinstance(metadata.get("classes"), list) or "preprocessing" not in metadata:
         raise ValueError(f"{where}: qcsfer metadata lacks classes or preprocessing")
+    model_preprocessing(metadata, where)  # fail here, with the file's name, if it is invalid
     return metadata
 
 
@@ -163,19 +160,19 @@ def load_backend(
         if device not in ("cpu", "auto"):
             raise ValueError("the ONNX backend runs on the CPU (device='cpu')")
         session = onnx_session(model, threads)
-        metadata = onnx_metadata(session, os.fspath(model))
-        spec = InputSpec.from_dict(metadata["preprocessing"])
-        return LoadedModel(OnnxBackend(session, spec), list(metadata["classes"]), metadata)
+        where = os.fspath(model)
+        metadata = onnx_metadata(session, where)
+        prep = model_preprocessing(metadata, where)
+        return LoadedModel(OnnxBackend(session, prep), list(metadata["classes"]), metadata)
 
     from ..pretrained import load_model
 
-    network, metadata = load_model(model)
+    network, metadata = load_model(model)  # its metadata is validated (models.weights)
     classes = list(metadata["classes"])
+    prep = model_preprocessing(metadata, os.fspath(model))
     if backend == "onnx":
         from .export import onnx_model_bytes
 
         data = onnx_model_bytes(network, metadata)
-        spec = InputSpec.from_dict(complete_preprocessing(metadata.get("preprocessing", {})))
-        return LoadedModel(OnnxBackend(onnx_session(data, threads), spec), classes, metadata)
-    torch_backend = TorchBackend(network, metadata.get("preprocessing", {}), device)
-    return LoadedModel(torch_backend, classes, metadata)
+        return LoadedModel(OnnxBackend(onnx_session(data, threads), prep), classes, metadata)
+    return LoadedModel(TorchBackend(network, prep, device), classes, metadata)

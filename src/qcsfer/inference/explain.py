@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..imaging import ImageInput, describe, to_rgb_array
 from .backends import TorchBackend
-from .imageio import ImageInput, describe, to_rgb_array
 from .preprocess import stack_crops
 from .recognizer import ExpressionRecognizer, Prediction
 
@@ -138,9 +138,9 @@ def explain(
     faces = recognizer.find_faces(rgb, boxes)
     if not faces:
         return []
-    spec = recognizer.spec
+    prep = recognizer.preprocessing
     crops = recognizer.crops(rgb, faces, boxes is not None)
-    inputs = backend.inputs(stack_crops(crops, spec))
+    inputs = backend.inputs(stack_crops(crops, prep))
     logits, attention = class_token_attention(backend.model, inputs)
     probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
     base_config = backend.model.config
@@ -148,15 +148,8 @@ def explain(
     stem = stem or Path(describe(image)).stem
     written = []
     for i, (face, crop, p, att) in enumerate(zip(faces, crops, probs, attention, strict=True)):
-        best = int(p.argmax())
-        prediction = Prediction(
-            box=face.box,
-            label=recognizer.classes[best],
-            confidence=float(p[best]),
-            probabilities={c: float(v) for c, v in zip(recognizer.classes, p, strict=True)},
-            detector_score=face.score,
-        )
-        shown = _model_view(crop, spec.image_size / spec.load_size, spec.grayscale)
+        prediction = Prediction.from_probabilities(face, p, recognizer.classes)
+        shown = _model_view(crop, prep.image_size / prep.load_size, prep.grayscale)
         path = Path(out_dir) / f"{stem}_face{i}_attention.png"
         written.append((prediction, render(shown, att, prediction, path, stage_sides)))
     return written

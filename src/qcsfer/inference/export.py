@@ -27,7 +27,9 @@ import torch
 from torch import nn
 
 from .. import __version__
-from .backends import EXPORT_FORMAT, INPUT_NAME, OUTPUT_NAME, complete_preprocessing, onnx_session
+from ..io import atomic_write
+from ..preprocessing import Preprocessing
+from .backends import EXPORT_FORMAT, INPUT_NAME, OUTPUT_NAME, onnx_session
 
 ExportFormat = Literal["onnx", "torchscript"]
 OPSET = 17
@@ -55,12 +57,17 @@ class ExportReport:
 
 
 def embedded_metadata(metadata: dict[str, Any]) -> dict[str, str]:
-    """String key/values stored in the exported file (JSON for structured values)."""
+    """String key/values stored in the exported file (JSON for structured values).
+
+    `metadata` needs the model's complete preprocessing (ValueError otherwise): an exported
+    model must say how its inputs are prepared.
+    """
+    prep = Preprocessing.from_dict(metadata.get("preprocessing"))
     return {
         "format": EXPORT_FORMAT,
         "qcsfer_version": __version__,
         "classes": json.dumps(list(metadata["classes"])),
-        "preprocessing": json.dumps(complete_preprocessing(metadata.get("preprocessing", {}))),
+        "preprocessing": json.dumps(prep.to_dict()),
         "provenance": json.dumps(metadata.get("provenance", {}), default=str),
         "model": json.dumps(metadata.get("model", {}), default=str),
         "input": f"{INPUT_NAME}: float32 B x 3 x S x S, normalised as in preprocessing",
@@ -150,9 +157,7 @@ def export_onnx(
     diff = compare_onnx(base, data, _check_inputs(base, batch_sizes))
     if not diff <= tolerance:
         raise RuntimeError(f"ONNX export differs from PyTorch by {diff:.3g} > {tolerance:g}")
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, data)
+    path = atomic_write(out, lambda temporary: temporary.write_bytes(data))
     return ExportReport(path, "onnx", diff, batch_sizes)
 
 
@@ -180,9 +185,7 @@ def export_torchscript(
             diff = max(diff, float((loaded(x) - wrapper(x)).abs().max()))
     if not diff <= tolerance:
         raise RuntimeError(f"TorchScript export differs from PyTorch by {diff:.3g}")
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, buffer.getvalue())
+    path = atomic_write(out, lambda temporary: temporary.write_bytes(buffer.getvalue()))
     return ExportReport(path, "torchscript", diff, batch_sizes)
 
 
@@ -213,12 +216,3 @@ def export_weights(
     if format == "torchscript":
         return export_torchscript(base, metadata, out)
     raise ValueError(f"unknown export format {format!r}; choose onnx or torchscript")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

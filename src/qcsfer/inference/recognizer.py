@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from ..imaging import Color, ImageInput, describe, to_rgb_array
+from ..preprocessing import Preprocessing
 from .backends import load_backend
 from .faces import DEFAULT_MARGIN, Face, FaceDetector, crop_face, given_box, whole_image
-from .imageio import Color, ImageInput, describe, to_rgb_array
-from .preprocess import InputSpec, stack_crops
+from .preprocess import stack_crops
 
 Box = tuple[int, int, int, int]
 
@@ -32,6 +33,22 @@ class Prediction:
     confidence: float  # probability of `label`
     probabilities: dict[str, float]
     detector_score: float | None  # Haar windows merged into the box; None if not detected
+
+    @classmethod
+    def from_probabilities(
+        cls, face: Face, probabilities: np.ndarray, classes: Sequence[str]
+    ) -> Prediction:
+        """The prediction for `face` from its class probabilities (in `classes` order)."""
+        if len(probabilities) != len(classes):
+            raise ValueError(f"{len(probabilities)} probabilities for {len(classes)} classes")
+        best = int(np.argmax(probabilities))
+        return cls(
+            box=face.box,
+            label=classes[best],
+            confidence=float(probabilities[best]),
+            probabilities={c: float(p) for c, p in zip(classes, probabilities, strict=True)},
+            detector_score=face.score,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -123,9 +140,9 @@ class ExpressionRecognizer:
         self.batch_size = batch_size
 
     @property
-    def spec(self) -> InputSpec:
+    def preprocessing(self) -> Preprocessing:
         """The model's preprocessing (sizes, gray, mean/std), from its metadata."""
-        return self.backend.spec
+        return self.backend.preprocessing
 
     # -- single image ------------------------------------------------------------------------
 
@@ -187,7 +204,8 @@ class ExpressionRecognizer:
             try:
                 item = self._prepare(image, color, boxes, source, None, keep_images)
             except ValueError as exc:  # unreadable (ImageError) or a box outside this image
-                item = _Pending(ImageResult(source, error=str(exc)), [], _empty(self.spec))
+                empty = stack_crops([], self.preprocessing)
+                item = _Pending(ImageResult(source, error=str(exc)), [], empty)
             pending.append(item)
             waiting += len(item.faces)
             if waiting >= self.batch_size:
@@ -243,12 +261,15 @@ class ExpressionRecognizer:
         keep_image: bool,
     ) -> _Pending:
         rgb = to_rgb_array(image, color)
-        faces = self.find_faces(rgb, boxes)
+        try:
+            faces = self.find_faces(rgb, boxes)
+        except ValueError as exc:  # a given box outside this image: say which image
+            raise ValueError(f"{source}: {exc}") from exc
         crops = self.crops(rgb, faces, boxes is not None)
         result = ImageResult(source, width=rgb.shape[1], height=rgb.shape[0], frame=frame)
         if keep_image:
             result.image = rgb
-        return _Pending(result, faces, stack_crops(crops, self.spec))
+        return _Pending(result, faces, stack_crops(crops, self.preprocessing))
 
     def _classify(self, pending: list[_Pending]) -> None:
         batches = [p.batch for p in pending if len(p.faces)]
@@ -258,19 +279,6 @@ class ExpressionRecognizer:
         row = 0
         for item in pending:
             for face in item.faces:
-                p = probs[row]
+                prediction = Prediction.from_probabilities(face, probs[row], self.classes)
+                item.result.predictions.append(prediction)
                 row += 1
-                best = int(p.argmax())
-                item.result.predictions.append(
-                    Prediction(
-                        box=face.box,
-                        label=self.classes[best],
-                        confidence=float(p[best]),
-                        probabilities={c: float(v) for c, v in zip(self.classes, p, strict=True)},
-                        detector_score=face.score,
-                    )
-                )
-
-
-def _empty(spec: InputSpec) -> np.ndarray:
-    return np.zeros((0, spec.channels, spec.load_size, spec.load_size), dtype=np.uint8)

@@ -18,15 +18,12 @@ from typing import IO, Literal
 
 from PIL import Image
 
+from ..imaging import IMAGE_SUFFIXES
 from .annotate import annotate
-from .imageio import ImageError
 from .recognizer import ExpressionRecognizer, ImageResult
 from .video import VIDEO_SUFFIXES, VideoPredictions, is_video
 
 OutputFormat = Literal["table", "json", "csv"]
-IMAGE_SUFFIXES = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
-)
 NO_FACE_HINT = "no face found (for pre-cropped faces use --no-detect)"
 
 
@@ -71,7 +68,7 @@ class Summary:
     faces: int = 0
     no_face: int = 0
     unreadable: list[str] = field(default_factory=list)
-    annotated: list[Path] = field(default_factory=list)
+    annotated: list[Path] = field(default_factory=list)  # annotated images and videos written
 
     def line(self) -> str:
         parts = [f"{self.images} image{'s' * (self.images != 1)}"]
@@ -80,6 +77,8 @@ class Summary:
         parts.append(f"{self.faces} face{'s' * (self.faces != 1)}")
         parts.append(f"{self.no_face} without a face")
         parts.append(f"{len(self.unreadable)} unreadable (skipped)")
+        if self.annotated:
+            parts.append(f"{len(self.annotated)} annotated file{'s' * (len(self.annotated) != 1)}")
         return ", ".join(parts)
 
 
@@ -191,6 +190,7 @@ class Reporter:
                     "faces": summary.faces,
                     "without_face": summary.no_face,
                     "unreadable": summary.unreadable,
+                    "annotated": [str(path) for path in summary.annotated],
                 },
             }
             json.dump(document, self.stream, indent=2)
@@ -249,7 +249,8 @@ def run_predict(
         summary.unreadable.append(source)
         stderr.write(f"skipped {reason}\n")
 
-    for result in _results(recognizer, inputs, every, boxes, out, names, meter):
+    results = _results(recognizer, inputs, every, boxes, out, names, meter, summary.annotated)
+    for result in results:
         if result.error is not None:
             skipped(result.source, result.error)
         else:
@@ -278,8 +279,13 @@ def _results(
     out: Path | None,
     names: _Names,
     meter: Progress,
+    annotated: list[Path],
 ) -> Iterator[ImageResult]:
-    """Results in input order: runs of images batched together, videos frame by frame."""
+    """Results in input order: runs of images batched together, videos frame by frame.
+
+    Annotated videos are appended to `annotated` once written (annotated images are saved
+    by the caller, from the results).
+    """
     run: list[str] = []
 
     def images(paths: list[str]) -> Iterable[str]:
@@ -315,5 +321,7 @@ def _results(
         )
         try:
             yield from video
-        except ImageError as exc:
+        except ValueError as exc:  # unreadable (ImageError) or a --box outside the frame
             yield ImageResult(item.path, error=str(exc))
+        if video.written is not None:
+            annotated.append(video.written)

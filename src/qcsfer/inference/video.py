@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from ..imaging import ImageError
 from .annotate import annotate
-from .imageio import ImageError
 from .recognizer import ExpressionRecognizer, ImageResult, Prediction
 
 VIDEO_SUFFIXES = frozenset(
@@ -63,7 +63,6 @@ class VideoPredictions:
         self.boxes = boxes
         self.progress = progress
         self.written: Path | None = None
-        self.frames_read = 0
 
     def __iter__(self) -> Iterator[ImageResult]:
         import cv2
@@ -97,7 +96,6 @@ class VideoPredictions:
                     writer.write(np.ascontiguousarray(annotate(rgb, latest)[:, :, ::-1]))
                 ok, frame = capture.read()
                 index += 1
-            self.frames_read = index
         finally:
             capture.release()
             if writer is not None:

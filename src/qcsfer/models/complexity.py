@@ -57,10 +57,6 @@ class ComplexityReport:
     def gmacs_inference(self) -> float:
         return self.macs_inference / 1e9
 
-    @property
-    def gmacs_training(self) -> float | None:
-        return None if self.macs_training is None else self.macs_training / 1e9
-
     def summary(self) -> str:
         lines = [
             f"{self.config_name} @ {self.image_size}px: inference "
@@ -76,9 +72,9 @@ class ComplexityReport:
         return "\n".join(lines)
 
 
-def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+def count_parameters(module: nn.Module) -> int:
     """Parameters of a module (shared parameters counted once, as `parameters()` yields them)."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+    return sum(p.numel() for p in module.parameters())
 
 
 def _conv_macs(module: nn.Conv2d, out: torch.Tensor) -> int:

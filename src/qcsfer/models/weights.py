@@ -18,7 +18,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .. import __version__
+from ..io import atomic_write
+from ..preprocessing import Preprocessing
 from .backbone import IRBackbone
 from .base import BaseNetwork
 from .configs import ModelConfig
@@ -105,10 +106,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _temporary_beside(path: Path) -> Path:
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    return Path(name)
+def _preprocessing(value: object, where: str) -> Preprocessing:
+    """A saved preprocessing mapping, complete and valid, or WeightsError saying what is wrong."""
+    if not isinstance(value, Mapping):
+        raise WeightsError(
+            f"{where}: metadata lacks a 'preprocessing' mapping (image_size, load_size, "
+            "grayscale, mean, std): without it inputs cannot be prepared as in training"
+        )
+    try:
+        return Preprocessing.from_dict(value)
+    except ValueError as exc:
+        raise WeightsError(f"{where}: invalid preprocessing: {exc}") from exc
 
 
 def save_weights(
@@ -122,8 +130,9 @@ def save_weights(
     """Write `path` (safetensors) and its `.json` sidecar atomically; returns the tensor path.
 
     A BaseNetwork gives an inference-only file; a QCSModel keeps the whole training model
-    (CSA and cross ViT too). Both files are written to temporary names first and moved into
-    place with os.replace, so a reader never sees half a file.
+    (CSA and cross ViT too). `preprocessing` must be complete (see `Preprocessing.from_dict`).
+    Each file is written to a temporary name first and moved into place (tensors first, then
+    the sidecar that vouches for them by hash), so a reader never sees half a file.
     """
     model = _unwrap_module(model_or_base)
     if isinstance(model, QCSModel):
@@ -144,7 +153,7 @@ def save_weights(
     tensor_path, json_path = weights_paths(path)
     if tensor_path == json_path or tensor_path.suffix == ".json":
         raise WeightsError(f"{path}: the tensor file needs a suffix other than .json")
-    tensor_path.parent.mkdir(parents=True, exist_ok=True)
+    prep = _preprocessing(preprocessing, str(json_path))
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
     metadata: dict[str, Any] = {
@@ -155,30 +164,26 @@ def save_weights(
         "mode": mode,
         "model": config.to_dict(),
         "classes": classes,
-        "preprocessing": dict(preprocessing),
+        "preprocessing": prep.to_dict(),
         "provenance": dict(provenance),
     }
     try:  # fail before writing anything
         json.dumps(metadata, default=_json_default)
     except (TypeError, ValueError) as exc:
         raise WeightsError(f"{json_path}: metadata is not JSON serialisable: {exc}") from exc
-    temporary = [_temporary_beside(tensor_path), _temporary_beside(json_path)]
-    try:
-        save_file(tensors, temporary[0], metadata={"format": "pt", "qcsfer": network})
+
+    def write_tensors(temporary: Path) -> None:
+        save_file(tensors, temporary, metadata={"format": "pt", "qcsfer": network})
         metadata["tensors"] = {
             "file": tensor_path.name,
-            "sha256": _sha256(temporary[0]),
+            "sha256": _sha256(temporary),
             "count": len(tensors),
             "parameters": sum(p.numel() for p in model.parameters()),
         }
-        text = json.dumps(metadata, indent=2, default=_json_default)
-        temporary[1].write_text(text + "\n", encoding="utf-8")
-        for tmp, final in zip(temporary, (tensor_path, json_path), strict=True):
-            os.chmod(tmp, 0o644)  # temporary files are private (0600); weights are to be shared
-            os.replace(tmp, final)
-    finally:
-        for tmp in temporary:
-            tmp.unlink(missing_ok=True)
+
+    atomic_write(tensor_path, write_tensors)
+    text = json.dumps(metadata, indent=2, default=_json_default) + "\n"
+    atomic_write(json_path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
     return tensor_path
 
 
@@ -196,14 +201,23 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise WeightsError(f"{json_path}: unreadable metadata: {exc}") from exc
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise WeightsError(f"{json_path}: not a {FORMAT} metadata file")
-    if metadata.get("format_version", 0) > FORMAT_VERSION:
+    version = metadata.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise WeightsError(
-            f"{json_path}: format version {metadata.get('format_version')} is newer than this "
+            f"{json_path}: format_version must be a positive integer, got {version!r}"
+        )
+    if version > FORMAT_VERSION:
+        raise WeightsError(
+            f"{json_path}: format version {version} is newer than this "
             f"qcsfer ({__version__}) reads ({FORMAT_VERSION})"
         )
-    missing = [k for k in ("network", "model", "classes") if k not in metadata]
+    missing = [k for k in ("network", "model", "classes", "preprocessing") if k not in metadata]
     if missing:
         raise WeightsError(f"{json_path}: metadata lacks {missing}")
+    classes = metadata["classes"]
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise WeightsError(f"{json_path}: classes must be a list of names (strings)")
+    _preprocessing(metadata["preprocessing"], str(json_path))
     if metadata["network"] not in NETWORKS:
         raise WeightsError(f"{json_path}: unknown network {metadata['network']!r}")
     if metadata["network"] == "training" and metadata.get("mode") not in TOPOLOGY:
