@@ -54,15 +54,7 @@ class BaseNetwork(nn.Module):
             ScaleTokens(c, s, config.token_grid, config.dim)
             for c, s in zip(config.widths, config.stage_sizes(), strict=True)
         )
-        self.vit = ViT(
-            num_tokens=config.num_tokens,
-            dim=config.dim,
-            depth=config.base_depth,
-            heads=config.heads,
-            mlp_ratio=config.mlp_ratio,
-            num_classes=config.num_classes,
-            dropout=config.base_dropout,
-        )
+        self.vit = ViT.for_config(config, config.base_depth, config.base_dropout)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone and token embedding: B x 3N x dim, scales 1, 2, 3 in order."""

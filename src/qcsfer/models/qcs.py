@@ -60,15 +60,7 @@ class QCSModel(nn.Module):
             self.csa = nn.ModuleList(
                 CrossSimilarityAttention(config.dim, config.mlp_ratio, csa_config) for _ in range(3)
             )
-            self.cross_vit = ViT(
-                num_tokens=config.num_tokens,
-                dim=config.dim,
-                depth=config.cross_depth,
-                heads=config.heads,
-                mlp_ratio=config.mlp_ratio,
-                num_classes=config.num_classes,
-                dropout=config.cross_dropout,
-            )
+            self.cross_vit = ViT.for_config(config, config.cross_depth, config.cross_dropout)
 
     @property
     def branches(self) -> int:

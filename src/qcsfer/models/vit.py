@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .configs import ModelConfig
+
 
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
@@ -91,6 +93,19 @@ class ViT(nn.Module):
         self.se_block = SEGate(dim)
         self.head = nn.Linear(dim, num_classes)
         self.reset_parameters()
+
+    @classmethod
+    def for_config(cls, config: ModelConfig, depth: int, dropout: float) -> ViT:
+        """The base or cross ViT of a configuration (they differ in depth and dropout only)."""
+        return cls(
+            num_tokens=config.num_tokens,
+            dim=config.dim,
+            depth=depth,
+            heads=config.heads,
+            mlp_ratio=config.mlp_ratio,
+            num_classes=config.num_classes,
+            dropout=dropout,
+        )
 
     def reset_parameters(self) -> None:
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
