@@ -18,7 +18,7 @@ $(BIN)/qcsfer: pyproject.toml
 setup: $(BIN)/qcsfer
 
 demo: setup
-	$(BIN)/qcsfer data ../shared/datasets/ferplus --split train valid
+	$(BIN)/qcsfer data ferplus:../shared/datasets/ferplus
 
 test: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -22,7 +22,7 @@ from qcsfer import imaging
 from qcsfer.data import images as images_module
 from qcsfer.data.affectnet import read_affectnet
 from qcsfer.data.csv import read_csv_list
-from qcsfer.data.datasets import READERS, read_dataset, stratified_split
+from qcsfer.data.datasets import READERS, parse_spec, read_dataset, stratified_split
 from qcsfer.data.ferplus import CLASSES as FERPLUS_CLASSES
 from qcsfer.data.ferplus import process_votes, read_ferplus
 from qcsfer.data.folder import read_folder
@@ -850,3 +850,20 @@ def test_eval_transform_centre_crop_and_flip() -> None:
     mean = torch.tensor(Preprocessing().mean).view(1, 3, 1, 1)
     std = torch.tensor(Preprocessing().std).view(1, 3, 1, 1)
     torch.testing.assert_close(normalised, (expected[:, :1] - mean) / std)  # gray repeated
+
+
+def test_data_command_prints_counts_sizes_and_absent_splits(
+    ferplus_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qcsfer.cli import main
+
+    assert main(["data", f"ferplus:{ferplus_root}", "--check", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "ferplus / train: 25045 images" in out and "ferplus / valid: 3191 images" in out
+    assert "contempt          16" in out and "48x48 (50)" in out
+    assert "ferplus / test: not available" in out
+    # A split asked for by name must exist.
+    assert main(["data", str(ferplus_root), "--format", "ferplus", "--split", "test"]) == 2
+    with pytest.raises(DatasetError, match="FORMAT:ROOT"):
+        parse_spec("no-format-here")
+    assert parse_spec("csv:lists/train.csv") == ("csv", "lists/train.csv")

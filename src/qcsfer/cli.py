@@ -11,16 +11,21 @@ from . import __version__
 
 
 def _data(args: argparse.Namespace) -> int:
-    from .data.datasets import read_dataset
+    from .data.datasets import DEFAULT_SPLITS, parse_spec, read_dataset
+    from .data.records import DatasetError
+    from .data.summary import summarize
 
+    data_format, root = parse_spec(args.spec, args.format)
     options = dict(_parse_options(args.option))
-    for split in args.split:
-        data = read_dataset(args.format, args.root, split, **options)
-        print(f"{data.name} / {split}: {len(data)} images, {data.num_classes} classes")
-        for name, count in zip(data.classes, data.class_counts(), strict=True):
-            print(f"  {name:<12}{count:>8}")
-        for reason, count in data.notes.items():
-            print(f"  ({count} rows {reason})")
+    for split in args.split or DEFAULT_SPLITS[data_format]:
+        try:
+            data = read_dataset(data_format, root, split, **options)
+        except DatasetError as exc:
+            if args.split:  # asked for by name: an error; a default split may just be absent
+                raise
+            print(f"{data_format} / {split}: not available ({exc})\n")
+            continue
+        print(summarize(data, sample=args.check).table() + "\n")
     return 0
 
 
@@ -43,13 +48,15 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from .data.datasets import parse_spec
     from .engine.evaluate import evaluate
 
+    data_format, root = parse_spec(args.data, args.format)
     mapping = dict(_parse_pairs(args.class_map)) if args.class_map else None
     metrics = evaluate(
         args.weights,
-        args.format,
-        args.data,
+        data_format,
+        root,
         args.split,
         options=dict(_parse_options(args.option)),
         mapping=mapping,
@@ -209,9 +216,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("data", help="read a dataset and print its class counts")
-    p.add_argument("root", help="dataset root (for csv: the list file)")
-    p.add_argument("--format", default="ferplus", help="ferplus | rafdb | affectnet | folder | csv")
-    p.add_argument("--split", nargs="+", default=["train", "valid"])
+    p.add_argument(
+        "spec",
+        help="FORMAT:ROOT, e.g. ferplus:../shared/datasets/ferplus "
+        "(for csv the root is the list file)",
+    )
+    p.add_argument("--format", help="the format when SPEC is only a path")
+    p.add_argument("--split", nargs="+", help="splits to read (default: the format's usual ones)")
+    p.add_argument(
+        "--check",
+        type=int,
+        default=500,
+        metavar="N",
+        help="decode N random images per split to report sizes and unreadable files",
+    )
     p.add_argument(
         "--option",
         action="append",
@@ -241,8 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="default",
         help="weights file, run directory (its best model) or 'default'",
     )
-    p.add_argument("--data", required=True, help="dataset root (for csv: the list file)")
-    p.add_argument("--format", default="ferplus")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="FORMAT:ROOT, e.g. ferplus:/data/FERPlus (for csv: the list file)",
+    )
+    p.add_argument("--format", help="the format when --data is only a path")
     p.add_argument("--split", default="test")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument(

@@ -25,6 +25,27 @@ READERS: dict[str, Callable[..., LabeledImages]] = {
 }
 
 
+DEFAULT_SPLITS: dict[str, tuple[str, ...]] = {
+    "ferplus": ("train", "valid", "test"),
+    "rafdb": ("train", "test"),
+    "affectnet": ("train", "val"),
+    "folder": ("train", "valid", "test"),
+    "csv": ("all",),
+}
+
+
+def parse_spec(spec: str, default_format: str | None = None) -> tuple[str, str]:
+    """'FORMAT:ROOT' (e.g. 'ferplus:../shared/datasets/ferplus') -> (format, root)."""
+    head, sep, tail = spec.partition(":")
+    if sep and head in READERS:
+        return head, tail
+    if default_format is None:
+        raise DatasetError(
+            f"{spec!r}: give the dataset as FORMAT:ROOT, FORMAT one of {sorted(READERS)}"
+        )
+    return default_format, spec
+
+
 def read_dataset(format: str, root: str | Path, split: str, **options: Any) -> LabeledImages:
     if format not in READERS:
         raise DatasetError(f"unknown dataset format {format!r}; choose from {sorted(READERS)}")
