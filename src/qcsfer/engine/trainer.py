@@ -157,6 +157,9 @@ def load_splits(config: TrainConfig, run_dir: Path | None) -> tuple[Split, Split
         rng = np.random.default_rng(config.seed)
         train = train.subset(np.sort(rng.permutation(len(train))[: data.limit]))
     train.check_classes()
+    for split in (train, val):
+        for reason, count in split.notes.items():
+            log.info("%s/%s: %d rows %s", split.name, split.split, count, reason)
     if val.classes != train.classes:
         raise TrainingError(f"train classes {train.classes} differ from validation {val.classes}")
     cache = (
