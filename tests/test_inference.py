@@ -26,7 +26,12 @@ from qcsfer.data.images import load_images
 from qcsfer.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, eval_transform
 from qcsfer.imaging import read_image
 from qcsfer.inference import ExpressionRecognizer, Face, FaceDetector, ImageError
-from qcsfer.inference.explain import attention_weights, class_token_attention, explain
+from qcsfer.inference.explain import (
+    attention_weights,
+    class_token_attention,
+    csa_maps,
+    explain,
+)
 from qcsfer.inference.export import (
     export_onnx,
     export_torchscript,
@@ -37,7 +42,7 @@ from qcsfer.inference.faces import crop_box, crop_face, sort_faces
 from qcsfer.inference.preprocess import numpy_eval_transform, stack_crops
 from qcsfer.inference.recognizer import Prediction
 from qcsfer.inference.runner import Progress
-from qcsfer.models import BaseNetwork, get_config
+from qcsfer.models import BaseNetwork, QCSModel, get_config
 from qcsfer.models.weights import save_weights
 from qcsfer.pretrained import load_model
 
@@ -641,3 +646,63 @@ def test_explain_without_matplotlib_says_what_to_install(
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(RuntimeError, match=r"pip install 'qcsfer\[plots\]'"):
         explain(rec, ASTRONAUT, tmp_path)
+
+
+def save_tiny_qcs(path: Path) -> tuple[Path, QCSModel]:
+    torch.manual_seed(0)
+    model = QCSModel(get_config("tiny", num_classes=len(CLASSES)), "qcs").eval()
+    saved = save_weights(
+        model,
+        path,
+        classes=CLASSES,
+        preprocessing=GRAY_48,
+        provenance={"note": "random weights for tests"},
+    )
+    return saved, model
+
+
+def test_csa_maps_are_the_models_own_attention(tmp_path: Path) -> None:
+    _, model = save_tiny_qcs(tmp_path / "qcs.safetensors")
+    torch.manual_seed(1)
+    images = torch.randn(4, 1, 3, 48, 48)
+    maps = csa_maps(model, images)
+    grid = model.config.token_grid
+    assert maps.shape == (3, 4, grid, grid)
+    np.testing.assert_allclose(maps.sum(axis=(2, 3)), 1.0, atol=1e-5)
+    # The same maps as the ones CSA uses inside the training forward pass.
+    seen = []
+    originals = [csa.attention_map for csa in model.csa]
+    for csa, original in zip(model.csa, originals, strict=True):
+        csa.attention_map = lambda q, pairs, f=original: seen.append(f(q, pairs)) or seen[-1]
+    with torch.no_grad():
+        model(images)
+    inside = torch.stack([s[:, 0] for s in seen]).reshape(3, 4, grid, grid).numpy()
+    np.testing.assert_allclose(maps, inside, atol=1e-6)
+
+
+def test_cli_explain_draws_csa_maps_with_references(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    qcs_weights, _ = save_tiny_qcs(tmp_path / "qcs.safetensors")
+    references = [ASTRONAUT, ASTRONAUT]
+    code, out, err = run_cli(
+        [
+            "explain",
+            ASTRONAUT,
+            "--model",
+            qcs_weights,
+            "--out",
+            tmp_path / "out",
+            "--reference",
+            *references,
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert (tmp_path / "out" / "astronaut_csa.png").is_file() and "CSA maps" in out
+    # An inference-only file has no CSA modules: a clear error, not a crash.
+    code, _, err = run_cli(
+        ["explain", ASTRONAUT, "--model", weights, "--out", tmp_path, "--reference", ASTRONAUT],
+        capsys,
+    )
+    assert code == 2 and "no CSA modules" in err

@@ -175,6 +175,19 @@ def _explain(args: argparse.Namespace) -> int:
         detect=not args.no_detect,
         detector=args.cascade,
     )
+    if args.reference:
+        from .inference.explain import explain_csa
+        from .models.weights import load_weights
+        from .pretrained import resolve_weights
+
+        model, _ = load_weights(resolve_weights(args.model))
+        if not hasattr(model, "csa"):
+            raise ValueError(
+                f"{args.model}: holds no CSA modules (an inference-only or baseline "
+                "model); use a run's best.safetensors from DCS/QCS training"
+            )
+        path = explain_csa(recognizer, model, args.image, args.reference, args.out)
+        print(f"CSA maps: {path}")
     written = explain(recognizer, args.image, args.out, boxes=_boxes(args))
     if not written:
         print(f"{args.image}: no face found (for pre-cropped faces use --no-detect)")
@@ -308,6 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     _recognizer_options(p)
     p.add_argument("--out", default="explain", help="folder for the PNG files")
+    p.add_argument(
+        "--reference",
+        nargs="+",
+        metavar="IMAGE",
+        help="also draw the CSA maps: a face of the same class, one of another class "
+        "(and optionally a second of that class); needs a DCS/QCS training weights file",
+    )
     p.set_defaults(func=_explain)
     return parser
 

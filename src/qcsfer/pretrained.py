@@ -30,6 +30,5 @@ def load_model(weights: str | Path | None = None) -> tuple[BaseNetwork, dict[str
     """The inference network in eval mode and its metadata (classes, preprocessing, provenance)."""
     from .models.weights import load_weights
 
-    model, metadata = load_weights(resolve_weights(weights))
-    base = model.base if hasattr(model, "base") else model
+    base, metadata = load_weights(resolve_weights(weights), base_only=True)
     return base.eval(), metadata

@@ -727,9 +727,10 @@ def _open_tensorboard(run_dir: Path):
 def _export_best(
     model: QCSModel, classes, config: TrainConfig, record: dict, run_dir: Path
 ) -> None:
-    """The best base network as an inference weights file (safetensors + JSON)."""
+    """The best model as a weights file (safetensors + JSON). It holds the whole training graph
+    (so `explain` can draw CSA maps); inference loads only its base network."""
     save_weights(
-        model.base,
+        model,
         run_dir / "best.safetensors",
         classes=list(classes),
         preprocessing=to_dict(config.preprocessing),

@@ -6,8 +6,9 @@ weights are recomputed from that block's own `qkv` layer (the same formula as it
 vit.py stays untouched. The class token's row, averaged over heads, is split into the three
 scales and each is reshaped to its grid and drawn over the face.
 
-CSA (cross similarity) maps between a face and reference images are not drawn: they exist only
-in the training topology, and the shipped inference model is the base network alone.
+With reference images (a face of the same class, one of another class), `explain_csa` draws
+the CSA maps of the training topology, per scale and per branch, as the paper's figures do; it
+needs a weights file holding the training graph (what `qcsfer train` writes as best.safetensors).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..data.transforms import eval_transform
 from ..imaging import ImageInput, describe, to_rgb_array
+from ..models.qcs import QCSModel
 from .backends import TorchBackend
 from .preprocess import stack_crops
 from .recognizer import ExpressionRecognizer, Prediction
@@ -168,3 +171,90 @@ def _model_view(crop: np.ndarray, fraction: float, grayscale: bool) -> np.ndarra
         gray = (view @ np.array([0.299, 0.587, 0.114])).round().astype(np.uint8)
         view = np.repeat(gray[:, :, None], 3, axis=2)
     return view
+
+
+# ---------------------------------------------------------------------------------------------
+# CSA maps: what each image of a quadruplet attends to, given its partners
+
+
+BRANCH_NAMES = ("anchor", "positive (same class)", "negative (other class)", "negative2")
+
+
+@torch.no_grad()
+def csa_maps(model: QCSModel, images: torch.Tensor) -> np.ndarray:
+    """The CSA position maps A_i of every scale and branch: 3 x G x grid x grid.
+
+    images: G x 1 x 3 x S x S (one example per branch, normalised). These are the maps that
+    gate each image's own values (softmax of S_i + k D_i), computed by the model's own modules.
+    """
+    model.eval()
+    _, tokens = model.base(images.flatten(0, 1))
+    tokens = tokens.unflatten(0, images.shape[:2])
+    grid = model.config.token_grid
+    maps = []
+    for csa, scale in zip(
+        model.csa, tokens.split(model.config.tokens_per_scale, dim=2), strict=True
+    ):
+        q, _ = csa.proj(csa.norm1(scale)).chunk(2, dim=-1)
+        maps.append(csa.attention_map(q, model.pairs)[:, 0])  # G x N
+    return torch.stack(maps).reshape(3, images.shape[0], grid, grid).float().cpu().numpy()
+
+
+def explain_csa(
+    recognizer: ExpressionRecognizer,
+    model: QCSModel,
+    image: ImageInput,
+    references: list[ImageInput],
+    out_dir: str | os.PathLike[str],
+) -> Path:
+    """One PNG: rows = scales, columns = branches (the image and its references), each face
+    under its CSA map. QCS takes references [same class, other class, (second other class)];
+    DCS takes [same class]. The first face found in each image is used."""
+    if model.mode == "baseline" or model.config.csa.attention != "csa":
+        raise ValueError("CSA maps need a DCS or QCS model trained with CSA attention")
+    needed = model.branches - 1
+    if model.mode == "qcs" and len(references) == 2:
+        references = [*references, references[1]]  # negative2 defaults to the negative itself
+    if len(references) != needed:
+        raise ValueError(f"a {model.mode.upper()} model needs {needed} reference image(s)")
+    prep = recognizer.preprocessing
+    crops = []
+    for item in [image, *references]:
+        rgb = to_rgb_array(item)
+        faces = recognizer.find_faces(rgb, None)
+        if not faces:
+            raise ValueError(f"{describe(item)}: no face found")
+        crops.append(recognizer.crops(rgb, faces[:1], False)[0])
+    inputs = eval_transform(torch.from_numpy(stack_crops(crops, prep)), prep).unsqueeze(1)
+    maps = csa_maps(model, inputs)
+    figure_class = _figure_module()
+    g = model.branches
+    fig = figure_class(figsize=(2.6 * g + 1, 7.5), dpi=100, layout="constrained")
+    axes = fig.subplots(3, g, squeeze=False)
+    for scale in range(3):
+        for branch in range(g):
+            face = _model_view(crops[branch], prep.image_size / prep.load_size, prep.grayscale)
+            ax = axes[scale, branch]
+            ax.imshow(face)
+            height, width = face.shape[:2]
+            shown = ax.imshow(
+                maps[scale, branch],
+                cmap="inferno",
+                alpha=0.55,
+                extent=(0, width, height, 0),
+                interpolation="bilinear",
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if scale == 0:
+                ax.set_title(BRANCH_NAMES[branch])
+        axes[scale, 0].set_ylabel(f"scale {scale + 1}")
+    fig.colorbar(shown, ax=axes, shrink=0.6, label="CSA position weight A_i")
+    k = ", ".join(f"{v:.2f}" for v in model.k_values()) or "-"
+    fig.suptitle(f"Cross Similarity Attention maps ({model.mode.upper()}, k per scale: {k})")
+    path = Path(out_dir) / f"{Path(describe(image)).stem}_csa.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
