@@ -2,8 +2,10 @@
 
     python tools/ship_model.py runs/ferplus-qcs-small [--name ferplus-qcs-small]
 
-Re-evaluates the model on its validation split (with and without flip averaging) so the numbers
-in its provenance are measured on the file that ships, and records the commit it came from.
+Ships the whole training graph from the run's best.pt (inference uses its base network;
+`qcsfer explain --reference` its CSA modules). The validation numbers written into its
+provenance are measured on the shipped file itself, with and without flip averaging, and the
+commit it was shipped from is recorded.
 """
 
 from __future__ import annotations
@@ -11,32 +13,28 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import tempfile
 from pathlib import Path
 
 from qcsfer.engine.evaluate import evaluate
-from qcsfer.models.weights import load_weights, save_weights
+from qcsfer.engine.trainer import load_checkpoint
+from qcsfer.models import QCSModel, get_config
+from qcsfer.models.weights import save_weights
 from qcsfer.pretrained import DEFAULT_WEIGHTS, WEIGHTS_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--name", default=DEFAULT_WEIGHTS)
-    args = parser.parse_args()
-
-    model, metadata = load_weights(args.run_dir / "best.safetensors", base_only=True)
-    config = metadata["provenance"]["config"]
-    data = config["data"]
+def measure(weights: Path, data: dict) -> dict:
+    options = data["options"] if data.get("val_options") is None else data["val_options"]
     measured = {}
     for flip in (False, True):
         metrics = evaluate(
-            args.run_dir,
+            weights,
             data["format"],
             data["root"],
             data["val_split"],
-            options={k: v for k, v in data["options"].items()},
+            options=options,
             flip=flip,
             device="cpu",
         )
@@ -46,31 +44,58 @@ def main() -> None:
             "macro_f1": metrics.macro_f1,
             "images": metrics.total,
         }
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout.strip()
+    return measured
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--name", default=DEFAULT_WEIGHTS)
+    args = parser.parse_args()
+
+    checkpoint = load_checkpoint(args.run_dir / "best.pt")
+    config, classes = checkpoint["config"], checkpoint["classes"]
+    model_config = get_config(
+        config["model"], **{**config["model_overrides"], "num_classes": len(classes)}
+    )
+    model = QCSModel(model_config, config["mode"])
+    model.load_state_dict(checkpoint["model"])
     history = [
         json.loads(line) for line in (args.run_dir / "metrics.jsonl").read_text().splitlines()
     ]
+    best = max(history, key=lambda h: h["val_accuracy"])
+
+    def write(path: Path, provenance: dict) -> Path:
+        return save_weights(
+            model,
+            path,
+            classes=classes,
+            preprocessing=config["preprocessing"],
+            provenance=provenance,
+        )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        measured = measure(
+            write(Path(tmp) / "model.safetensors", {"mode": config["mode"]}), config["data"]
+        )
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    data = config["data"]
     provenance = {
-        **metadata["provenance"],
-        "dataset": f"{data['format']} ({data['options']}), trained on '{data['train_split']}', "
-        f"selected on '{data['val_split']}'",
+        "mode": config["mode"],
+        "dataset": f"{data['format']} {data['options']}: trained on '{data['train_split']}', "
+        f"selected on '{data['val_split']}' (never on test)",
         "seed": config["seed"],
-        "epochs_trained": len(history),
+        "epochs": config["epochs"],
+        "best_epoch": best["epoch"],
         "train_minutes": round(sum(h["epoch_seconds"] for h in history) / 60, 1),
         "validation": measured,
         "commit": commit,
-        "command": f"qcsfer train configs/... (resolved config above); shipped with "
-        f"python tools/ship_model.py {args.run_dir}",
+        "command": f"qcsfer train <recipe>; python tools/ship_model.py {args.run_dir}",
+        "config": config,
     }
-    out = save_weights(
-        model,
-        WEIGHTS_DIR / f"{args.name}.safetensors",
-        classes=metadata["classes"],
-        preprocessing=metadata["preprocessing"],
-        provenance=provenance,
-    )
+    out = write(WEIGHTS_DIR / f"{args.name}.safetensors", provenance)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     print(json.dumps(measured, indent=2))
 
