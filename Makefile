@@ -18,7 +18,7 @@ $(BIN)/qcsfer: pyproject.toml
 setup: $(BIN)/qcsfer
 
 demo: setup
-	$(BIN)/qcsfer data ferplus:../shared/datasets/ferplus
+	$(BIN)/qcsfer predict src/qcsfer/assets/astronaut.jpg src/qcsfer/assets/coffee.jpg --out demo-output
 
 test: setup
 	$(BIN)/ruff check src tests benchmarks tools
