@@ -16,7 +16,7 @@ def _data(args: argparse.Namespace) -> int:
     from .data.summary import summarize
 
     data_format, root = parse_spec(args.spec, args.format)
-    options = dict(_parse_options(args.option))
+    options = _key_values(args.option, typed=True)
     for split in args.split or DEFAULT_SPLITS[data_format]:
         try:
             data = read_dataset(data_format, root, split, **options)
@@ -52,13 +52,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .engine.evaluate import evaluate
 
     data_format, root = parse_spec(args.data, args.format)
-    mapping = dict(_parse_pairs(args.class_map)) if args.class_map else None
+    mapping = _key_values(args.class_map, typed=False) or None
     metrics = evaluate(
         args.weights,
         data_format,
         root,
         args.split,
-        options=dict(_parse_options(args.option)),
+        options=_key_values(args.option, typed=True),
         mapping=mapping,
         flip=args.flip,
         device=args.device,
@@ -197,26 +197,17 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_pairs(items: list[str]) -> list[tuple[str, str]]:
-    """KEY=VALUE pairs kept as plain strings (class names like 'no' or '1' stay names)."""
-    pairs = []
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"expected NAME=NAME, got {item!r}")
-        key, value = item.split("=", 1)
-        pairs.append((key.strip(), value.strip()))
-    return pairs
-
-
-def _parse_options(items: list[str]) -> list[tuple[str, object]]:
+def _key_values(items: list[str], typed: bool) -> dict[str, object]:
+    """KEY=VALUE arguments. Typed values are read as YAML (7 -> int, true -> bool); untyped ones
+    stay strings (class names such as 'no' or '1' stay names)."""
     import yaml
 
-    out = []
+    out: dict[str, object] = {}
     for item in items:
         if "=" not in item:
-            raise SystemExit(f"--option expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        out.append((key, yaml.safe_load(value)))
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        key, value = (part.strip() for part in item.split("=", 1))
+        out[key] = yaml.safe_load(value) if typed else value
     return out
 
 
