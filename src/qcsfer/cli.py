@@ -17,15 +17,19 @@ def _data(args: argparse.Namespace) -> int:
 
     data_format, root = parse_spec(args.spec, args.format)
     options = _key_values(args.option, typed=True)
+    absent = []
     for split in args.split or DEFAULT_SPLITS[data_format]:
         try:
             data = read_dataset(data_format, root, split, **options)
         except DatasetError as exc:
             if args.split:  # asked for by name: an error; a default split may just be absent
                 raise
+            absent.append(exc)
             print(f"{data_format} / {split}: not available ({exc})\n")
             continue
         print(summarize(data, sample=args.check).table() + "\n")
+    if len(absent) == len(args.split or DEFAULT_SPLITS[data_format]):
+        raise absent[-1]  # nothing readable at all: that is an error
     return 0
 
 
