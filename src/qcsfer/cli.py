@@ -296,7 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_info)
 
     p = sub.add_parser("predict", help="expressions of the faces in images, folders or videos")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image, folder, glob or video")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image, folder, glob, video, or webcam:N (camera N)",
+    )
     _recognizer_options(p)
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"])
     p.add_argument("--out", help="folder for annotated images and videos")

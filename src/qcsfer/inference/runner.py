@@ -21,7 +21,7 @@ from PIL import Image
 from ..imaging import IMAGE_SUFFIXES
 from .annotate import annotate
 from .recognizer import ExpressionRecognizer, ImageResult
-from .video import VIDEO_SUFFIXES, VideoPredictions, is_video
+from .video import VIDEO_SUFFIXES, WEBCAM, VideoPredictions, is_video
 
 OutputFormat = Literal["table", "json", "csv"]
 NO_FACE_HINT = "no face found (for pre-cropped faces use --no-detect)"
@@ -40,7 +40,9 @@ def expand_inputs(items: Sequence[str]) -> list[Input]:
     out: list[Input] = []
     for item in items:
         path = Path(item)
-        if path.is_dir():
+        if WEBCAM.fullmatch(item):
+            out.append(Input(item, "video"))
+        elif path.is_dir():
             found = sorted(
                 p
                 for p in path.rglob("*")

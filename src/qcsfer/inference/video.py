@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,11 @@ VIDEO_SUFFIXES = frozenset(
 )
 
 
+WEBCAM = re.compile(r"webcam:(\d+)")  # a camera by OpenCV index, e.g. webcam:0
+
+
 def is_video(path: str | os.PathLike[str]) -> bool:
-    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+    return bool(WEBCAM.fullmatch(os.fspath(path))) or Path(path).suffix.lower() in VIDEO_SUFFIXES
 
 
 def _open_writer(path: Path, fps: float, size: tuple[int, int]) -> tuple[Any, Path]:
@@ -67,14 +71,17 @@ class VideoPredictions:
     def __iter__(self) -> Iterator[ImageResult]:
         import cv2
 
-        if not os.path.isfile(self.path):
+        camera = WEBCAM.fullmatch(self.path)
+        if camera is None and not os.path.isfile(self.path):
             raise ImageError(f"{self.path}: no such file")
-        capture = cv2.VideoCapture(self.path)
+        # A camera streams until it stops or the user interrupts (Ctrl-C).
+        capture = cv2.VideoCapture(int(camera.group(1)) if camera else self.path)
         writer = None
         try:
             ok, frame = capture.read() if capture.isOpened() else (False, None)
             if not ok:
-                raise ImageError(f"{self.path}: cannot read video (no decodable frame)")
+                what = "cannot open the camera" if camera else "cannot read video"
+                raise ImageError(f"{self.path}: {what} (no decodable frame)")
             total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
             fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
             latest: list[Prediction] = []
