@@ -706,3 +706,10 @@ def test_cli_explain_draws_csa_maps_with_references(
         capsys,
     )
     assert code == 2 and "no CSA modules" in err
+
+
+def test_missing_camera_is_reported_not_a_crash(
+    weights: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli(["predict", "webcam:9", ASTRONAUT, "--model", weights], capsys)
+    assert code == 0 and "webcam:9: cannot open the camera" in err
