@@ -330,7 +330,9 @@ def test_ctrl_c_with_sam_stops_at_a_step_boundary_and_resumes_exactly(
     with pytest.raises(KeyboardInterrupt):
         train(tiny_config(ferplus_root, **extra), run_dir)
     stopped_at = load_checkpoint(run_dir / "last.pt")["step"]
-    assert 4 < stopped_at < 2 * 16  # saved at the step where the request arrived
+    # saved at the step boundary where the request arrived (step 4 itself when it came in
+    # between the periodic save and the next step)
+    assert 4 <= stopped_at < 2 * 16
 
     train(None, run_dir, resume=True)
     expected, resumed = _final_weights(reference), _final_weights(run_dir)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from qcsfer.config import InitConfig
+from qcsfer.engine.trainer import TrainingError, initialize
 from qcsfer.models import (
     TOPOLOGY,
     BaseNetwork,
@@ -612,3 +614,29 @@ def test_read_metadata_validates_the_sidecar(tmp_path: Path) -> None:
         with pytest.raises(WeightsError, match=message) as info:
             read_metadata(path)
         assert str(sidecar) in str(info.value)
+
+
+def test_init_weights_continues_from_a_training_graph_or_a_base(tmp_path: Path) -> None:
+    """`init.weights` (a second stage of training) loads every tensor the file holds."""
+    source = _tiny()
+    with torch.no_grad():  # unlike any fresh _tiny()
+        for p in source.parameters():
+            p.add_(torch.randn_like(p))
+
+    def save(module: torch.nn.Module, name: str) -> Path:
+        return save_weights(
+            module,
+            tmp_path / name,
+            classes=list("abcde"),
+            preprocessing=PREPROCESSING,
+            provenance={"mode": "qcs"},
+        )
+
+    whole, base = save(source, "whole.safetensors"), save(source.base, "base.safetensors")
+    for path, expected in ((whole, source.state_dict()), (base, source.base.state_dict())):
+        target = _tiny()
+        initialize(target, InitConfig(weights=str(path)))
+        loaded = target.state_dict() if path == whole else target.base.state_dict()
+        assert all(torch.equal(loaded[k], v) for k, v in expected.items())
+    with pytest.raises(TrainingError, match="qcs training graph cannot start a dcs run"):
+        initialize(_tiny(mode="dcs"), InitConfig(weights=str(whole)))

@@ -1,11 +1,12 @@
 """Package a run's best model as the default model inside qcsfer (src/qcsfer/weights/).
 
-    python tools/ship_model.py runs/ferplus-qcs-small [--name ferplus-qcs-small]
+    python tools/ship_model.py runs/ferplus-qcs-small [--name ferplus-qcs-small | --out FILE]
 
 Ships the whole training graph from the run's best.pt (inference uses its base network;
 `qcsfer explain --reference` its CSA modules). The validation numbers written into its
 provenance are measured on the shipped file itself, with and without flip averaging, and the
-commit it was shipped from is recorded.
+commit it was shipped from is recorded. A run that started from another qcsfer weights file
+(`init.weights`, a second stage) carries that file's provenance along as `previous_stage`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from qcsfer.engine.evaluate import evaluate
 from qcsfer.engine.trainer import load_checkpoint
 from qcsfer.models import QCSModel, get_config
-from qcsfer.models.weights import save_weights
+from qcsfer.models.weights import read_metadata, save_weights
 from qcsfer.pretrained import DEFAULT_WEIGHTS, WEIGHTS_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,6 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--name", default=DEFAULT_WEIGHTS)
+    parser.add_argument("--out", type=Path, help="write here instead of the package's weights")
     args = parser.parse_args()
 
     checkpoint = load_checkpoint(args.run_dir / "best.pt")
@@ -84,8 +86,9 @@ def main() -> None:
     data = config["data"]
     provenance = {
         "mode": config["mode"],
-        "dataset": f"{data['format']} {data['options']}: trained on '{data['train_split']}', "
-        f"selected on '{data['val_split']}' (never on test)",
+        "dataset": f"{data['format']}: trained on '{data['train_split']}' {data['options']}, "
+        f"selected on '{data['val_split']}' {data.get('val_options') or data['options']} "
+        "(never on test)",
         "seed": config["seed"],
         "epochs": config["epochs"],
         "best_epoch": best["epoch"],
@@ -95,7 +98,15 @@ def main() -> None:
         "command": f"qcsfer train <recipe>; python tools/ship_model.py {args.run_dir}",
         "config": config,
     }
-    out = write(WEIGHTS_DIR / f"{args.name}.safetensors", provenance)
+    if config["init"].get("weights"):
+        previous = read_metadata(config["init"]["weights"])["provenance"]
+        provenance["previous_stage"] = previous
+        provenance["train_minutes_all_stages"] = round(
+            provenance["train_minutes"]
+            + previous.get("train_minutes_all_stages", previous["train_minutes"]),
+            1,
+        )
+    out = write(args.out or WEIGHTS_DIR / f"{args.name}.safetensors", provenance)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     print(json.dumps(measured, indent=2))
 

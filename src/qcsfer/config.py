@@ -71,6 +71,8 @@ class InitConfig:
     reference: str | None = None  # an authors' QCS checkpoint, the whole training model
     backbone_from: str | None = None  # a qcsfer weights file: its IR backbone (the paper's
     # "AffectNet-8 init" for RAF-DB/FERPlus)
+    weights: str | None = None  # a qcsfer weights file: every tensor it holds (a second stage
+    # of training: the whole training graph, or the base network of an inference file)
 
 
 @dataclass

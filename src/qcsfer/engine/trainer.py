@@ -186,6 +186,18 @@ def initialize(model: QCSModel, init: InitConfig) -> None:
         source, _ = load_weights(init.backbone_from, base_only=True)
         model.base.backbone.load_state_dict(source.backbone.state_dict())
         log.info("backbone initialised from %s", init.backbone_from)
+    if init.weights:
+        source, metadata = load_weights(init.weights)
+        if metadata["network"] == "base":
+            model.base.load_state_dict(source.state_dict())
+        elif metadata["mode"] == model.mode:
+            model.load_state_dict(source.state_dict())
+        else:
+            raise TrainingError(
+                f"{init.weights}: a {metadata['mode']} training graph cannot start a "
+                f"{model.mode} run; use its base network (an inference weights file)"
+            )
+        log.info("all weights initialised from %s (%s)", init.weights, metadata["network"])
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
