@@ -1,4 +1,4 @@
-"""Haar face detectors compared: recall, false alarms and time per image.
+"""Face detectors compared (Haar cascades, MTCNN): recall, false alarms and time per image.
 
 Test set, made deterministically from shared/ (no download): composed scenes with 1-4 faces
 (FERPlus validation faces and the astronaut's head, 60-300 px) pasted without overlap on plain,
@@ -7,12 +7,13 @@ plus the two shared photos (astronaut.png: one face, coffee.png: none).
 
 A detection is a hit when it is centred on a not yet matched true face and of a similar size
 (see `matches`); every other detection, duplicates included, is a false alarm. FERPlus faces
-include profiles, occlusions and low-contrast faces that no frontal Haar cascade finds, so
-recall is a relative measure between detectors.
+include profiles, occlusions and low-contrast faces that no frontal detector finds, so recall
+is a relative measure between detectors. MTCNN needs its weights installed (`make setup` does).
 
     python benchmarks/detectors.py [--scenes 40] [--threads 1]
 
-prints a markdown table (times are single-threaded unless --threads says otherwise).
+prints a markdown table (times are single-threaded, OpenCV and torch, unless --threads says
+otherwise).
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from PIL import Image
 
 from qcsfer.imaging import read_image
-from qcsfer.inference.faces import Face, FaceDetector
+from qcsfer.inference.faces import Detector, Face, FaceDetector
+from qcsfer.inference.mtcnn import MTCNNDetector
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -149,24 +152,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scenes", type=int, default=40, help="composed scenes")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="OpenCV threads")
+    parser.add_argument("--threads", type=int, default=1, help="OpenCV and torch threads")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per image")
     args = parser.parse_args()
     cv2.setNumThreads(args.threads)
+    torch.set_num_threads(args.threads)
     scenes = make_scenes(args.scenes, args.seed)
     total = sum(len(s.faces) for s in scenes)
-    configs = [("alt2", 5), ("alt2", 3), ("default", 5), ("default", 3)]
+    configs: list[tuple[str, str, Detector]] = [
+        ("alt2", "minNeighbors 5", FaceDetector("alt2", min_neighbors=5)),
+        ("alt2", "minNeighbors 3", FaceDetector("alt2", min_neighbors=3)),
+        ("default", "minNeighbors 5", FaceDetector("default", min_neighbors=5)),
+        ("default", "minNeighbors 3", FaceDetector("default", min_neighbors=3)),
+        ("mtcnn", "thresholds 0.6/0.7/0.7", MTCNNDetector(thresholds=(0.6, 0.7, 0.7))),
+        ("mtcnn", "thresholds 0.6/0.7/0.8 (default)", MTCNNDetector()),
+        ("mtcnn", "thresholds 0.6/0.7/0.95", MTCNNDetector(thresholds=(0.6, 0.7, 0.95))),
+    ]
     print(
         f"{len(scenes)} images ({len(scenes) - 2} composed + astronaut.png + coffee.png), "
         f"{total} faces; OpenCV {cv2.__version__}, {args.threads} thread(s)\n"
     )
     print(
-        "| cascade | minNeighbors | recall | false alarms | images with false alarms "
+        "| detector | settings | recall | false alarms | images with false alarms "
         "| astronaut (1 face) | coffee (0) | ms / image (median) | ms / image (mean) |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    for cascade, neighbours in configs:
-        detector = FaceDetector(cascade, min_neighbors=neighbours)
+    for name, settings, detector in configs:
         hits = alarms = alarm_images = 0
         times = []
         per_photo = {}
@@ -183,7 +194,7 @@ def main() -> None:
             if scene.name.endswith(".png"):
                 per_photo[scene.name] = f"{h} found, {a} false"
         print(
-            f"| {cascade} | {neighbours} | {hits}/{total} ({hits / total:.0%}) | {alarms} "
+            f"| {name} | {settings} | {hits}/{total} ({hits / total:.0%}) | {alarms} "
             f"| {alarm_images}/{len(scenes)} | {per_photo['astronaut.png']} "
             f"| {per_photo['coffee.png']} | {statistics.median(times):.1f} "
             f"| {statistics.fmean(times):.1f} |"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from qcsfer.data.images import load_images
 from qcsfer.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, eval_transform
 from qcsfer.imaging import read_image
 from qcsfer.inference import ExpressionRecognizer, Face, FaceDetector, ImageError
+from qcsfer.inference import mtcnn as mtcnn_module
 from qcsfer.inference.explain import (
     attention_weights,
     class_token_attention,
@@ -39,6 +41,7 @@ from qcsfer.inference.export import (
     onnx_model_bytes,
 )
 from qcsfer.inference.faces import crop_box, crop_face, sort_faces
+from qcsfer.inference.mtcnn import MTCNNDetector
 from qcsfer.inference.preprocess import numpy_eval_transform, stack_crops
 from qcsfer.inference.recognizer import Prediction
 from qcsfer.inference.runner import Progress
@@ -163,6 +166,65 @@ def test_huge_images_are_detected_downscaled_with_boxes_in_original_pixels() -> 
     for ours, theirs in zip(face.box, reference.box, strict=True):
         assert abs(ours - 3 * theirs) <= 6
     assert FaceDetector(max_side=512).detect(big[:20, :20]) == []  # below the minimum face size
+
+
+@pytest.fixture(scope="module")
+def mtcnn() -> MTCNNDetector:
+    return MTCNNDetector()
+
+
+def eye_angle(face: Face) -> float:
+    """Degrees the line from the left to the right eye dips below the horizontal."""
+    assert face.landmarks is not None
+    (left_x, left_y), (right_x, right_y) = face.landmarks[:2]
+    return math.degrees(math.atan2(right_y - left_y, right_x - left_x))
+
+
+def test_mtcnn_finds_the_astronaut_with_landmarks_and_nothing_in_the_coffee(
+    mtcnn: MTCNNDetector,
+) -> None:
+    (face,) = mtcnn.detect(read_image(ASTRONAUT))
+    (haar,) = FaceDetector().detect(read_image(ASTRONAUT))
+    assert abs(face.x0 - haar.x0) < 25 and abs(face.x1 - haar.x1) < 25
+    assert face.score is not None and 0.9 < face.score <= 1
+    assert face.landmarks is not None and len(face.landmarks) == 5
+    (eye_l, eye_r, nose, mouth_l, mouth_r) = face.landmarks
+    for x, y in face.landmarks:
+        assert face.x0 <= x < face.x1 and face.y0 <= y < face.y1
+    assert eye_l[0] < nose[0] < eye_r[0] and mouth_l[0] < mouth_r[0]
+    assert max(eye_l[1], eye_r[1]) < nose[1] < min(mouth_l[1], mouth_r[1])
+    assert mtcnn.detect(read_image(COFFEE)) == []
+    gray = cv2.cvtColor(read_image(ASTRONAUT), cv2.COLOR_RGB2GRAY)
+    assert len(mtcnn.detect(gray)) == 1
+
+
+@pytest.mark.parametrize("degrees", [15, -20])
+def test_aligned_crops_level_the_eyes(mtcnn: MTCNNDetector, degrees: int) -> None:
+    tilted = np.asarray(Image.open(ASTRONAUT).convert("RGB").rotate(degrees, Image.BICUBIC))
+    (face,) = mtcnn.detect(tilted)
+    assert abs(eye_angle(face)) > 8
+    plain, aligned = crop_face(tilted, face, 0.3), crop_face(tilted, face, 0.3, align=True)
+    assert aligned.shape == plain.shape
+    (again,) = mtcnn.detect(aligned)
+    assert abs(eye_angle(again)) < 4
+    assert crop_face(tilted, Face(*face.box), 0.3, align=True).tolist() == plain.tolist()
+
+
+def test_mtcnn_without_its_weights_says_how_to_install_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(mtcnn_module.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ImportError, match="pip install --no-deps facenet-pytorch"):
+        MTCNNDetector()
+
+
+def test_recognizer_with_mtcnn_and_alignment_reports_landmarks(weights: Path) -> None:
+    rec = ExpressionRecognizer(weights, detector="mtcnn", align=True)
+    (prediction,) = rec(ASTRONAUT)
+    assert prediction.landmarks is not None and len(prediction.landmarks) == 5
+    record = json.loads(json.dumps(prediction.to_dict()))
+    assert len(record["landmarks"]) == 5 and 0.9 < record["detector_score"] <= 1
+    assert rec(COFFEE) == []
 
 
 def test_crops_are_square_centred_and_edge_padded() -> None:

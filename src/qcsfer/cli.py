@@ -109,9 +109,13 @@ def _recognizer_options(p: argparse.ArgumentParser) -> None:
         help="classify this box (pixels) instead of detecting faces (repeatable)",
     )
     p.add_argument(
-        "--cascade",
+        "--detector",
         default="alt2",
-        help="Haar cascade: alt2, alt, default, alt_tree or an XML path",
+        help="mtcnn (needs: pip install --no-deps facenet-pytorch==2.6.0) or a Haar cascade: "
+        "alt2, alt, default, alt_tree or an XML path",
+    )
+    p.add_argument(
+        "--align", action="store_true", help="level the eyes before classifying (mtcnn only)"
     )
 
 
@@ -132,7 +136,8 @@ def _predict(args: argparse.Namespace) -> int:
             backend=args.backend,
             device=args.device,
             detect=not args.no_detect,
-            detector=args.cascade,
+            detector=args.detector,
+            align=args.align,
             batch_size=args.batch_size,
         )
     except ImportError as exc:  # onnxruntime missing for an .onnx model
@@ -177,7 +182,8 @@ def _explain(args: argparse.Namespace) -> int:
         backend="torch",
         device=args.device,
         detect=not args.no_detect,
-        detector=args.cascade,
+        detector=args.detector,
+        align=args.align,
     )
     if args.reference:
         from .inference.explain import explain_csa

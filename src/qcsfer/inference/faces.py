@@ -1,4 +1,4 @@
-"""Face detection with OpenCV Haar cascades, and square face crops like the training faces.
+"""Face detection (OpenCV Haar cascades, or MTCNN) and square face crops like the training faces.
 
 Haar cascades ship inside `opencv-python-headless` 4.x (not 5.x), need no weights download and
 run in a few milliseconds per image on a CPU. `haarcascade_frontalface_alt2` is the default: on
@@ -6,16 +6,19 @@ our composed test set it gave no false alarms where `..._default` did (benchmark
 
 Detection runs on a copy downscaled to at most `max_side` pixels (Haar cost grows with the pixel
 count and faces in huge photos are large anyway); boxes are mapped back to original pixels and
-the crop is taken from the full-resolution image. Eye-based alignment is deliberately left
-out: FER2013/FERPlus training faces are not eye-aligned, so rotating test faces would move them
-away from the training distribution, and the Haar eye cascade often fires on eyebrows.
+the crop is taken from the full-resolution image. MTCNN (`qcsfer.inference.mtcnn`, weights
+from an optional install) finds more faces and places eye landmarks, which `align=True` uses to
+level the eyes. Alignment is off by default: FER2013/FERPlus training faces are not
+eye-aligned, so rotating test faces moves them away from what the shipped model saw.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -35,8 +38,10 @@ CASCADES = {
 class Face:
     """A face box in original image pixels (x1, y1 exclusive) and its detector score.
 
-    `score` is the number of overlapping detector windows merged into the box (more = surer,
-    not a probability); None for boxes not found by the detector (given, or the whole image).
+    `score`: for Haar cascades the number of overlapping windows merged into the box (more =
+    surer, not a probability), for MTCNN the face probability; None for boxes not found by a
+    detector (given, or the whole image). `landmarks` (MTCNN only): (x, y) of the left eye,
+    right eye, nose tip, left and right mouth corner, "left" meaning smaller x in the image.
     Ordering is left-to-right, then top-to-bottom.
     """
 
@@ -45,6 +50,7 @@ class Face:
     x1: int
     y1: int
     score: float | None = None
+    landmarks: tuple[tuple[float, float], ...] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.x1 <= self.x0 or self.y1 <= self.y0:
@@ -95,6 +101,21 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     if len(values) != 4:
         raise ValueError(f"a box is x0,y0,x1,y1 in pixels, got {text!r}")
     return values  # type: ignore[return-value]
+
+
+class Detector(Protocol):
+    name: str
+
+    def detect(self, image: np.ndarray) -> list[Face]: ...
+
+
+def make_detector(name: str) -> Detector:
+    """ "mtcnn", or a Haar cascade: one of CASCADES or an XML file."""
+    if name == "mtcnn":
+        from .mtcnn import MTCNNDetector
+
+        return MTCNNDetector()
+    return FaceDetector(name)
 
 
 class FaceDetector:
@@ -170,14 +191,32 @@ def crop_box(face: Face, margin: float = DEFAULT_MARGIN) -> tuple[int, int, int,
     return x0, y0, x0 + side, y0 + side
 
 
-def crop_face(image: np.ndarray, face: Face, margin: float = DEFAULT_MARGIN) -> np.ndarray:
+def crop_face(
+    image: np.ndarray, face: Face, margin: float = DEFAULT_MARGIN, align: bool = False
+) -> np.ndarray:
     """Square crop from the full-resolution image; parts outside it repeat the border pixels.
 
     Repeating the border (rather than moving the square inside the image) keeps the face centred
     at the scale training faces have, and avoids the hard black edges of zero padding.
+    align=True, for faces with landmarks: the same square, rotated about its centre so that the
+    eyes are level.
     """
-    height, width = image.shape[:2]
     x0, y0, x1, y1 = crop_box(face, margin)
+    if align and face.landmarks:
+        import cv2
+
+        (left_x, left_y), (right_x, right_y) = face.landmarks[:2]
+        angle = math.degrees(math.atan2(right_y - left_y, right_x - left_x))
+        matrix = cv2.getRotationMatrix2D(((x0 + x1) / 2, (y0 + y1) / 2), angle, 1.0)
+        matrix[:, 2] -= (x0, y0)  # the square's corner becomes the crop's origin
+        return cv2.warpAffine(
+            np.ascontiguousarray(image),
+            matrix,
+            (x1 - x0, y1 - y0),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+    height, width = image.shape[:2]
     inner = image[max(0, y0) : min(height, y1), max(0, x0) : min(width, x1)]
     pad = [(max(0, -y0), max(0, y1 - height)), (max(0, -x0), max(0, x1 - width))]
     if image.ndim == 3:

@@ -1,9 +1,9 @@
 """`ExpressionRecognizer`: images in, one typed result per face out.
 
-Pipeline: image -> RGB uint8 -> faces (Haar detector, given boxes, or the whole image) -> square
-crops from the full-resolution image -> the model's own preprocessing (from its metadata) ->
-logits (PyTorch or ONNX Runtime) -> softmax. Faces of several images are classified in shared
-batches.
+Pipeline: image -> RGB uint8 -> faces (Haar or MTCNN detector, given boxes, or the whole image)
+-> square crops from the full-resolution image (optionally eye-aligned) -> the model's own
+preprocessing (from its metadata) -> logits (PyTorch or ONNX Runtime) -> softmax. Faces of
+several images are classified in shared batches.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 from ..imaging import Color, ImageInput, describe, to_rgb_array
 from ..preprocessing import Preprocessing
 from .backends import load_backend
-from .faces import DEFAULT_MARGIN, Face, FaceDetector, crop_face, given_box, whole_image
+from .faces import DEFAULT_MARGIN, Detector, Face, crop_face, given_box, make_detector, whole_image
 from .preprocess import stack_crops
 
 Box = tuple[int, int, int, int]
@@ -32,7 +32,8 @@ class Prediction:
     label: str
     confidence: float  # probability of `label`
     probabilities: dict[str, float]
-    detector_score: float | None  # Haar windows merged into the box; None if not detected
+    detector_score: float | None  # Haar: windows merged; MTCNN: probability; None: not detected
+    landmarks: tuple[tuple[float, float], ...] | None = None  # MTCNN: eyes, nose, mouth corners
 
     @classmethod
     def from_probabilities(
@@ -48,6 +49,7 @@ class Prediction:
             confidence=float(probabilities[best]),
             probabilities={c: float(p) for c, p in zip(classes, probabilities, strict=True)},
             detector_score=face.score,
+            landmarks=face.landmarks,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -57,6 +59,7 @@ class Prediction:
             "confidence": self.confidence,
             "probabilities": dict(self.probabilities),
             "detector_score": self.detector_score,
+            "landmarks": None if self.landmarks is None else [list(p) for p in self.landmarks],
         }
 
 
@@ -105,8 +108,9 @@ class ExpressionRecognizer:
 
     model: "default" (the shipped model), a weights file, a run directory or an exported .onnx
     file. backend: "torch", "onnx" or "auto" (ONNX Runtime for .onnx files, else PyTorch).
-    detect=False treats each whole image as one face (like FERPlus crops). detector: a Haar
-    cascade name or a FaceDetector; margin: added around detected or given boxes on each side,
+    detect=False treats each whole image as one face (like FERPlus crops). detector: "mtcnn", a
+    Haar cascade name, or a detector object; align: level the eyes of faces with landmarks
+    (MTCNN) before classifying them; margin: added around detected or given boxes on each side,
     as a fraction of the box; threads: ONNX Runtime threads (None: its default).
     """
 
@@ -117,7 +121,8 @@ class ExpressionRecognizer:
         device: str = "cpu",
         detect: bool = True,
         *,
-        detector: str | FaceDetector = "alt2",
+        detector: str | Detector = "alt2",
+        align: bool = False,
         margin: float = DEFAULT_MARGIN,
         batch_size: int = 64,
         threads: int | None = None,
@@ -131,11 +136,10 @@ class ExpressionRecognizer:
         self.classes: list[str] = loaded.classes
         self.metadata: dict[str, Any] = loaded.metadata
         self.detect = detect
-        self.detector: FaceDetector | None = None
+        self.detector: Detector | None = None
         if detect:
-            self.detector = (
-                detector if isinstance(detector, FaceDetector) else FaceDetector(detector)
-            )
+            self.detector = make_detector(detector) if isinstance(detector, str) else detector
+        self.align = align
         self.margin = margin
         self.batch_size = batch_size
 
@@ -237,7 +241,7 @@ class ExpressionRecognizer:
         """
         if self.detector is None and not given:
             return [rgb]
-        return [crop_face(rgb, face, self.margin) for face in faces]
+        return [crop_face(rgb, face, self.margin, self.align) for face in faces]
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """uint8 B x C x L x L face batch -> B x K class probabilities (float64)."""
