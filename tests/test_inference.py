@@ -28,6 +28,7 @@ from qcsfer.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, e
 from qcsfer.imaging import read_image
 from qcsfer.inference import ExpressionRecognizer, Face, FaceDetector, ImageError
 from qcsfer.inference import mtcnn as mtcnn_module
+from qcsfer.inference.annotate import LANDMARK_COLOR, annotate
 from qcsfer.inference.explain import (
     attention_weights,
     class_token_attention,
@@ -225,6 +226,8 @@ def test_recognizer_with_mtcnn_and_alignment_reports_landmarks(weights: Path) ->
     record = json.loads(json.dumps(prediction.to_dict()))
     assert len(record["landmarks"]) == 5 and 0.9 < record["detector_score"] <= 1
     assert rec(COFFEE) == []
+    x, y = (round(v) for v in prediction.landmarks[2])  # the nose tip, drawn as a dot
+    assert tuple(annotate(read_image(ASTRONAUT), [prediction])[y, x]) == LANDMARK_COLOR
 
 
 def test_crops_are_square_centred_and_edge_padded() -> None:

@@ -1,4 +1,4 @@
-"""Draw results on images: box, label with confidence, and a confidence bar, with PIL."""
+"""Draw results on images: box, label with confidence, a confidence bar and landmarks, with PIL."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ BOX_COLOR = (255, 200, 0)
 TEXT_COLOR = (0, 0, 0)
 BAR_BACK = (60, 60, 60)
 BAR_FILL = (80, 220, 80)
+LANDMARK_COLOR = (0, 255, 255)
 
 
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
@@ -23,7 +24,8 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 
 def annotate(rgb: np.ndarray, predictions: Sequence[Prediction]) -> np.ndarray:
-    """A copy of the RGB image with each face's box, `label 87%` and a confidence bar."""
+    """A copy of the RGB image with each face's box, `label 87%`, a confidence bar and its
+    landmarks (MTCNN) as dots."""
     image = Image.fromarray(np.ascontiguousarray(rgb), "RGB")
     draw = ImageDraw.Draw(image)
     scale = max(image.width, image.height)
@@ -32,6 +34,9 @@ def annotate(rgb: np.ndarray, predictions: Sequence[Prediction]) -> np.ndarray:
         x0, y0, x1, y1 = p.box
         font = _font(max(11, round(max(scale / 45, (x1 - x0) / 8))))
         draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=BOX_COLOR, width=line)
+        radius = max(1, round((x1 - x0) / 60))
+        for x, y in p.landmarks or ():
+            draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=LANDMARK_COLOR)
         text = f"{p.label} {p.confidence:.0%}"
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         text_w, text_h = right - left, bottom - top
