@@ -115,36 +115,72 @@ def _mean_std(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
+# (run, compared with): each pair is reported as per-seed differences, run minus other.
+COMPARISONS = [
+    ("qcs-images", "baseline-images"),
+    ("qcs-images", "dcs-images"),
+    ("dcs-images", "baseline-images"),
+    ("qcs-images", "baseline-anchors"),
+    ("qcs-images", "dcs-anchors"),
+    ("qcs-S", "qcs-images"),
+    ("qcs-D", "qcs-images"),
+    ("qcs-sample-norm", "qcs-images"),
+    ("qcs-sdpa", "qcs-images"),
+]
+
+
+def _points(diffs: list[float]) -> str:
+    text = ", ".join(f"{d:+.2f}" for d in diffs)
+    if len(diffs) > 1:
+        text += f" (mean {statistics.mean(diffs):+.2f} ± {statistics.stdev(diffs):.2f})"
+    return text
+
+
 def report() -> str:
     records = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
-    lines = [
-        "| group | run | seeds | Valid accuracy (%) | Valid balanced acc. (%) | train minutes |",
-        "|---|---|---|---|---|---|",
-    ]
-    groups: dict[tuple[str, str], list[dict]] = {}
+    by_name: dict[str, list[dict]] = {}
     for r in records:
-        key = (r["group"], r["name"].rsplit("-s", 1)[0])
-        groups.setdefault(key, []).append(r)
-    for (group, name), rs in sorted(groups.items()):
-        lines.append(
-            f"| {group} | {name} | {len(rs)} | {_mean_std([r['val_accuracy'] for r in rs])} | "
-            f"{_mean_std([r['val_balanced_accuracy'] for r in rs])} | "
-            f"{statistics.mean(r['train_seconds'] for r in rs) / 60:.1f} |"
+        by_name.setdefault(r["name"].rsplit("-s", 1)[0], []).append(r)
+    # The QCS runs of the equal-image table are also QCS at equal anchor epochs.
+    rows = sorted((rs[0]["group"], name, rs) for name, rs in by_name.items())
+    if "qcs-images" in by_name:
+        rows.insert(
+            next((i for i, row in enumerate(rows) if row[0] == "equal images"), len(rows)),
+            ("equal anchor epochs", "qcs-images (the same runs)", by_name["qcs-images"]),
         )
-    by_seed = {(r["name"].rsplit("-s", 1)[0], r["seed"]): r for r in records}
+    lines = [
+        "| comparison | run | anchor-epochs | seeds | Valid accuracy (%) "
+        "| Valid balanced acc. (%) | train minutes (each) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for group, name, rs in rows:
+        lines.append(
+            f"| {group} | {name} | {rs[0]['epochs']} | {len(rs)} "
+            f"| {_mean_std([r['val_accuracy'] for r in rs])} "
+            f"| {_mean_std([r['val_balanced_accuracy'] for r in rs])} "
+            f"| {statistics.mean(r['train_seconds'] for r in rs) / 60:.1f} |"
+        )
     lines += [
         "",
-        "Paired differences per seed, equal images (QCS minus other, accuracy points):",
+        "Paired differences, seed by seed (points of Valid accuracy / balanced accuracy):",
         "",
     ]
-    for other in ("baseline-images", "dcs-images"):
-        diffs = [
-            100 * (by_seed[("qcs-images", s)]["val_accuracy"] - by_seed[(other, s)]["val_accuracy"])
-            for s in SEEDS
-            if ("qcs-images", s) in by_seed and (other, s) in by_seed
+    for run, other in COMPARISONS:
+        pairs = [
+            (mine, theirs)
+            for mine in by_name.get(run, [])
+            for theirs in by_name.get(other, [])
+            if mine["seed"] == theirs["seed"]
         ]
-        if diffs:
-            lines.append(f"- QCS - {other}: {', '.join(f'{d:+.2f}' for d in diffs)}")
+        if pairs:
+            accuracy = [100 * (a["val_accuracy"] - b["val_accuracy"]) for a, b in pairs]
+            balanced = [
+                100 * (a["val_balanced_accuracy"] - b["val_balanced_accuracy"]) for a, b in pairs
+            ]
+            lines.append(
+                f"- {run} - {other} (seeds {', '.join(str(a['seed']) for a, _ in pairs)}): "
+                f"accuracy {_points(accuracy)}; balanced {_points(balanced)}"
+            )
     return "\n".join(lines)
 
 
