@@ -18,14 +18,16 @@ import torch
 
 from qcsfer.config import TrainConfig, load_config
 from qcsfer.data.ferplus import read_ferplus
-from qcsfer.data.images import load_images
+from qcsfer.data.images import MemoryImages, load_images
 from qcsfer.data.records import DatasetError, LabeledImages
-from qcsfer.data.transforms import Preprocessing, eval_transform
+from qcsfer.data.transforms import Augmentation, Preprocessing, eval_transform
 from qcsfer.engine import trainer as trainer_module
+from qcsfer.engine.averaging import average_states, recompute_batchnorm
 from qcsfer.engine.evaluate import evaluate, map_labels
 from qcsfer.engine.metrics import compute_metrics
 from qcsfer.engine.sam import SAM
 from qcsfer.engine.trainer import TrainingError, load_checkpoint, lr_factor, train
+from qcsfer.models import QCSModel, get_config
 from qcsfer.pretrained import load_model
 
 from .conftest import REPO
@@ -342,3 +344,31 @@ def test_ctrl_c_with_sam_stops_at_a_step_boundary_and_resumes_exactly(
     assert [[h[k] for k in keys] for h in history(run_dir)] == [
         [h[k] for k in keys] for h in history(reference)
     ]
+
+
+def test_weight_averaging_means_weights_and_remeasures_batchnorm() -> None:
+    """SWA: float tensors averaged, counters kept; BatchNorm statistics measured afresh."""
+    first = {"w": torch.tensor([1.0, 3.0]), "n": torch.tensor(4)}
+    second = {"w": torch.tensor([3.0, 5.0]), "n": torch.tensor(9)}
+    averaged = average_states([first, second])
+    assert averaged["w"].tolist() == [2.0, 4.0] and averaged["n"].item() == 9
+    with pytest.raises(ValueError, match="different tensors"):
+        average_states([first, {"w": first["w"]}])
+
+    torch.manual_seed(0)
+    base = QCSModel(get_config("tiny", num_classes=3), "qcs").base.eval()
+    norms = [m for m in base.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in norms:
+        m.running_mean.fill_(100.0)
+    images = MemoryImages(torch.randint(0, 256, (40, 1, 48, 48), dtype=torch.uint8))
+    prep = Preprocessing(image_size=48, load_size=48, grayscale=True)
+
+    def remeasure() -> list[torch.Tensor]:
+        assert recompute_batchnorm(base, images, prep, Augmentation(), batch_size=16) == len(norms)
+        return [m.running_mean.clone() for m in norms]
+
+    means = remeasure()
+    assert not base.training and all(m.momentum == 0.1 for m in norms)
+    assert all(m.num_batches_tracked.item() == 3 for m in norms)  # 40 images in batches of 16
+    assert all(mean.abs().max() < 50 for mean in means)
+    assert all(torch.equal(a, b) for a, b in zip(means, remeasure(), strict=True))  # seeded

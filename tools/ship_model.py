@@ -1,9 +1,11 @@
 """Package a run's best model as the default model inside qcsfer (src/qcsfer/weights/).
 
     python tools/ship_model.py runs/ferplus-qcs-small [--name ferplus-qcs-small | --out FILE]
+        [--checkpoint FILE]
 
-Ships the whole training graph from the run's best.pt (inference uses its base network;
-`qcsfer explain --reference` its CSA modules). The validation numbers written into its
+Ships the whole training graph (inference uses its base network; `qcsfer explain --reference`
+its CSA modules) from the run's best.pt, or from --checkpoint: a weight average of the run's
+checkpoints written by tools/average_checkpoints.py. The validation numbers written into its
 provenance are measured on the shipped file itself, with and without flip averaging, and the
 commit it was shipped from is recorded. A run that started from another qcsfer weights file
 (`init.weights`, a second stage) carries that file's provenance along as `previous_stage`.
@@ -53,9 +55,10 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--name", default=DEFAULT_WEIGHTS)
     parser.add_argument("--out", type=Path, help="write here instead of the package's weights")
+    parser.add_argument("--checkpoint", type=Path, help="instead of RUN_DIR/best.pt")
     args = parser.parse_args()
 
-    checkpoint = load_checkpoint(args.run_dir / "best.pt")
+    checkpoint = load_checkpoint(args.checkpoint or args.run_dir / "best.pt")
     config, classes = checkpoint["config"], checkpoint["classes"]
     model_config = get_config(
         config["model"], **{**config["model_overrides"], "num_classes": len(classes)}
@@ -98,6 +101,10 @@ def main() -> None:
         "command": f"qcsfer train <recipe>; python tools/ship_model.py {args.run_dir}",
         "config": config,
     }
+    if "averaged_from" in checkpoint:
+        provenance["best_epoch"] = None  # not one epoch's weights
+        provenance["averaged_from"] = checkpoint["averaged_from"]
+        provenance["command"] += f" --checkpoint {args.checkpoint}"
     if config["init"].get("weights"):
         previous = read_metadata(config["init"]["weights"])["provenance"]
         provenance["previous_stage"] = previous

@@ -1,0 +1,70 @@
+"""Weight averaging of one run's checkpoints (stochastic weight averaging, Izmailov et al. 2018).
+
+Weights saved along the low-learning-rate end of a run scatter around a wide minimum; their
+mean usually generalises better than any one of them. BatchNorm running statistics belong to
+the weights they were measured with, so after averaging they are measured again: one pass of
+the training images (with the training augmentation) through the averaged network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..data.images import MemoryImages
+from ..data.transforms import Augmentation, Preprocessing, train_transform
+from .device import autocast
+
+
+def average_states(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of floating-point tensors; counters (integers) from the last state."""
+    if not states:
+        raise ValueError("nothing to average")
+    keys = states[0].keys()
+    for state in states[1:]:
+        if state.keys() != keys:
+            raise ValueError("the checkpoints hold different tensors: not from one model")
+    averaged = {}
+    for key, last in states[-1].items():
+        if last.is_floating_point():
+            averaged[key] = torch.stack([s[key].float() for s in states]).mean(0).to(last.dtype)
+        else:
+            averaged[key] = last.clone()
+    return averaged
+
+
+@torch.no_grad()
+def recompute_batchnorm(
+    network: nn.Module,
+    images: MemoryImages,
+    prep: Preprocessing,
+    aug: Augmentation,
+    *,
+    seed: int = 0,
+    batch_size: int = 256,
+    precision: str = "fp32",
+) -> int:
+    """Re-measure every BatchNorm's running mean and variance over `images`; returns how many
+    BatchNorm layers were reset. The statistics are exact averages over the whole pass
+    (momentum None), not exponential ones."""
+    norms = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = network.training
+    network.train()
+    device = next(network.parameters()).device
+    generator = torch.Generator(device).manual_seed(seed)
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    for start in range(0, len(order), batch_size):
+        batch, _ = images.load(order[start : start + batch_size].numpy())
+        x = train_transform(batch.to(device), prep, aug, generator)
+        with autocast(device, precision):
+            network(x)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    network.train(was_training)
+    return len(norms)

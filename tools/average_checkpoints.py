@@ -1,0 +1,76 @@
+"""Average the weights of checkpoints from one run, re-measure BatchNorm, compare on validation.
+
+    python tools/average_checkpoints.py OUT.pt CHECKPOINT [CHECKPOINT ...]
+
+Writes OUT.pt, a weights-only checkpoint (not resumable) that `tools/ship_model.py RUN_DIR
+--checkpoint OUT.pt` ships, and prints the validation accuracy (single view and flip-averaged,
+fp32) of every input and of their average, so that the window to average is chosen on the
+validation split, never on test.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qcsfer.config import TrainConfig, from_dict
+from qcsfer.engine.averaging import average_states, recompute_batchnorm
+from qcsfer.engine.evaluate import predict_logits
+from qcsfer.engine.trainer import load_checkpoint, load_splits, save_atomic
+from qcsfer.models import QCSModel
+
+RESUME_ONLY = ("optimizer", "scheduler", "scaler", "epoch_loss")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("checkpoints", type=Path, nargs="+")
+    args = parser.parse_args()
+
+    checkpoints = [load_checkpoint(path) for path in args.checkpoints]
+    last = checkpoints[-1]
+    if any(c["config"] != last["config"] or c["classes"] != last["classes"] for c in checkpoints):
+        raise SystemExit("the checkpoints come from different runs (their configs differ)")
+    config = from_dict(TrainConfig, last["config"])
+    model = QCSModel(config.model_config(len(last["classes"])), config.mode)
+    train_split, val_split = load_splits(config, None)
+
+    def report(name: str) -> None:
+        accuracies = []
+        for flip in (False, True):
+            logits = predict_logits(
+                model.base,
+                val_split.images.images,
+                config.preprocessing,
+                torch.device("cpu"),
+                flip=flip,
+            )
+            accuracies.append(np.mean(logits.argmax(1).numpy() == val_split.records.labels))
+        print(
+            f"{name}: Valid {100 * accuracies[0]:.2f}% single view, {100 * accuracies[1]:.2f}% flip"
+        )
+
+    for path, checkpoint in zip(args.checkpoints, checkpoints, strict=True):
+        model.load_state_dict(checkpoint["model"])
+        report(f"{path} (step {checkpoint['step']})")
+    model.load_state_dict(average_states([c["model"] for c in checkpoints]))
+    layers = recompute_batchnorm(
+        model.base, train_split.images, config.preprocessing, config.augmentation, seed=config.seed
+    )
+    report(f"average of {len(checkpoints)} ({layers} BatchNorm layers re-measured)")
+    averaged = {k: v for k, v in last.items() if k not in RESUME_ONLY}
+    averaged["model"] = model.state_dict()
+    averaged["averaged_from"] = [
+        {"file": str(path), "step": c["step"]}
+        for path, c in zip(args.checkpoints, checkpoints, strict=True)
+    ]
+    save_atomic(averaged, args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
