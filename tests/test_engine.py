@@ -372,3 +372,16 @@ def test_weight_averaging_means_weights_and_remeasures_batchnorm() -> None:
     assert all(m.num_batches_tracked.item() == 3 for m in norms)  # 40 images in batches of 16
     assert all(mean.abs().max() < 50 for mean in means)
     assert all(torch.equal(a, b) for a, b in zip(means, remeasure(), strict=True))  # seeded
+
+
+def test_keep_checkpoints_keeps_every_periodic_checkpoint(
+    ferplus_root: Path, tmp_path: Path
+) -> None:
+    extra = {"mode": "baseline", "checkpoint_every_steps": 2, "max_steps": 5}
+    run_dir = train(tiny_config(ferplus_root, keep_checkpoints=True, **extra), tmp_path / "kept")
+    kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert kept == ["step-0000002.pt", "step-0000004.pt", "step-0000005.pt"]
+    assert load_checkpoint(run_dir / "checkpoints" / kept[0])["step"] == 2
+    assert not (
+        train(tiny_config(ferplus_root, **extra), tmp_path / "not") / "checkpoints"
+    ).exists()

@@ -97,6 +97,7 @@ class TrainConfig:
     eval_flip: bool = True  # average logits over the mirrored image when validating
     eval_batch_size: int = 256
     checkpoint_every_steps: int | None = None
+    keep_checkpoints: bool = False  # also keep each last.pt as checkpoints/step-N.pt (averaging)
     max_steps: int | None = None  # stop after this many optimiser steps in total (tests, budgets)
     tensorboard: bool = False
     out_dir: str = "runs"

@@ -456,7 +456,12 @@ def train(
 
     def save(name: str, epoch: int, batch: int) -> None:
         if dd.is_main:
-            save_atomic(state(epoch, batch), run_dir / name)
+            checkpoint = state(epoch, batch)
+            save_atomic(checkpoint, run_dir / name)
+            if config.keep_checkpoints and name == "last.pt":
+                save_atomic(
+                    checkpoint, run_dir / "checkpoints" / f"step-{checkpoint['step']:07d}.pt"
+                )
 
     if dd.is_main:
         n_params = sum(p.numel() for p in model.base.parameters())
