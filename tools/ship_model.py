@@ -1,7 +1,7 @@
 """Package a run's best model as the default model inside qcsfer (src/qcsfer/weights/).
 
     python tools/ship_model.py runs/ferplus-qcs-small [--name ferplus-qcs-small | --out FILE]
-        [--checkpoint FILE]
+        [--checkpoint FILE] [--data-root DIR] [--trained-on TEXT]
 
 Ships the whole training graph (inference uses its base network; `qcsfer explain --reference`
 its CSA modules) from the run's best.pt, or from --checkpoint: a weight average of the run's
@@ -9,6 +9,8 @@ checkpoints written by tools/average_checkpoints.py. The validation numbers writ
 provenance are measured on the shipped file itself, with and without flip averaging, and the
 commit it was shipped from is recorded. A run that started from another qcsfer weights file
 (`init.weights`, a second stage) carries that file's provenance along as `previous_stage`.
+A run trained on another machine names where the validation data lives here (--data-root) and
+the hardware it trained on (--trained-on, recorded in the provenance).
 """
 
 from __future__ import annotations
@@ -56,10 +58,14 @@ def main() -> None:
     parser.add_argument("--name", default=DEFAULT_WEIGHTS)
     parser.add_argument("--out", type=Path, help="write here instead of the package's weights")
     parser.add_argument("--checkpoint", type=Path, help="instead of RUN_DIR/best.pt")
+    parser.add_argument("--data-root", help="the dataset's root here, if not the run's")
+    parser.add_argument("--trained-on", help="the hardware the run trained on, for provenance")
     args = parser.parse_args()
 
     checkpoint = load_checkpoint(args.checkpoint or args.run_dir / "best.pt")
     config, classes = checkpoint["config"], checkpoint["classes"]
+    if args.data_root:
+        config["data"]["root"] = args.data_root
     model_config = get_config(
         config["model"], **{**config["model_overrides"], "num_classes": len(classes)}
     )
@@ -101,6 +107,8 @@ def main() -> None:
         "command": f"qcsfer train <recipe>; python tools/ship_model.py {args.run_dir}",
         "config": config,
     }
+    if args.trained_on:
+        provenance["trained_on"] = args.trained_on
     if "averaged_from" in checkpoint:
         provenance["best_epoch"] = None  # not one epoch's weights
         provenance["averaged_from"] = checkpoint["averaged_from"]
