@@ -109,10 +109,11 @@ def main() -> None:
     }
     if args.trained_on:
         provenance["trained_on"] = args.trained_on
+    if args.checkpoint:
+        provenance["command"] += f" --checkpoint {args.checkpoint}"
     if "averaged_from" in checkpoint:
         provenance["best_epoch"] = None  # not one epoch's weights
         provenance["averaged_from"] = checkpoint["averaged_from"]
-        provenance["command"] += f" --checkpoint {args.checkpoint}"
     if config["init"].get("weights"):
         previous = read_metadata(config["init"]["weights"])["provenance"]
         provenance["previous_stage"] = previous

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -458,10 +459,9 @@ def train(
         if dd.is_main:
             checkpoint = state(epoch, batch)
             save_atomic(checkpoint, run_dir / name)
-            if config.keep_checkpoints and name == "last.pt":
-                save_atomic(
-                    checkpoint, run_dir / "checkpoints" / f"step-{checkpoint['step']:07d}.pt"
-                )
+            if config.keep_checkpoints and name == "last.pt":  # a byte copy: no second pickling
+                kept = run_dir / "checkpoints" / f"step-{checkpoint['step']:07d}.pt"
+                atomic_write(kept, lambda tmp: shutil.copyfile(run_dir / name, tmp))
 
     if dd.is_main:
         n_params = sum(p.numel() for p in model.base.parameters())
