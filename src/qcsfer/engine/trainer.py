@@ -483,6 +483,7 @@ def train(
     updater = Updater(network, optimizer, scaler, config, device, dd)
     generator = torch.Generator(device=device)
     global_step = epoch * steps_per_epoch + batch_start
+    finished = False
     try:
         with GracefulStop(dd) as stop:
             while epoch < config.epochs:
@@ -561,12 +562,15 @@ def train(
                 progress.close()  # max_steps reached inside the epoch
                 save("last.pt", epoch, b)
                 break
+        finished = True
     except KeyboardInterrupt:
         if dd.is_main:
             log.warning("interrupted: resume with qcsfer train --resume %s", run_dir)
         raise
     finally:
         if dd.enabled and dist.is_initialized():
+            if finished:  # no rank tears its connections down while another still writes files
+                dist.barrier()
             dist.destroy_process_group()
     return run_dir
 
