@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+SHARED = Path(os.environ.get("QCSFER_SHARED", REPO.parent / "shared"))  # data beside the clone
 FERPLUS = SHARED / "datasets" / "ferplus"
 PHOTOS = SHARED / "photos"
 

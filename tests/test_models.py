@@ -29,14 +29,8 @@ from qcsfer.models import (
 )
 from qcsfer.models.backbone import IRBackbone
 from qcsfer.models.complexity import count_parameters, measure_complexity
-from qcsfer.models.weights import (
-    WeightsError,
-    load_ir50_backbone,
-    load_reference_checkpoint,
-    load_weights,
-    read_metadata,
-    save_weights,
-)
+from qcsfer.models.convert import load_ir50_backbone, load_reference_checkpoint
+from qcsfer.models.weights import WeightsError, load_weights, read_metadata, save_weights
 
 from .conftest import SHARED
 

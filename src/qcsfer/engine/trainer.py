@@ -37,13 +37,9 @@ from ..data.sampling import BranchSampler
 from ..data.transforms import Preprocessing, train_transform
 from ..io import atomic_write
 from ..models.base import BaseNetwork
+from ..models.convert import load_ir50_backbone, load_reference_checkpoint
 from ..models.qcs import QCSModel, branch_loss
-from ..models.weights import (
-    load_ir50_backbone,
-    load_reference_checkpoint,
-    load_weights,
-    save_weights,
-)
+from ..models.weights import load_weights, save_weights
 from .device import autocast, select_device
 from .evaluate import predict_logits
 from .metrics import Metrics, compute_metrics
