@@ -1,7 +1,8 @@
 """Batched image transforms on uint8 tensors, run where the model runs (CPU or GPU).
 
 Every image of a batch gets its own random augmentation, all in a few tensor ops: one affine
-warp (flip, rotation, zoom and the random crop together), colour jitter and random erasing.
+warp (flip, rotation, zoom and the random crop together), colour jitter, image-quality
+degradations (`degradations.py`) and random erasing.
 Images are stored at `load_size` and the model sees `image_size` (the reference's resize 232 ->
 random crop 224; eval: centre crop).
 """
@@ -9,17 +10,19 @@ random crop 224; eval: centre crop).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from .degradations import Degradation, degrade
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "Augmentation",
+    "Degradation",
     "Preprocessing",
     "eval_transform",
     "normalize",
@@ -42,6 +45,7 @@ class Augmentation:
     erasing: float = 0.5  # probability of erasing one rectangle
     erasing_scale: tuple[float, float] = (0.02, 0.1)  # its area as a fraction of the image
     erasing_ratio: tuple[float, float] = (0.3, 3.3)
+    degradation: Degradation = field(default_factory=Degradation)  # blur, JPEG, noise, ...
 
 
 def normalize(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
@@ -84,6 +88,8 @@ def train_transform(
     x = _to_float(images, prep)
     x = _random_affine(x, prep, aug, generator)
     x = _color_jitter(x, aug, generator)
+    if aug.degradation.enabled:
+        x = degrade(x, aug.degradation, generator)
     x = normalize(x, prep)
     if aug.erasing > 0:
         x = _random_erasing(x, aug, generator)
