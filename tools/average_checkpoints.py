@@ -37,7 +37,7 @@ def main() -> None:
         raise SystemExit("the checkpoints come from different runs (their configs differ)")
     config = from_dict(TrainConfig, last["config"])
     model = QCSModel(config.model_config(len(last["classes"])), config.mode)
-    train_split, val_split = load_splits(config, None)
+    train_split, val_split, _ = load_splits(config, None)
 
     def report(name: str) -> None:
         accuracies = []

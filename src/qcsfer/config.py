@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 
 from .data.sampling import SamplerConfig
+from .data.sources import SourceConfig
 from .data.transforms import Augmentation, Preprocessing
 from .models.configs import CSAConfig, ModelConfig, get_config
 
@@ -37,6 +38,9 @@ class DataConfig:
     # Where decoded pixels live: "memory" (decoded once, fastest), "disk" (decoded per batch,
     # with the next batch prefetched), "auto" (memory when a split fits in 8 GB decoded).
     storage: Literal["auto", "memory", "disk"] = "auto"
+    # More training datasets mixed into train_split (data/sources.py): each with its reader,
+    # class mapping, framing, sampling weight and an optional held-out slice.
+    sources: list[SourceConfig] = field(default_factory=list)
 
 
 @dataclass
@@ -169,6 +173,11 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if len(args) != len(value):
             raise ValueError(f"{where}: expected {len(args)} values, got {value!r}")
         return tuple(_coerce(a, v, where) for a, v in zip(args, value, strict=True))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ValueError(f"{where}: expected a mapping, got {value!r}")

@@ -20,6 +20,7 @@ from types import TracebackType
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..imaging import ImageError, open_image, square_chw
 from ..io import atomic_write
@@ -27,13 +28,35 @@ from ..io import atomic_write
 log = logging.getLogger(__name__)
 
 
-def decode(path: Path, size: int, grayscale: bool) -> np.ndarray | None:
-    """One image resized to size x size as uint8 C x S x S, or None if it is unusable."""
+def decode(path: Path, size: int, grayscale: bool, framing: float = 1.0) -> np.ndarray | None:
+    """One image resized to size x size as uint8 C x S x S, or None if it is unusable.
+
+    `framing` re-frames the face before resizing: the centred square of `framing` times the
+    shorter side (< 1 crops tighter, > 1 widens with replicated edges), so that sources
+    cropped differently look like the faces the model sees at inference.
+    """
     try:
-        return square_chw(open_image(path, grayscale), size, grayscale)
+        image = open_image(path, grayscale)
+        if framing != 1.0:
+            image = reframe(image, framing)
+        return square_chw(image, size, grayscale)
     except ImageError as exc:
         log.warning("skipping %s", exc)
         return None
+
+
+def reframe(image: Image.Image, framing: float) -> Image.Image:
+    """The centred square of `framing` x the shorter side (edges replicated beyond the image)."""
+    side = max(1, round(min(image.size) * framing))
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    if framing <= 1.0:
+        return image.crop((left, top, left + side, top + side))
+    array = np.asarray(image)
+    pad_y, pad_x = max(0, -top), max(0, -left)
+    widths = [(pad_y, side - image.height - pad_y), (pad_x, side - image.width - pad_x)]
+    padded = np.pad(array, widths + [(0, 0)] * (array.ndim - 2), mode="edge")
+    y, x = max(0, top), max(0, left)
+    return Image.fromarray(padded[y : y + side, x : x + side])
 
 
 @dataclass
@@ -48,8 +71,9 @@ class ImageStore:
         return int((~self.valid).sum())
 
 
-def cache_key(paths: Sequence[Path], size: int, grayscale: bool) -> str:
-    digest = hashlib.sha1(f"{size}:{grayscale}".encode())
+def cache_key(paths: Sequence[Path], size: int, grayscale: bool, framing: float = 1.0) -> str:
+    tag = f"{size}:{grayscale}" if framing == 1.0 else f"{size}:{grayscale}:{framing}"
+    digest = hashlib.sha1(tag.encode())
     for p in paths:
         stat = p.stat() if p.exists() else None
         digest.update(
@@ -67,14 +91,18 @@ def _workers(workers: int | None) -> int:
 
 
 def decode_many(
-    paths: Sequence[Path], size: int, grayscale: bool, pool: ThreadPoolExecutor
+    paths: Sequence[Path],
+    size: int,
+    grayscale: bool,
+    pool: ThreadPoolExecutor,
+    framing: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode in parallel (PIL releases the GIL): uint8 N x C x S x S and a validity mask."""
     images = np.zeros((len(paths), 1 if grayscale else 3, size, size), dtype=np.uint8)
     valid = np.zeros(len(paths), dtype=bool)
 
     def work(i: int) -> None:
-        array = decode(paths[i], size, grayscale)
+        array = decode(paths[i], size, grayscale, framing)
         if array is not None:
             images[i], valid[i] = array, True
 
@@ -108,18 +136,20 @@ def load_images(
     grayscale: bool,
     cache_dir: Path | None = None,
     workers: int | None = None,
+    framing: float = 1.0,
 ) -> ImageStore:
-    """Decode every image once, with an on-disk cache keyed by the files and the size."""
+    """Decode every image once, with an on-disk cache keyed by the files, size and framing."""
     cache_file = None
     if cache_dir is not None:
-        cache_file = Path(cache_dir) / f"images-{cache_key(paths, size, grayscale)}.npz"
+        key = cache_key(paths, size, grayscale, framing)
+        cache_file = Path(cache_dir) / f"images-{key}.npz"
         if cache_file.is_file():
             store = _read_cache(cache_file, len(paths), 1 if grayscale else 3, size)
             if store is not None:
                 return store
 
     with ThreadPoolExecutor(_workers(workers)) as pool:
-        images, valid = decode_many(paths, size, grayscale, pool)
+        images, valid = decode_many(paths, size, grayscale, pool, framing)
     if (~valid).any():
         log.warning("%d of %d images could not be read and are skipped", (~valid).sum(), len(paths))
     if cache_file is not None:

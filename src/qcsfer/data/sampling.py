@@ -32,6 +32,7 @@ class SamplerConfig:
 
     negative_rule: NegativeRule = "frequency"
     balanced: bool = False  # draw anchors with weights 1/class count, with replacement
+    # (per-image source weights, where several datasets are combined, multiply these)
     anchors_per_epoch: int | None = None  # default: epoch_fraction x the dataset size
     epoch_fraction: float = 1.0  # AffectNet's reference draws len/12 (QCS) or len/8 (DCS)
 
@@ -50,6 +51,7 @@ class BranchSampler:
         rank: int = 0,
         world_size: int = 1,
         class_names: tuple[str, ...] | None = None,
+        weights: np.ndarray | None = None,
     ) -> None:
         if branches not in (1, 2, 4):
             raise ValueError(f"branches must be 1, 2 or 4, got {branches}")
@@ -60,6 +62,9 @@ class BranchSampler:
         self.labels = np.asarray(labels, dtype=np.int64)
         if self.labels.size == 0:
             raise ValueError("cannot sample from an empty dataset")
+        if weights is not None and (weights.shape != self.labels.shape or not (weights > 0).all()):
+            raise ValueError("sampling weights must be positive, one per image")
+        self.weights = weights  # relative anchor probability of each image (None: equal)
         self.config = config or SamplerConfig()
         self.branches, self.batch_size, self.seed = branches, batch_size, seed
         self.rank, self.world_size = rank, world_size
@@ -106,11 +111,13 @@ class BranchSampler:
 
     def _anchors(self, rng: np.random.Generator) -> np.ndarray:
         n = len(self.labels)
-        if not self.config.balanced:
+        if not self.config.balanced and self.weights is None:
             if self.anchors_per_epoch <= n:
                 return rng.permutation(n)[: self.anchors_per_epoch]
             return rng.integers(0, n, self.anchors_per_epoch)
-        weights = 1.0 / self.count[self.labels]
+        weights = np.ones(n) if self.weights is None else self.weights.astype(np.float64)
+        if self.config.balanced:
+            weights = weights / self.count[self.labels]
         return rng.choice(n, size=self.anchors_per_epoch, replace=True, p=weights / weights.sum())
 
     def _other_of_same_class(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -34,6 +34,7 @@ from ..data.datasets import read_dataset, stratified_split
 from ..data.images import DiskImages, MemoryImages, default_cache_dir, load_images
 from ..data.records import LabeledImages
 from ..data.sampling import BranchSampler
+from ..data.sources import combine, read_source
 from ..data.transforms import Preprocessing, train_transform
 from ..io import atomic_write
 from ..models.base import BaseNetwork
@@ -98,6 +99,7 @@ class Split:
     records: LabeledImages
     images: MemoryImages | DiskImages
     skipped_at_load: int = 0  # unreadable images removed before training (memory storage)
+    weights: np.ndarray | None = None  # anchor sampling weight per image (several sources)
 
     @property
     def skipped(self) -> int:
@@ -105,7 +107,12 @@ class Split:
 
     @classmethod
     def load(
-        cls, records: LabeledImages, prep: Preprocessing, storage: str, cache_dir: Path | None
+        cls,
+        records: LabeledImages,
+        prep: Preprocessing,
+        storage: str,
+        cache_dir: Path | None,
+        framing: float = 1.0,
     ) -> Split:
         channels = 1 if prep.grayscale else 3
         size_gb = len(records) * channels * prep.load_size**2 / 1e9
@@ -117,7 +124,9 @@ class Split:
                 size_gb,
             )
             return cls(records, DiskImages(records.paths, prep.load_size, prep.grayscale))
-        store = load_images(records.paths, prep.load_size, prep.grayscale, cache_dir)
+        store = load_images(
+            records.paths, prep.load_size, prep.grayscale, cache_dir, framing=framing
+        )
         if store.skipped:
             log.warning(
                 "%s/%s: skipped %d unreadable images", records.name, records.split, store.skipped
@@ -127,6 +136,20 @@ class Split:
             return cls(records.subset(keep), images, store.skipped)
         return cls(records, MemoryImages(store.images))
 
+    @classmethod
+    def combine(cls, parts: list[Split], weights: list[float]) -> Split:
+        """One training split from several sources held in memory, each image weighted."""
+        if not all(isinstance(p.images, MemoryImages) for p in parts):
+            raise TrainingError("training on several sources needs data.storage: memory")
+        return cls(
+            combine([p.records for p in parts]),
+            MemoryImages(torch.cat([p.images.images for p in parts])),
+            sum(p.skipped_at_load for p in parts),
+            np.concatenate(
+                [np.full(len(p.records), w) for p, w in zip(parts, weights, strict=True)]
+            ),
+        )
+
     def targets(self, indices: np.ndarray) -> torch.Tensor:
         """Class ids, or vote distributions where the split has soft labels."""
         if self.records.soft_labels is not None:
@@ -134,7 +157,8 @@ class Split:
         return torch.from_numpy(self.records.labels[indices])
 
 
-def load_splits(config: TrainConfig, run_dir: Path | None) -> tuple[Split, Split]:
+def load_splits(config: TrainConfig, run_dir: Path | None) -> tuple[Split, Split, dict[str, Split]]:
+    """Training split (every source combined), validation split, held-out source slices."""
     data = config.data
     train = read_dataset(data.format, data.root, data.train_split, **data.options)
     if data.val_split is None:
@@ -165,10 +189,23 @@ def load_splits(config: TrainConfig, run_dir: Path | None) -> tuple[Split, Split
         else (default_cache_dir() if data.cache_dir == "default" else Path(data.cache_dir))
     )
     storage = data.storage
-    return (
-        Split.load(train, config.preprocessing, storage, cache),
-        Split.load(val, config.preprocessing, storage, cache),
-    )
+    train_split = Split.load(train, config.preprocessing, storage, cache)
+    val_split = Split.load(val, config.preprocessing, storage, cache)
+    if not data.sources:
+        return train_split, val_split, {}
+    parts, held_out = [train_split], {}
+    for source in data.sources:
+        records, slice_ = read_source(source, train.classes, config.seed)
+        for reason, count in records.notes.items():
+            log.info("source %s: %d rows %s", source.label, count, reason)
+        parts.append(Split.load(records, config.preprocessing, storage, cache, source.framing))
+        if slice_ is not None:
+            held_out[source.label] = Split.load(
+                slice_, config.preprocessing, storage, cache, source.framing
+            )
+    combined = Split.combine(parts, [1.0] + [s.weight for s in data.sources])
+    combined.records.check_classes()
+    return combined, val_split, held_out
 
 
 def initialize(model: QCSModel, init: InitConfig) -> None:
@@ -383,7 +420,7 @@ def train(
         _log_to_file(run_dir / "train.log")
     torch.manual_seed(config.seed)
 
-    train_split, val_split = load_splits(config, run_dir if dd.is_main else None)
+    train_split, val_split, source_splits = load_splits(config, run_dir if dd.is_main else None)
     classes = train_split.records.classes
     model = QCSModel(config.model_config(len(classes)), config.mode).to(device)
     if config.channels_last:
@@ -400,6 +437,7 @@ def train(
         rank=dd.rank,
         world_size=dd.world_size,
         class_names=classes,
+        weights=train_split.weights,
     )
     steps_per_epoch = len(sampler)
     if steps_per_epoch == 0:
@@ -541,6 +579,7 @@ def train(
                         epoch_loss,
                         progress.images / max(train_seconds, 1e-9),
                         train_seconds,
+                        source_splits,
                     )
                     history.append(record)
                     if dd.is_main:
@@ -677,9 +716,23 @@ def iterate_batches(
 
 
 def _end_of_epoch(
-    model, val_split, train_split, config, device, dd, epoch, epoch_loss, rate, train_seconds
+    model,
+    val_split,
+    train_split,
+    config,
+    device,
+    dd,
+    epoch,
+    epoch_loss,
+    rate,
+    train_seconds,
+    source_splits,
 ) -> dict:
     metrics = evaluate_split(model.base, val_split, config, device, dd)
+    held_out = {
+        name: evaluate_split(model.base, split, config, device, dd)
+        for name, split in source_splits.items()
+    }
     loss = torch.tensor(epoch_loss, dtype=torch.float64)
     if dd.enabled:
         loss = loss.to(device)
@@ -695,6 +748,16 @@ def _end_of_epoch(
         "epoch_seconds": train_seconds,
         "skipped_images": train_split.skipped + val_split.skipped,
     }
+    if held_out:  # reported beside the validation split, never selected on
+        record["val_sources"] = {
+            name: {
+                "accuracy": m.accuracy,
+                "balanced_accuracy": m.balanced_accuracy,
+                "macro_f1": m.macro_f1,
+                "images": int(m.confusion.sum()),
+            }
+            for name, m in held_out.items()
+        }
     record["classes"] = list(metrics.classes)
     record["confusion"] = metrics.confusion.tolist()
     if dd.is_main:
@@ -710,6 +773,14 @@ def _end_of_epoch(
             record["images_per_second"],
             record["skipped_images"],
         )
+        for name, m in held_out.items():
+            log.info(
+                "epoch %d: held-out %s accuracy %.4f, balanced %.4f",
+                record["epoch"],
+                name,
+                m.accuracy,
+                m.balanced_accuracy,
+            )
     return record
 
 
