@@ -235,7 +235,7 @@ def test_evaluate_matches_direct_computation(ferplus_root: Path, tmp_path: Path)
     out = tmp_path / "eval"
     metrics = evaluate(
         run_dir, "ferplus", ferplus_root, "valid", flip=True, device="cpu", out_dir=out
-    )
+    ).metrics
 
     model, meta = load_model(run_dir)
     prep = Preprocessing.from_dict(meta["preprocessing"])

@@ -42,7 +42,7 @@ def measure(weights: Path, data: dict) -> dict:
             options=options,
             flip=flip,
             device="cpu",
-        )
+        ).metrics
         measured["flip" if flip else "plain"] = {
             "accuracy": metrics.accuracy,
             "balanced_accuracy": metrics.balanced_accuracy,

@@ -57,7 +57,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     data_format, root = parse_spec(args.data, args.format)
     mapping = _key_values(args.class_map, typed=False) or None
-    metrics = evaluate(
+    evaluation = evaluate(
         args.weights,
         data_format,
         root,
@@ -68,8 +68,16 @@ def _evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         batch_size=args.batch_size,
         out_dir=args.out,
+        prior=args.prior,
     )
-    print(metrics.table())
+    print(evaluation.metrics.table())
+    print(f"\noperating points (prior: {args.prior} above):")
+    for p in evaluation.points.values():
+        print(
+            f"  prior={p.prior:<8} strength {p.prior_strength:.2f}  temperature "
+            f"{p.temperature:.3f}  accuracy {p.accuracy:.4f}  balanced {p.balanced_accuracy:.4f}"
+            f"  macro F1 {p.macro_f1:.4f}  ECE {p.ece_before:.4f} -> {p.ece_after:.4f} calibrated"
+        )
     print(f"wrote {Path(args.out) / 'metrics.json'} and confusion_matrix.png")
     return 0
 
@@ -293,6 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--out", default="evaluation", help="folder for metrics.json and the PNG")
+    p.add_argument(
+        "--prior",
+        default="dataset",
+        choices=["dataset", "balanced"],
+        help="operating point for the table: the training prior kept (dataset) or corrected "
+        "(balanced); both are reported",
+    )
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("info", help="parameters, MACs and token counts of a config or weights")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,10 @@ from ..data.datasets import read_dataset
 from ..data.images import default_cache_dir, load_images
 from ..data.records import DatasetError, LabeledImages
 from ..data.transforms import Preprocessing, eval_transform
+from ..decision import DecisionRule
 from ..models.base import BaseNetwork
 from ..pretrained import load_model
+from .calibration import PointReport, measure_operating_points
 from .device import autocast, select_device
 from .metrics import Metrics, compute_metrics
 from .plots import plot_confusion
@@ -86,7 +89,19 @@ def map_labels(
     return kept, mapped[kept]
 
 
-def evaluate(
+@dataclass(frozen=True)
+class SplitLogits:
+    """A model's logits on a dataset split, with the labels in the model's classes."""
+
+    logits: np.ndarray  # float32, N x K
+    labels: np.ndarray  # int64, N (images that could be read and are mapped)
+    classes: tuple[str, ...]
+    metadata: dict[str, Any]
+    skipped: int  # unreadable images
+    excluded: int  # dataset classes left out by the class mapping
+
+
+def split_logits(
     weights: str | Path | None,
     data_format: str,
     root: str | Path,
@@ -97,8 +112,7 @@ def evaluate(
     flip: bool = False,
     device: str = "auto",
     batch_size: int = 256,
-    out_dir: str | Path | None = None,
-) -> Metrics:
+) -> SplitLogits:
     model, meta = load_model(weights)
     classes = tuple(meta["classes"])
     prep = Preprocessing.from_dict(meta["preprocessing"])
@@ -115,18 +129,64 @@ def evaluate(
     logits = predict_logits(
         model, store.images[torch.from_numpy(valid)], prep, target, "fp32", flip, batch_size
     )
-    metrics = compute_metrics(labels[valid], logits.argmax(1).numpy(), classes)
+    return SplitLogits(
+        logits.numpy(), labels[valid], classes, meta, store.skipped, len(data) - len(kept)
+    )
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Metrics at the requested operating point, and every operating point the model has."""
+
+    metrics: Metrics
+    points: dict[str, PointReport]
+
+
+def evaluate(
+    weights: str | Path | None,
+    data_format: str,
+    root: str | Path,
+    split: str,
+    *,
+    options: Mapping[str, Any] | None = None,
+    mapping: Mapping[str, str] | None = None,
+    flip: bool = False,
+    device: str = "auto",
+    batch_size: int = 256,
+    out_dir: str | Path | None = None,
+    prior: str = "dataset",
+) -> Evaluation:
+    """Evaluate at `prior` ('dataset': the logits as trained; 'balanced': prior-corrected)."""
+    result = split_logits(
+        weights,
+        data_format,
+        root,
+        split,
+        options=options,
+        mapping=mapping,
+        flip=flip,
+        device=device,
+        batch_size=batch_size,
+    )
+    rule = DecisionRule.from_dict(result.metadata.get("decision"))
+    rule.point(prior)  # an unknown prior or a missing training prior fails before any work
+    points = measure_operating_points(result.logits, result.labels, result.classes, rule)
+    metrics = compute_metrics(
+        result.labels, rule.adjust(result.logits, prior).argmax(1), result.classes
+    )
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         report = {
             **metrics.to_dict(),
+            "prior": prior,
+            "operating_points": {name: asdict(p) for name, p in points.items()},
             "weights": str(weights) if weights else "default",
             "dataset": {"format": data_format, "root": str(root), "split": split},
             "flip_tta": flip,
-            "skipped_images": store.skipped,
-            "excluded_by_mapping": len(data) - len(kept),
+            "skipped_images": result.skipped,
+            "excluded_by_mapping": result.excluded,
         }
         (out / "metrics.json").write_text(json.dumps(report, indent=2))
         plot_confusion(metrics, out / "confusion_matrix.png", title=f"{data_format} {split}")
-    return metrics
+    return Evaluation(metrics, points)
