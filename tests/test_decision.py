@@ -1,0 +1,95 @@
+"""The decision rule (training prior, operating points, temperature) and its fitting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qcsfer.decision import DecisionRule, OperatingPoint, softmax
+from qcsfer.engine.calibration import (
+    expected_calibration_error,
+    fit_decision_rule,
+    fit_temperature,
+    measure_operating_points,
+)
+
+CLASSES = ("common", "middle", "rare")
+
+
+def imbalanced_logits(
+    n: int = 6000, seed: int = 0, skewed_labels: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits of a classifier that learned a skewed prior (the rare class under-predicted),
+    2 / 1.6 = 1.25 times over-confident; labels balanced or following the prior."""
+    rng = np.random.default_rng(seed)
+    prior = np.array([0.7, 0.25, 0.05])
+    labels = rng.choice(3, size=n, p=prior if skewed_labels else [1 / 3, 1 / 3, 1 / 3])
+    evidence = rng.normal(0, 1.0, (n, 3))
+    evidence[np.arange(n), labels] += 1.6
+    return 2.0 * (evidence + np.log(prior)), labels, prior  # over-confident by 2x
+
+
+def test_identity_rule_and_unknown_prior() -> None:
+    logits = np.array([[1.0, 2.0, 0.5]])
+    rule = DecisionRule()
+    assert np.allclose(rule.probabilities(logits), softmax(logits))
+    with pytest.raises(ValueError, match="training prior"):
+        rule.adjust(logits, "balanced")
+    with pytest.raises(ValueError, match="unknown prior"):
+        rule.adjust(logits, "uniform")
+
+
+def test_rule_round_trips_through_json_data() -> None:
+    rule = DecisionRule(
+        (0.5, 0.3, 0.2),
+        {"dataset": OperatingPoint(0.0, 0.8), "balanced": OperatingPoint(0.6, 0.9)},
+        "balanced",
+    )
+    again = DecisionRule.from_dict(rule.to_dict())
+    assert again == rule
+    logits = np.array([[1.0, 1.0, 1.0]])
+    adjusted = again.adjust(logits)  # the default point: balanced
+    expected = (1.0 - 0.6 * np.log([0.5, 0.3, 0.2])) / 0.9
+    assert np.allclose(adjusted, expected)
+    assert adjusted.argmax() == 2  # equal evidence -> the rarest class wins after correction
+
+
+def test_temperature_fixes_overconfidence() -> None:
+    logits, labels, prior = imbalanced_logits()
+    logits = logits - 2.0 * np.log(prior)  # no prior shift: only the 2x over-confidence
+    temperature = fit_temperature(logits, labels)
+    assert 1.1 < temperature < 1.4  # the log-likelihood ratio is 1.6 x evidence; logits 2 x
+    before = expected_calibration_error(softmax(logits), labels)
+    after = expected_calibration_error(softmax(logits / temperature), labels)
+    assert after < before / 2 and after < 0.03
+
+
+def test_ece_of_a_perfectly_calibrated_predictor_is_small() -> None:
+    rng = np.random.default_rng(1)
+    probabilities = rng.dirichlet([1, 1, 1], size=20000)
+    labels = np.array([rng.choice(3, p=p) for p in probabilities])
+    assert expected_calibration_error(probabilities, labels) < 0.02
+    wrong = np.zeros_like(probabilities)
+    wrong[np.arange(len(labels)), (labels + 1) % 3] = 1.0
+    assert expected_calibration_error(wrong, labels) == pytest.approx(1.0)
+
+
+def test_balanced_point_raises_balanced_accuracy_within_the_accuracy_floor() -> None:
+    logits, labels, prior = imbalanced_logits()
+    rule, reports = fit_decision_rule(logits, labels, CLASSES, prior, min_accuracy=0.0)
+    dataset, balanced = reports["dataset"], reports["balanced"]
+    assert dataset.prior_strength == 0.0
+    assert balanced.prior_strength > 1.5  # the learned log prior enters the logits x2
+    assert balanced.balanced_accuracy > dataset.balanced_accuracy + 0.05
+    assert balanced.ece_after < 0.03
+    assert all(r.ece_after < r.ece_before for r in reports.values())
+    # Where the labels follow the training prior, correcting costs accuracy: a floor limits it.
+    skewed, skewed_labels, _ = imbalanced_logits(skewed_labels=True)
+    _, free = fit_decision_rule(skewed, skewed_labels, CLASSES, prior, min_accuracy=0.0)
+    floor = free["dataset"].accuracy - 0.02
+    _, strict = fit_decision_rule(skewed, skewed_labels, CLASSES, prior, min_accuracy=floor)
+    assert strict["balanced"].accuracy >= floor
+    assert strict["balanced"].prior_strength < free["balanced"].prior_strength
+    assert free["balanced"].accuracy < floor
+    again = measure_operating_points(logits, labels, CLASSES, rule)
+    assert again == reports

@@ -1,0 +1,106 @@
+"""Fit a model's decision rule on a validation split and store it in the model's metadata.
+
+    python tools/calibrate.py WEIGHTS --data ferplus:../shared/datasets/ferplus --split valid \
+        --option label_mode=majority --flip [--min-accuracy 0.85] [--default balanced]
+
+The training prior is computed from the training data the model's own recorded configuration
+names (every source with its sampling weight, soft labels where there are any). Then
+`qcsfer.engine.calibration.fit_decision_rule` chooses the balanced operating point's prior
+strength (best balanced accuracy with accuracy >= --min-accuracy) and one temperature per
+operating point, and the JSON sidecar is rewritten with `decision` (the tensors are untouched,
+so their recorded sha256 still holds) and what was measured (`provenance.calibration`).
+Calibrate on the validation split, never on test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+
+import numpy as np
+
+from qcsfer.config import TrainConfig, from_dict
+from qcsfer.data.datasets import parse_spec, read_dataset
+from qcsfer.data.sources import read_source
+from qcsfer.engine.calibration import fit_decision_rule
+from qcsfer.engine.evaluate import split_logits
+from qcsfer.io import atomic_write
+from qcsfer.models.weights import weights_paths
+from qcsfer.pretrained import resolve_weights
+
+
+def training_prior(config: TrainConfig) -> np.ndarray:
+    """The class distribution of the training targets, each image weighted as it is sampled."""
+    data = config.data
+    main = read_dataset(data.format, data.root, data.train_split, **data.options)
+    total = _targets(main).sum(0)
+    for source in data.sources:
+        records, _ = read_source(source, main.classes, config.seed)
+        total += source.weight * _targets(records).sum(0)
+    return total / total.sum()
+
+
+def _targets(records) -> np.ndarray:
+    if records.soft_labels is not None:
+        return records.soft_labels.astype(np.float64)
+    return np.eye(records.num_classes)[records.labels]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("weights", help="weights file, run directory or 'default'")
+    parser.add_argument("--data", required=True, help="FORMAT:ROOT of the validation data")
+    parser.add_argument("--split", default="valid")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--flip", action="store_true", help="fit on flip-averaged logits")
+    parser.add_argument("--min-accuracy", type=float, default=0.85)
+    parser.add_argument("--default", default="balanced", choices=["dataset", "balanced"])
+    parser.add_argument("--data-root", help="where the training data lives here, if elsewhere")
+    args = parser.parse_args()
+
+    path = resolve_weights(args.weights)
+    data_format, root = parse_spec(args.data)
+    options = dict(item.split("=", 1) for item in args.option)
+    result = split_logits(path, data_format, root, args.split, options=options, flip=args.flip)
+    config = from_dict(TrainConfig, result.metadata["provenance"]["config"])
+    if args.data_root:
+        config.data.root = args.data_root
+    prior = training_prior(config)
+    rule, reports = fit_decision_rule(
+        result.logits,
+        result.labels,
+        result.classes,
+        prior,
+        min_accuracy=args.min_accuracy,
+        default=args.default,
+    )
+    metadata = dict(result.metadata)
+    metadata["decision"] = rule.to_dict()
+    metadata["provenance"] = {
+        **metadata["provenance"],
+        "calibration": {
+            "data": args.data,
+            "split": args.split,
+            "options": options,
+            "flip": args.flip,
+            "min_accuracy": args.min_accuracy,
+            "images": len(result.labels),
+            "operating_points": {name: asdict(r) for name, r in reports.items()},
+        },
+    }
+    _, json_path = weights_paths(path)
+    text = json.dumps(metadata, indent=2) + "\n"
+    atomic_write(json_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    print(f"training prior: {dict(zip(result.classes, np.round(prior, 4).tolist(), strict=True))}")
+    for r in reports.values():
+        print(
+            f"prior={r.prior:<8} strength {r.prior_strength:.2f} temperature {r.temperature:.3f}: "
+            f"accuracy {r.accuracy:.4f}, balanced {r.balanced_accuracy:.4f}, macro F1 "
+            f"{r.macro_f1:.4f}, ECE {r.ece_before:.4f} -> {r.ece_after:.4f}"
+        )
+    print(f"wrote the decision rule (default prior: {args.default}) into {json_path}")
+
+
+if __name__ == "__main__":
+    main()
