@@ -125,6 +125,12 @@ def _recognizer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--align", action="store_true", help="level the eyes before classifying (mtcnn only)"
     )
+    p.add_argument(
+        "--prior",
+        choices=["dataset", "balanced"],
+        help="operating point: the training set's class prior kept (dataset) or every class "
+        "weighted equally (balanced); default: the model's own default",
+    )
 
 
 def _boxes(args: argparse.Namespace) -> list[tuple[float, float, float, float]] | None:
@@ -147,6 +153,7 @@ def _predict(args: argparse.Namespace) -> int:
             detector=args.detector,
             align=args.align,
             batch_size=args.batch_size,
+            prior=args.prior,
         )
     except ImportError as exc:  # onnxruntime missing for an .onnx model
         raise RuntimeError(str(exc)) from exc
@@ -192,6 +199,7 @@ def _explain(args: argparse.Namespace) -> int:
         detect=not args.no_detect,
         detector=args.detector,
         align=args.align,
+        prior=args.prior,
     )
     if args.reference:
         from .inference.explain import explain_csa

@@ -123,7 +123,7 @@ def onnx_metadata(session: Any, where: str) -> dict[str, Any]:
     try:
         metadata = {
             key: json.loads(props[key])
-            for key in ("classes", "preprocessing", "provenance", "model")
+            for key in ("classes", "preprocessing", "provenance", "model", "decision")
             if key in props
         }
     except json.JSONDecodeError as exc:

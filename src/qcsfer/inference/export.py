@@ -70,6 +70,7 @@ def embedded_metadata(metadata: dict[str, Any]) -> dict[str, str]:
         "preprocessing": json.dumps(prep.to_dict()),
         "provenance": json.dumps(metadata.get("provenance", {}), default=str),
         "model": json.dumps(metadata.get("model", {}), default=str),
+        "decision": json.dumps(metadata.get("decision")),
         "input": f"{INPUT_NAME}: float32 B x 3 x S x S, normalised as in preprocessing",
         "output": f"{OUTPUT_NAME}: float32 B x K, K = len(classes)",
     }

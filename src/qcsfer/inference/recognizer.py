@@ -2,8 +2,9 @@
 
 Pipeline: image -> RGB uint8 -> faces (Haar or MTCNN detector, given boxes, or the whole image)
 -> square crops from the full-resolution image (optionally eye-aligned) -> the model's own
-preprocessing (from its metadata) -> logits (PyTorch or ONNX Runtime) -> softmax. Faces of
-several images are classified in shared batches.
+preprocessing (from its metadata) -> logits (PyTorch or ONNX Runtime) -> probabilities at
+the chosen operating point (`qcsfer.decision`). Faces of several images are classified in
+shared batches.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..decision import DecisionRule
 from ..imaging import Color, ImageInput, describe, to_rgb_array
 from ..preprocessing import Preprocessing
 from .backends import load_backend
@@ -90,12 +92,6 @@ class ImageResult:
         }
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
 @dataclass
 class _Pending:
     result: ImageResult
@@ -111,7 +107,9 @@ class ExpressionRecognizer:
     detect=False treats each whole image as one face (like FERPlus crops). detector: "mtcnn", a
     Haar cascade name, or a detector object; align: level the eyes of faces with landmarks
     (MTCNN) before classifying them; margin: added around detected or given boxes on each side,
-    as a fraction of the box; threads: ONNX Runtime threads (None: its default).
+    as a fraction of the box; threads: ONNX Runtime threads (None: its default). prior:
+    "dataset" (the training set's class prior kept) or "balanced" (every class weighted
+    equally); None: the model's default operating point (`qcsfer.decision`).
     """
 
     def __init__(
@@ -126,6 +124,7 @@ class ExpressionRecognizer:
         margin: float = DEFAULT_MARGIN,
         batch_size: int = 64,
         threads: int | None = None,
+        prior: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -135,6 +134,9 @@ class ExpressionRecognizer:
         self.backend = loaded.backend
         self.classes: list[str] = loaded.classes
         self.metadata: dict[str, Any] = loaded.metadata
+        self.decision = DecisionRule.from_dict(self.metadata.get("decision"))
+        self.decision.point(prior)  # an unknown prior, or balanced without a training prior
+        self.prior = prior or self.decision.default
         self.detect = detect
         self.detector: Detector | None = None
         if detect:
@@ -253,7 +255,7 @@ class ExpressionRecognizer:
                 for i in range(0, len(batch), self.batch_size)
             ]
         )
-        return softmax(logits)
+        return self.decision.probabilities(logits, self.prior).astype(np.float64)
 
     def _prepare(
         self,
