@@ -149,6 +149,7 @@ def data_throughput(repeats: int, device: torch.device) -> dict:
 
 def probe(kind: str, weights: str, device_name: str) -> dict:
     """Inference speed of one backend; run in a fresh process so peak memory is its own."""
+    from qcsfer.card import ModelCard
     from qcsfer.models import BaseNetwork
     from qcsfer.pretrained import load_model
 
@@ -157,9 +158,9 @@ def probe(kind: str, weights: str, device_name: str) -> dict:
         model = BaseNetwork(get_config("small", num_classes=8)).eval()
         side = model.config.image_size
         prep = Preprocessing(image_size=side, load_size=side, grayscale=True)
-        meta = {"classes": [str(i) for i in range(8)], "preprocessing": prep.to_dict()}
+        card = ModelCard("base", model.config.to_dict(), tuple(map(str, range(8))), prep)
     else:
-        model, meta = load_model(weights)
+        model, card = load_model(weights)
     device = torch.device(device_name)
     model = model.to(device)
     size = model.config.image_size
@@ -173,7 +174,7 @@ def probe(kind: str, weights: str, device_name: str) -> dict:
         from qcsfer.inference.export import export_onnx
 
         path = Path(tempfile.mkdtemp()) / "model.onnx"
-        export_onnx(model, meta, path)
+        export_onnx(model, card, path)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
 

@@ -237,8 +237,8 @@ def test_evaluate_matches_direct_computation(ferplus_root: Path, tmp_path: Path)
         run_dir, "ferplus", ferplus_root, "valid", flip=True, device="cpu", out_dir=out
     ).metrics
 
-    model, meta = load_model(run_dir)
-    prep = Preprocessing.from_dict(meta["preprocessing"])
+    model, card = load_model(run_dir)
+    prep = card.preprocessing
     data = read_ferplus(ferplus_root, "valid")
     images = load_images(data.paths, prep.load_size, prep.grayscale).images
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Inference: detection, the recognizer, ONNX/TorchScript export, the predict/export/explain CLI.
+"""Inference: detection, the recognizer, ONNX export, the predict/export/explain CLI.
 
 A random `tiny` network stands in for the shipped model: these tests check plumbing and
 numerical agreement (API vs CLI, ONNX vs PyTorch, inference vs the training pipeline), not
@@ -29,18 +29,14 @@ from qcsfer.imaging import read_image
 from qcsfer.inference import ExpressionRecognizer, Face, FaceDetector, ImageError
 from qcsfer.inference import mtcnn as mtcnn_module
 from qcsfer.inference.annotate import LANDMARK_COLOR, annotate
+from qcsfer.inference.contract import card_from_embedded
 from qcsfer.inference.explain import (
     attention_weights,
     class_token_attention,
     csa_maps,
     explain,
 )
-from qcsfer.inference.export import (
-    export_onnx,
-    export_torchscript,
-    load_torchscript,
-    onnx_model_bytes,
-)
+from qcsfer.inference.export import export_onnx, onnx_model_bytes
 from qcsfer.inference.faces import crop_box, crop_face, sort_faces
 from qcsfer.inference.mtcnn import MTCNNDetector
 from qcsfer.inference.preprocess import numpy_eval_transform, stack_crops
@@ -91,8 +87,8 @@ def rec(weights: Path) -> ExpressionRecognizer:
 
 @pytest.fixture(scope="module")
 def onnx_path(weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base, metadata = load_model(weights)
-    return export_onnx(base, metadata, tmp_path_factory.mktemp("onnx") / "tiny.onnx").path
+    base, card = load_model(weights)
+    return export_onnx(base, card, tmp_path_factory.mktemp("onnx") / "tiny.onnx").path
 
 
 def fer_faces() -> list[Path]:
@@ -415,13 +411,14 @@ def test_onnx_export_matches_pytorch(
 
     prep = {**GRAY_48, "image_size": image_size, "load_size": image_size}
     path = save_tiny(tmp_path / "m.safetensors", prep, image_size=image_size)
-    base, metadata = load_model(path)
-    report = export_onnx(base, metadata, tmp_path / "m.onnx")
+    base, card = load_model(path)
+    report = export_onnx(base, card, tmp_path / "m.onnx")
     assert report.max_abs_diff <= 1e-4
     session = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
     props = session.get_modelmeta().custom_metadata_map
     assert json.loads(props["classes"]) == CLASSES
     assert json.loads(props["preprocessing"]) == prep
+    assert card_from_embedded(props, "m.onnx") == card.replace(network="base", tensors={})
     generator = torch.Generator().manual_seed(1)
     preprocessing = Preprocessing.from_dict(prep)
     for x in [
@@ -435,14 +432,19 @@ def test_onnx_export_matches_pytorch(
         assert got.shape == expected.shape and np.abs(got - expected).max() <= 1e-4
 
 
-def test_torchscript_export_with_metadata(weights: Path, tmp_path: Path) -> None:
-    base, metadata = load_model(weights)
-    report = export_torchscript(base, metadata, tmp_path / "m.pt")
-    module, embedded = load_torchscript(report.path)
-    assert embedded["classes"] == CLASSES and embedded["preprocessing"] == GRAY_48
-    x = torch.randn(5, 3, 48, 48)
-    with torch.no_grad():
-        assert (module(x) - base(x)[0]).abs().max() <= 1e-4
+def test_onnx_files_exported_before_the_card_still_load() -> None:
+    """Files from before the card hold classes, preprocessing and provenance as single keys."""
+    props = {
+        "format": "qcsfer-export",
+        "classes": json.dumps(CLASSES),
+        "preprocessing": json.dumps(GRAY_48),
+        "provenance": json.dumps({"mode": "qcs", "val_accuracy": 0.8}),
+    }
+    card = card_from_embedded(props, "old.onnx")
+    assert card.classes == tuple(CLASSES) and card.preprocessing.to_dict() == GRAY_48
+    assert card.network == "base" and card.mode == "qcs" and card.accuracy() == ("valid", 0.8)
+    with pytest.raises(ValueError, match=r"old\.onnx: qcsfer metadata lacks classes"):
+        card_from_embedded({"format": "qcsfer-export"}, "old.onnx")
 
 
 def test_onnx_backend_equals_torch_backend(
@@ -636,12 +638,9 @@ def test_cli_video_every_second_frame(
 
 
 def test_cli_export(weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for fmt, name in (("onnx", "m.onnx"), ("torchscript", "m.pt")):
-        code, out, err = run_cli(
-            ["export", weights, "--format", fmt, "--out", tmp_path / name], capsys
-        )
-        assert code == 0, err
-        assert (tmp_path / name).is_file() and "max |logit difference|" in out
+    code, out, err = run_cli(["export", weights, "--out", tmp_path / "m.onnx"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "m.onnx").is_file() and "max |logit difference|" in out
     code, _, err = run_cli(["export", tmp_path / "nothing.safetensors"], capsys)
     assert code == 2 and "no weights file" in err
     code, out, err = run_cli(["predict", ASTRONAUT, "--model", tmp_path / "m.onnx"], capsys)

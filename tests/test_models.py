@@ -30,7 +30,7 @@ from qcsfer.models import (
 from qcsfer.models.backbone import IRBackbone
 from qcsfer.models.complexity import count_parameters, measure_complexity
 from qcsfer.models.convert import load_ir50_backbone, load_reference_checkpoint
-from qcsfer.models.weights import WeightsError, load_weights, read_metadata, save_weights
+from qcsfer.models.weights import WeightsError, load_weights, read_card, save_weights
 
 from .conftest import SHARED
 
@@ -499,12 +499,12 @@ def test_weights_round_trip(network: str, tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.json", "best.safetensors"]
     assert (path.stat().st_mode & 0o777) == 0o644  # not the 0600 of the temporary file
 
-    loaded, metadata = load_weights(path)
+    loaded, card = load_weights(path)
     assert type(loaded) is type(saved) and not loaded.training
-    assert metadata["classes"] == classes and metadata["preprocessing"] == PREPROCESSING
-    assert metadata["network"] == network and metadata["mode"] == "qcs"
-    assert metadata["provenance"]["epoch"] == 3
-    assert ModelConfig.from_dict(metadata["model"]) == model.config
+    assert card.classes == tuple(classes) and card.preprocessing.to_dict() == PREPROCESSING
+    assert card.network == network and card.mode == "qcs"
+    assert card.provenance["epoch"] == 3
+    assert ModelConfig.from_dict(card.model) == card.model_config() == model.config
     images = torch.randn(4, 2, 3, 48, 48)
     with torch.no_grad():
         if network == "training":
@@ -578,7 +578,7 @@ def test_weights_errors_name_the_file(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("z.*"))  # nothing written
 
 
-def test_read_metadata_validates_the_sidecar(tmp_path: Path) -> None:
+def test_read_card_validates_the_sidecar(tmp_path: Path) -> None:
     path = save_weights(
         _tiny().base,
         tmp_path / "w.safetensors",
@@ -588,7 +588,7 @@ def test_read_metadata_validates_the_sidecar(tmp_path: Path) -> None:
     )
     sidecar = tmp_path / "w.json"
     good = json.loads(sidecar.read_text())
-    assert read_metadata(path)["preprocessing"] == PREPROCESSING
+    assert read_card(path).preprocessing.to_dict() == PREPROCESSING
     broken = [
         (r"lacks \['preprocessing'\]", {"preprocessing": None}),
         ("a 'preprocessing' mapping", {"preprocessing": [48, 56]}),
@@ -606,7 +606,7 @@ def test_read_metadata_validates_the_sidecar(tmp_path: Path) -> None:
         metadata = {k: v for k, v in {**good, **change}.items() if v is not None}
         sidecar.write_text(json.dumps(metadata))
         with pytest.raises(WeightsError, match=message) as info:
-            read_metadata(path)
+            read_card(path)
         assert str(sidecar) in str(info.value)
 
 

@@ -4,21 +4,33 @@ from __future__ import annotations
 
 import pytest
 
+from qcsfer.cli import main
 from qcsfer.engine.evaluate import evaluate
-from qcsfer.pretrained import load_model
+from qcsfer.models import BaseNetwork
+from qcsfer.pretrained import load_card, load_model
 
 
-def test_default_model_loads_offline_with_its_metadata() -> None:
-    model, meta = load_model()
-    assert not model.training
-    assert len(meta["classes"]) == 8 and meta["classes"][0] == "neutral"
-    assert meta["preprocessing"]["image_size"] == 48 and meta["preprocessing"]["grayscale"]
-    assert meta["provenance"]["dataset"].startswith("ferplus")
+def test_default_model_loads_offline_with_its_card() -> None:
+    model, card = load_model()
+    assert not model.training and isinstance(model, BaseNetwork)
+    assert len(card.classes) == 8 and card.classes[0] == "neutral"
+    assert card.preprocessing.image_size == 48 and card.preprocessing.grayscale
+    assert card.provenance["dataset"].startswith("ferplus")
+    # A version-1 card: its metrics come from ship_model's provenance layout.
+    assert card.accuracy() == ("valid_flip", card.provenance["validation"]["flip"]["accuracy"])
+
+
+def test_info_default_prints_the_card_with_its_accuracy(capsys: pytest.CaptureFixture) -> None:
+    assert main(["info", "default"]) == 0
+    out = capsys.readouterr().out
+    accuracy = load_card().provenance["validation"]["flip"]["accuracy"]
+    assert f"metrics valid_flip: accuracy {100 * accuracy:.2f}%" in out
+    assert "classes (8): neutral, happiness" in out and "training graph (qcs" in out
 
 
 @pytest.mark.slow
 def test_default_model_reproduces_its_recorded_valid_accuracy(ferplus_root) -> None:
-    recorded = load_model()[1]["provenance"]["validation"]["flip"]["accuracy"]
+    recorded = load_card().metrics["valid_flip"]["accuracy"]
     metrics = evaluate(
         None, "ferplus", ferplus_root, "valid", options={"label_mode": "majority"}, flip=True
     ).metrics

@@ -15,18 +15,16 @@ Calibrate on the validation split, never on test.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict
 
 import numpy as np
 
+from qcsfer.card import write_card
 from qcsfer.config import TrainConfig, from_dict
 from qcsfer.data.datasets import parse_spec, read_dataset
 from qcsfer.data.sources import read_source
 from qcsfer.engine.calibration import fit_decision_rule
 from qcsfer.engine.evaluate import split_logits
-from qcsfer.io import atomic_write
-from qcsfer.models.weights import weights_paths
 from qcsfer.pretrained import resolve_weights
 
 
@@ -63,7 +61,7 @@ def main() -> None:
     data_format, root = parse_spec(args.data)
     options = dict(item.split("=", 1) for item in args.option)
     result = split_logits(path, data_format, root, args.split, options=options, flip=args.flip)
-    config = from_dict(TrainConfig, result.metadata["provenance"]["config"])
+    config = from_dict(TrainConfig, result.card.provenance["config"])
     if args.data_root:
         config.data.root = args.data_root
     prior = training_prior(config)
@@ -75,10 +73,8 @@ def main() -> None:
         min_accuracy=args.min_accuracy,
         default=args.default,
     )
-    metadata = dict(result.metadata)
-    metadata["decision"] = rule.to_dict()
-    metadata["provenance"] = {
-        **metadata["provenance"],
+    provenance = {
+        **result.card.provenance,
         "calibration": {
             "data": args.data,
             "split": args.split,
@@ -89,9 +85,7 @@ def main() -> None:
             "operating_points": {name: asdict(r) for name, r in reports.items()},
         },
     }
-    _, json_path = weights_paths(path)
-    text = json.dumps(metadata, indent=2) + "\n"
-    atomic_write(json_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    json_path = write_card(result.card.replace(decision=rule, provenance=provenance), path)
     print(f"training prior: {dict(zip(result.classes, np.round(prior, 4).tolist(), strict=True))}")
     for r in reports.values():
         print(

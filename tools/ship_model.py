@@ -21,10 +21,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from qcsfer.card import read_card
 from qcsfer.engine.evaluate import evaluate
 from qcsfer.engine.trainer import load_checkpoint
 from qcsfer.models import QCSModel, get_config
-from qcsfer.models.weights import read_metadata, save_weights
+from qcsfer.models.weights import save_weights
 from qcsfer.pretrained import DEFAULT_WEIGHTS, WEIGHTS_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,7 +116,7 @@ def main() -> None:
         provenance["best_epoch"] = None  # not one epoch's weights
         provenance["averaged_from"] = checkpoint["averaged_from"]
     if config["init"].get("weights"):
-        previous = read_metadata(config["init"]["weights"])["provenance"]
+        previous = read_card(config["init"]["weights"]).provenance
         provenance["previous_stage"] = previous
         provenance["train_minutes_all_stages"] = round(
             provenance["train_minutes"]

@@ -91,14 +91,11 @@ def _info(args: argparse.Namespace) -> int:
         report = measure_complexity(config, mode=args.mode)
     else:
         from .models.weights import load_weights
+        from .pretrained import resolve_weights
 
-        model, metadata = load_weights(args.target)
+        model, card = load_weights(resolve_weights(args.target))
         report = measure_complexity(model)
-        print(f"classes: {', '.join(metadata['classes'])}")
-        print(f"preprocessing: {metadata.get('preprocessing')}")
-        print(
-            f"provenance: {metadata.get('provenance', {}).get('val_accuracy', 'n/a')} val accuracy"
-        )
+        print(card.summary())
     print(report.summary())
     return 0
 
@@ -175,8 +172,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .inference.export import export_weights
 
-    suffix = ".onnx" if args.format == "onnx" else ".pt"
-    out = Path(args.out) if args.out else Path(Path(args.weights).stem + suffix)
+    out = Path(args.out) if args.out else Path(Path(args.weights).stem + ".onnx")
     try:
         report = export_weights(args.weights, args.format, out, opset=args.opset)
     except ImportError as exc:  # onnx / onnxruntime missing
@@ -318,8 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("info", help="parameters, MACs and token counts of a config or weights")
-    p.add_argument("target", help="a named configuration (paper, small, tiny) or a weights file")
+    p = sub.add_parser("info", help="a model's card, or the size and cost of a configuration")
+    p.add_argument(
+        "target",
+        help="a configuration (paper, small, tiny), 'default', a weights file or a run directory",
+    )
     p.add_argument("--mode", default="qcs", choices=["baseline", "dcs", "qcs"])
     p.add_argument("--classes", type=int, help="number of classes (default: the config's)")
     p.set_defaults(func=_info)
@@ -339,10 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="faces per forward pass")
     p.set_defaults(func=_predict)
 
-    p = sub.add_parser("export", help="export the inference network to ONNX or TorchScript")
+    p = sub.add_parser("export", help="export the inference network to ONNX")
     p.add_argument("weights", help="weights file, run directory or 'default'")
-    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
-    p.add_argument("--out", help="output file (default: WEIGHTS name + .onnx / .pt)")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--out", help="output file (default: WEIGHTS name + .onnx)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset")
     p.set_defaults(func=_export)
 

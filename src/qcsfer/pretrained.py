@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from .models.base import BaseNetwork
+from .card import ModelCard, read_card
+from .errors import NotFoundError
+
+if TYPE_CHECKING:
+    from .models.base import BaseNetwork
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = "ferplus-qcs-small"
@@ -16,19 +20,23 @@ def resolve_weights(weights: str | Path | None = None) -> Path:
     if weights is None or str(weights) == "default":
         path = WEIGHTS_DIR / f"{DEFAULT_WEIGHTS}.safetensors"
         if not path.is_file():
-            raise FileNotFoundError(f"the default model is not installed ({path} is missing)")
+            raise NotFoundError(f"the default model is not installed ({path} is missing)")
         return path
     path = Path(weights)
     if path.is_dir():
         path = path / "best.safetensors"
     if not path.is_file():
-        raise FileNotFoundError(f"no weights file at {path}")
+        raise NotFoundError(f"no weights file at {path}")
     return path
 
 
-def load_model(weights: str | Path | None = None) -> tuple[BaseNetwork, dict[str, Any]]:
-    """The inference network in eval mode and its metadata (classes, preprocessing, provenance)."""
+def load_model(weights: str | Path | None = None) -> tuple[BaseNetwork, ModelCard]:
+    """The inference network in eval mode (only its tensors are read) and the model's card."""
     from .models.weights import load_weights
 
-    base, metadata = load_weights(resolve_weights(weights), base_only=True)
-    return base.eval(), metadata
+    return load_weights(resolve_weights(weights), base_only=True)
+
+
+def load_card(weights: str | Path | None = None) -> ModelCard:
+    """The card of 'default', a run directory or a weights file, without reading tensors."""
+    return read_card(resolve_weights(weights))

@@ -6,15 +6,17 @@ from contextlib import nullcontext
 
 import torch
 
-
-class DeviceError(RuntimeError):
-    """A device or precision that this machine cannot provide."""
+from ..errors import DeviceError
 
 
 def select_device(name: str, local_rank: int = 0) -> torch.device:
+    """The one resolver of device names: "auto" is CUDA when available, else the CPU."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:  # torch's message lists every device type it knows
+        raise DeviceError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from exc
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise DeviceError(f"device {name!r} requested but CUDA is not available")

@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..card import ModelCard
 from ..data.datasets import read_dataset
 from ..data.images import default_cache_dir, load_images
 from ..data.records import DatasetError, LabeledImages
 from ..data.transforms import Preprocessing, eval_transform
-from ..decision import DecisionRule
 from ..models.base import BaseNetwork
 from ..pretrained import load_model
 from .calibration import PointReport, measure_operating_points
@@ -96,7 +96,7 @@ class SplitLogits:
     logits: np.ndarray  # float32, N x K
     labels: np.ndarray  # int64, N (images that could be read and are mapped)
     classes: tuple[str, ...]
-    metadata: dict[str, Any]
+    card: ModelCard
     skipped: int  # unreadable images
     excluded: int  # dataset classes left out by the class mapping
 
@@ -113,9 +113,8 @@ def split_logits(
     device: str = "auto",
     batch_size: int = 256,
 ) -> SplitLogits:
-    model, meta = load_model(weights)
-    classes = tuple(meta["classes"])
-    prep = Preprocessing.from_dict(meta["preprocessing"])
+    model, card = load_model(weights)
+    classes, prep = card.classes, card.preprocessing
     data = read_dataset(data_format, root, split, **dict(options or {}))
     kept, labels = map_labels(data, classes, mapping)
     store = load_images(
@@ -130,7 +129,7 @@ def split_logits(
         model, store.images[torch.from_numpy(valid)], prep, target, "fp32", flip, batch_size
     )
     return SplitLogits(
-        logits.numpy(), labels[valid], classes, meta, store.skipped, len(data) - len(kept)
+        logits.numpy(), labels[valid], classes, card, store.skipped, len(data) - len(kept)
     )
 
 
@@ -168,7 +167,7 @@ def evaluate(
         device=device,
         batch_size=batch_size,
     )
-    rule = DecisionRule.from_dict(result.metadata.get("decision"))
+    rule = result.card.decision
     rule.point(prior)  # an unknown prior or a missing training prior fails before any work
     points = measure_operating_points(result.logits, result.labels, result.classes, rule)
     metrics = compute_metrics(

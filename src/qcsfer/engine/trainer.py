@@ -221,17 +221,17 @@ def initialize(model: QCSModel, init: InitConfig) -> None:
         model.base.backbone.load_state_dict(source.backbone.state_dict())
         log.info("backbone initialised from %s", init.backbone_from)
     if init.weights:
-        source, metadata = load_weights(init.weights)
-        if metadata["network"] == "base":
+        source, card = load_weights(init.weights)
+        if card.network == "base":
             model.base.load_state_dict(source.state_dict())
-        elif metadata["mode"] == model.mode:
+        elif card.mode == model.mode:
             model.load_state_dict(source.state_dict())
         else:
             raise TrainingError(
-                f"{init.weights}: a {metadata['mode']} training graph cannot start a "
+                f"{init.weights}: a {card.mode} training graph cannot start a "
                 f"{model.mode} run; use its base network (an inference weights file)"
             )
-        log.info("all weights initialised from %s (%s)", init.weights, metadata["network"])
+        log.info("all weights initialised from %s (%s)", init.weights, card.network)
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

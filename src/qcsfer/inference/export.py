@@ -1,8 +1,12 @@
-"""Export the base network (logits only) to ONNX or TorchScript, metadata embedded.
+"""Export the base network (logits only) to ONNX, its model card embedded.
 
 The exported graph takes normalised float32 images (B x 3 x S x S, any B) and returns logits
-(B x K); what the classes are and how to normalise is stored inside the file (ONNX
-metadata_props, TorchScript extra file `qcsfer.json`), so a runtime needs nothing else.
+(B x K); the model card (classes, how to normalise, provenance) is stored inside the file
+(`contract.py`), so a runtime needs nothing else.
+
+There is no TorchScript export: TorchScript is deprecated upstream, a TorchScript file is a
+program (loading one from elsewhere runs its code, which every other model input here refuses
+to do), and ONNX already serves every runtime without qcsfer, including `load_backend`.
 
 ONNX uses torch's TorchScript-based exporter (`dynamo=False`): it needs only the `onnx`
 package, while the newer exporter also needs `onnxscript`. The ViT's CPU attention path is
@@ -14,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import warnings
 from collections.abc import Iterator
@@ -26,15 +29,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__
+from ..card import ModelCard
+from ..errors import ExportError, MissingDependencyError, UsageError
 from ..io import atomic_write
-from ..preprocessing import Preprocessing
-from .backends import EXPORT_FORMAT, INPUT_NAME, OUTPUT_NAME, onnx_session
+from .contract import INPUT_NAME, OUTPUT_NAME, embedded_metadata, onnx_session
 
-ExportFormat = Literal["onnx", "torchscript"]
+ExportFormat = Literal["onnx"]
 OPSET = 17
 TOLERANCE = 1e-4
-TORCHSCRIPT_METADATA = "qcsfer.json"
 
 
 class LogitsOnly(nn.Module):
@@ -54,26 +56,6 @@ class ExportReport:
     format: ExportFormat
     max_abs_diff: float  # largest |exported - PyTorch| logit on the check inputs
     batch_sizes: tuple[int, ...]  # batch sizes it was checked on (the batch axis is dynamic)
-
-
-def embedded_metadata(metadata: dict[str, Any]) -> dict[str, str]:
-    """String key/values stored in the exported file (JSON for structured values).
-
-    `metadata` needs the model's complete preprocessing (ValueError otherwise): an exported
-    model must say how its inputs are prepared.
-    """
-    prep = Preprocessing.from_dict(metadata.get("preprocessing"))
-    return {
-        "format": EXPORT_FORMAT,
-        "qcsfer_version": __version__,
-        "classes": json.dumps(list(metadata["classes"])),
-        "preprocessing": json.dumps(prep.to_dict()),
-        "provenance": json.dumps(metadata.get("provenance", {}), default=str),
-        "model": json.dumps(metadata.get("model", {}), default=str),
-        "decision": json.dumps(metadata.get("decision")),
-        "input": f"{INPUT_NAME}: float32 B x 3 x S x S, normalised as in preprocessing",
-        "output": f"{OUTPUT_NAME}: float32 B x K, K = len(classes)",
-    }
 
 
 @contextlib.contextmanager
@@ -96,11 +78,13 @@ def _check_inputs(base: nn.Module, batch_sizes: tuple[int, ...]) -> list[torch.T
     return [torch.randn(b, 3, size, size, generator=generator) for b in batch_sizes]
 
 
-def _onnx_proto(base: nn.Module, metadata: dict[str, Any], opset: int = OPSET) -> Any:
+def _onnx_proto(base: nn.Module, card: ModelCard, opset: int = OPSET) -> Any:
     try:
         import onnx
     except ImportError as exc:
-        raise ImportError("ONNX export needs the onnx package: pip install 'qcsfer[onnx]'") from exc
+        raise MissingDependencyError(
+            "ONNX export needs the onnx package: pip install 'qcsfer[onnx]'"
+        ) from exc
     wrapper = LogitsOnly(base).eval().cpu()
     example = torch.zeros(2, 3, _image_size(base), _image_size(base))
     buffer = io.BytesIO()
@@ -117,15 +101,15 @@ def _onnx_proto(base: nn.Module, metadata: dict[str, Any], opset: int = OPSET) -
             do_constant_folding=True,
         )
     proto = onnx.load_from_string(buffer.getvalue())
-    onnx.helper.set_model_props(proto, embedded_metadata(metadata))
+    onnx.helper.set_model_props(proto, embedded_metadata(card))
     proto.doc_string = "qcsfer base network: normalised face images -> expression logits"
     onnx.checker.check_model(proto)
     return proto
 
 
-def onnx_model_bytes(base: nn.Module, metadata: dict[str, Any], opset: int = OPSET) -> bytes:
+def onnx_model_bytes(base: nn.Module, card: ModelCard, opset: int = OPSET) -> bytes:
     """The serialised ONNX model of a base network (for in-memory ONNX Runtime sessions)."""
-    return _onnx_proto(base, metadata, opset).SerializeToString()
+    return _onnx_proto(base, card, opset).SerializeToString()
 
 
 def compare_onnx(
@@ -139,67 +123,27 @@ def compare_onnx(
             expected = base(x.cpu())[0].numpy()
             got = session.run([OUTPUT_NAME], {INPUT_NAME: x.cpu().numpy()})[0]
             if got.shape != expected.shape:
-                raise RuntimeError(f"ONNX output shape {got.shape} != PyTorch {expected.shape}")
+                raise ExportError(f"ONNX output shape {got.shape} != PyTorch {expected.shape}")
             worst = max(worst, float(np.abs(got - expected).max()))
     return worst
 
 
 def export_onnx(
     base: nn.Module,
-    metadata: dict[str, Any],
+    card: ModelCard,
     out: str | os.PathLike[str],
     opset: int = OPSET,
     tolerance: float = TOLERANCE,
 ) -> ExportReport:
     """Write the ONNX model and check it with onnxruntime (batch sizes 1 and 3)."""
     base = base.eval().cpu()
-    data = onnx_model_bytes(base, metadata, opset)
+    data = onnx_model_bytes(base, card, opset)
     batch_sizes = (1, 3)
     diff = compare_onnx(base, data, _check_inputs(base, batch_sizes))
     if not diff <= tolerance:
-        raise RuntimeError(f"ONNX export differs from PyTorch by {diff:.3g} > {tolerance:g}")
+        raise ExportError(f"ONNX export differs from PyTorch by {diff:.3g} > {tolerance:g}")
     path = atomic_write(out, lambda temporary: temporary.write_bytes(data))
     return ExportReport(path, "onnx", diff, batch_sizes)
-
-
-def export_torchscript(
-    base: nn.Module,
-    metadata: dict[str, Any],
-    out: str | os.PathLike[str],
-    tolerance: float = TOLERANCE,
-) -> ExportReport:
-    """Trace the CPU graph (dynamic batch), embed metadata as an extra file, check it."""
-    base = base.eval().cpu()
-    wrapper = LogitsOnly(base).eval()
-    size = _image_size(base)
-    with _quiet_export(), torch.no_grad():
-        traced = torch.jit.trace(wrapper, torch.zeros(2, 3, size, size), check_trace=False)
-    extra = {TORCHSCRIPT_METADATA: json.dumps(embedded_metadata(metadata))}
-    buffer = io.BytesIO()
-    with _quiet_export():
-        torch.jit.save(traced, buffer, _extra_files=extra)
-    batch_sizes = (1, 3)
-    diff = 0.0
-    with _quiet_export(), torch.no_grad():
-        loaded = torch.jit.load(io.BytesIO(buffer.getvalue()), map_location="cpu")
-        for x in _check_inputs(base, batch_sizes):
-            diff = max(diff, float((loaded(x) - wrapper(x)).abs().max()))
-    if not diff <= tolerance:
-        raise RuntimeError(f"TorchScript export differs from PyTorch by {diff:.3g}")
-    path = atomic_write(out, lambda temporary: temporary.write_bytes(buffer.getvalue()))
-    return ExportReport(path, "torchscript", diff, batch_sizes)
-
-
-def load_torchscript(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
-    """(scripted module, metadata) from a file written by `export_torchscript`."""
-    extra = {TORCHSCRIPT_METADATA: ""}
-    with _quiet_export():
-        module = torch.jit.load(os.fspath(path), map_location="cpu", _extra_files=extra)
-    props = json.loads(extra[TORCHSCRIPT_METADATA] or "{}")
-    if props.get("format") != EXPORT_FORMAT:
-        raise ValueError(f"{path}: no qcsfer metadata inside")
-    metadata = {k: json.loads(props[k]) for k in ("classes", "preprocessing", "provenance")}
-    return module, metadata
 
 
 def export_weights(
@@ -211,9 +155,7 @@ def export_weights(
     """Load a weights file (or 'default' / a run directory) and export its base network."""
     from ..pretrained import load_model
 
-    base, metadata = load_model(weights)
-    if format == "onnx":
-        return export_onnx(base, metadata, out, opset)
-    if format == "torchscript":
-        return export_torchscript(base, metadata, out)
-    raise ValueError(f"unknown export format {format!r}; choose onnx or torchscript")
+    if format != "onnx":
+        raise UsageError(f"unknown export format {format!r}; qcsfer exports onnx")
+    base, card = load_model(weights)
+    return export_onnx(base, card, out, opset)

@@ -2,7 +2,7 @@
 
 Pipeline: image -> RGB uint8 -> faces (Haar or MTCNN detector, given boxes, or the whole image)
 -> square crops from the full-resolution image (optionally eye-aligned) -> the model's own
-preprocessing (from its metadata) -> logits (PyTorch or ONNX Runtime) -> probabilities at
+preprocessing (from its model card) -> logits (PyTorch or ONNX Runtime) -> probabilities at
 the chosen operating point (`qcsfer.decision`). Faces of several images are classified in
 shared batches.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..decision import DecisionRule
+from ..card import ModelCard
 from ..imaging import Color, ImageInput, describe, to_rgb_array
 from ..preprocessing import Preprocessing
 from .backends import load_backend
@@ -132,9 +132,9 @@ class ExpressionRecognizer:
             raise ValueError("margin must be >= 0")
         loaded = load_backend(model, backend, device, threads)
         self.backend = loaded.backend
-        self.classes: list[str] = loaded.classes
-        self.metadata: dict[str, Any] = loaded.metadata
-        self.decision = DecisionRule.from_dict(self.metadata.get("decision"))
+        self.card: ModelCard = loaded.card  # classes, preprocessing, decision rule, metrics
+        self.classes: list[str] = list(loaded.card.classes)
+        self.decision = self.card.decision
         self.decision.point(prior)  # an unknown prior, or balanced without a training prior
         self.prior = prior or self.decision.default
         self.detect = detect
@@ -147,7 +147,7 @@ class ExpressionRecognizer:
 
     @property
     def preprocessing(self) -> Preprocessing:
-        """The model's preprocessing (sizes, gray, mean/std), from its metadata."""
+        """The model's preprocessing (sizes, gray, mean/std), from its card."""
         return self.backend.preprocessing
 
     # -- single image ------------------------------------------------------------------------

@@ -1,0 +1,126 @@
+"""The model card: its JSON schema round trip, both old provenance layouts, base-only loading."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from qcsfer.card import FORMAT_VERSION, ModelCard, read_card, write_card
+from qcsfer.decision import DecisionRule, OperatingPoint
+from qcsfer.errors import WeightsError
+from qcsfer.models import BaseNetwork, QCSModel, get_config
+from qcsfer.models.weights import load_weights, save_weights
+from qcsfer.preprocessing import Preprocessing
+from qcsfer.pretrained import WEIGHTS_DIR
+
+CLASSES = ("a", "b", "c")
+PREP = Preprocessing(image_size=48, load_size=48, grayscale=True)
+
+
+def make_card(**changes: object) -> ModelCard:
+    config = get_config("tiny", num_classes=3)
+    card = ModelCard("training", config.to_dict(), CLASSES, PREP, mode="qcs")
+    return card.replace(**changes)
+
+
+def test_card_round_trips_through_json() -> None:
+    card = make_card(
+        decision=DecisionRule((0.5, 0.3, 0.2), {"balanced": OperatingPoint(1.0, 1.3)}, "balanced"),
+        metrics={"valid_flip": {"accuracy": 0.9, "images": 10}},
+        provenance={"seed": 0, "config": {"epochs": 2}},
+        tensors={"file": "x.safetensors", "sha256": "0" * 64},
+    )
+    data = json.loads(json.dumps(card.to_dict()))
+    assert data["format_version"] == FORMAT_VERSION
+    assert data["decision"]["operating_points"]["balanced"]["temperature"] == 1.3
+    assert ModelCard.from_dict(data) == card
+    assert card.model_config() == get_config("tiny", num_classes=3)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"decision": {"training_prior": [0.5, 0.5]}}, "a training prior of 2 for 3 classes"),
+        ({"decision": {"training_prior": [0.9, 0.3, -0.2]}}, "invalid decision rule"),
+        ({"decision": {"default": "uniform"}}, "invalid decision rule"),
+        ({"decision": 2.0}, "decision must be a mapping"),
+        ({"metrics": {"valid": {"accuracy": "high"}}}, "metrics.valid must map metric names"),
+        ({"format_version": FORMAT_VERSION + 1}, "newer than this qcsfer"),
+        ({"network": "whole"}, "unknown network"),
+        ({"mode": "dcs2"}, "unknown training mode"),
+    ],
+)
+def test_card_refuses_invalid_fields_naming_the_file(change: dict, message: str) -> None:
+    data = {**make_card().to_dict(), **change}
+    with pytest.raises(WeightsError, match=message) as info:
+        ModelCard.from_dict(data, "somewhere.json")
+    assert str(info.value).startswith("somewhere.json: ")
+
+
+def test_version_1_cards_read_metrics_from_either_provenance_layout() -> None:
+    old = {**make_card().to_dict(), "format_version": 1}
+    for key in ("decision", "metrics"):
+        del old[key]
+    trainer = {"val_accuracy": 0.7, "val_balanced_accuracy": 0.6, "config": {"eval_flip": True}}
+    card = ModelCard.from_dict({**old, "provenance": trainer})
+    assert card.metrics == {"valid_flip": {"accuracy": 0.7, "balanced_accuracy": 0.6}}
+    shipped = {"validation": {"plain": {"accuracy": 0.8}, "flip": {"accuracy": 0.85}}}
+    card = ModelCard.from_dict({**old, "provenance": shipped})
+    assert card.accuracy() == ("valid_flip", 0.85) and card.metrics["valid"] == {"accuracy": 0.8}
+    assert card.prior is None and card.decision == DecisionRule()
+    assert ModelCard.from_dict(old).metrics == {}
+
+
+def test_the_shipped_card_reads_unchanged() -> None:
+    card = read_card(WEIGHTS_DIR / "ferplus-qcs-small.json")
+    assert card.network == "training" and card.mode == "qcs" and len(card.classes) == 8
+    assert card.accuracy() == ("valid_flip", pytest.approx(0.8784, abs=1e-4))
+    assert "metrics valid_flip: accuracy 87.84%" in card.summary()
+
+
+def _training_file(path: Path) -> Path:
+    torch.manual_seed(0)
+    model = QCSModel(get_config("tiny", num_classes=3), "qcs").eval()
+    return save_weights(
+        model,
+        path,
+        classes=CLASSES,
+        preprocessing=PREP.to_dict(),
+        provenance={"val_accuracy": 0.5},
+        decision=DecisionRule((0.2, 0.3, 0.5)),
+    )
+
+
+def test_base_only_load_reads_only_the_base_tensors(tmp_path: Path) -> None:
+    path = _training_file(tmp_path / "best.safetensors")
+    full, card = load_weights(path)
+    assert card.prior == (0.2, 0.3, 0.5) and card.metrics == {"valid": {"accuracy": 0.5}}
+    with safe_open(path, framework="pt") as f:
+        header = f.metadata()
+    base_only = {k: v for k, v in load_file(path).items() if k.startswith("base.")}
+    save_file(base_only, path, metadata=header)  # same id, training tensors gone
+    base, _ = load_weights(path, base_only=True)
+    assert isinstance(base, BaseNetwork)
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        assert torch.equal(base(x)[0], full.base(x)[0])
+    with pytest.raises(WeightsError, match="sha256 mismatch"):
+        load_weights(path)  # the whole graph is checked by hash
+    save_file(base_only, path, metadata={**header, "id": "another"})
+    with pytest.raises(WeightsError, match="id mismatch"):
+        load_weights(path, base_only=True)
+
+
+def test_write_card_replaces_only_the_card(tmp_path: Path) -> None:
+    path = _training_file(tmp_path / "best.safetensors")
+    tensors = path.read_bytes()
+    rule = DecisionRule((0.2, 0.3, 0.5), {"dataset": OperatingPoint(0.0, 1.7)})
+    write_card(read_card(path).replace(decision=rule), path)
+    assert path.read_bytes() == tensors
+    _, card = load_weights(path)
+    assert card.decision == rule
