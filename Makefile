@@ -12,7 +12,7 @@ $(BIN)/qcsfer: pyproject.toml
 	# torch first, pinned: on this CPU machine the pinned wheel is local; a looser requirement
 	# would pull a multi-GB CUDA build. The package's own range is then already satisfied.
 	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,serve]'
 	# The MTCNN detector's weights; --no-deps because the wheel pins an old torch and torchvision,
 	# neither of which its weights need (qcsfer reads them without importing the package).
 	$(BIN)/pip install --quiet --no-deps facenet-pytorch==2.6.0

@@ -219,6 +219,36 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from .serve import ServeSettings, serve
+        from .serve.settings import token_from
+    except ImportError as exc:  # the optional extra is missing
+        raise RuntimeError(f"{exc}; install it with: pip install 'qcsfer[serve]'") from exc
+
+    settings = ServeSettings(
+        model=args.model,
+        backend=args.backend,
+        device=args.device,
+        detector=args.detector,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        threads=args.threads,
+        batch_window_ms=args.batch_window_ms,
+        max_batch_faces=args.max_batch_faces,
+        max_pending=args.max_pending,
+        timeout_s=args.timeout,
+        max_body_bytes=args.max_upload_mb * 1024 * 1024,
+        max_images=args.max_images,
+        max_faces=args.max_faces,
+        token=token_from(args.token),
+        cors_origins=tuple(args.cors),
+    )
+    serve(settings)
+    return 0
+
+
 def _key_values(items: list[str], typed: bool) -> dict[str, object]:
     """KEY=VALUE arguments. Typed values are read as YAML (7 -> int, true -> bool); untyped ones
     stay strings (class names such as 'no' or '1' stay names)."""
@@ -357,6 +387,48 @@ def build_parser() -> argparse.ArgumentParser:
         "(and optionally a second of that class); needs a DCS/QCS training weights file",
     )
     p.set_defaults(func=_explain)
+
+    p = sub.add_parser("serve", help="HTTP API and web page (uploads, live webcam)")
+    p.add_argument(
+        "--model", default="default", help="'default', a weights file, a run directory or .onnx"
+    )
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"])
+    p.add_argument("--device", default="cpu", help="cpu, cuda, auto (PyTorch backend)")
+    p.add_argument("--detector", help="default face detector (a request may pick another)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; 0.0.0.0 exposes the server to the network (use --token)",
+    )
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="model threads (and decoding threads)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="threads inside each model call (CPU use: workers x threads)",
+    )
+    p.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=5.0,
+        help="how long to wait for faces of other requests to batch with (0: no batching)",
+    )
+    p.add_argument("--max-batch-faces", type=int, default=64)
+    p.add_argument(
+        "--max-pending", type=int, default=32, help="requests in progress before 503 busy"
+    )
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (504 after)")
+    p.add_argument("--max-upload-mb", type=int, default=20, help="largest request body (413)")
+    p.add_argument("--max-images", type=int, default=16, help="images per request (413)")
+    p.add_argument("--max-faces", type=int, default=32, help="faces per image")
+    p.add_argument(
+        "--token", help="require 'Authorization: Bearer TOKEN' (default: $QCSFER_TOKEN if set)"
+    )
+    p.add_argument(
+        "--cors", action="append", default=[], metavar="ORIGIN", help="allow this web origin"
+    )
+    p.set_defaults(func=_serve)
     return parser
 
 

@@ -15,8 +15,10 @@ training (the decoded-image store) and inference (face crops).
 
 from __future__ import annotations
 
+import io
 import os
 import stat
+from collections.abc import Sequence
 from typing import Literal, TypeAlias
 
 import numpy as np
@@ -38,6 +40,11 @@ ImageInput: TypeAlias = "str | os.PathLike[str] | Image.Image | np.ndarray"
 
 class ImageError(ValueError):
     """An input that cannot be used as an image; the message names it and says why."""
+
+
+class ImageTooLarge(ImageError):
+    """An image with more pixels than allowed (a decompression-bomb guard); told apart so that a
+    server can answer 413."""
 
 
 def to_supported_mode(image: Image.Image, grayscale: bool = False) -> Image.Image:
@@ -81,11 +88,37 @@ def open_image(path: str | os.PathLike[str], grayscale: bool = False) -> Image.I
     """A file as an L/RGB PIL image with EXIF orientation applied; ImageError says why not."""
     name = os.fspath(path)
     _check_file(name)
+    return _decode(name, name, grayscale, MAX_PIXELS, None)
+
+
+def decode_image(
+    data: bytes,
+    name: str,
+    *,
+    max_pixels: int = MAX_PIXELS,
+    formats: Sequence[str] | None = None,
+) -> Image.Image:
+    """Encoded bytes (an upload) as an RGB PIL image, decoded in memory like `open_image`.
+
+    formats: the PIL format names accepted (None: any PIL can read).
+    """
+    if not data:
+        raise ImageError(f"{name}: empty file (0 bytes)")
+    return _decode(io.BytesIO(data), name, False, max_pixels, formats)
+
+
+def _decode(
+    source: str | io.BytesIO,
+    name: str,
+    grayscale: bool,
+    max_pixels: int,
+    formats: Sequence[str] | None,
+) -> Image.Image:
     try:
-        with Image.open(name) as image:
+        with Image.open(source, formats=formats) as image:
             pixels = image.width * image.height  # from the header: nothing decoded yet
-            if pixels > MAX_PIXELS:
-                raise ImageError(f"{name}: image too large ({pixels} pixels > {MAX_PIXELS})")
+            if pixels > max_pixels:
+                raise ImageTooLarge(f"{name}: image too large ({pixels} pixels > {max_pixels})")
             image = ImageOps.exif_transpose(image)
             image.load()
             return to_supported_mode(image, grayscale)
@@ -93,7 +126,7 @@ def open_image(path: str | os.PathLike[str], grayscale: bool = False) -> Image.I
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # The warning arrives as an exception when warnings are errors (python -W error).
-        raise ImageError(f"{name}: image too large ({exc})") from exc
+        raise ImageTooLarge(f"{name}: image too large ({exc})") from exc
     except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for unreadable data
         raise ImageError(f"{name}: cannot read image ({exc})") from exc
 

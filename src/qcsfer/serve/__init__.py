@@ -1,0 +1,63 @@
+"""`qcsfer serve`: an HTTP API and a web page (uploads and live webcam) for the recognizer.
+
+Needs the optional extra: pip install 'qcsfer[serve]' (FastAPI, uvicorn, python-multipart).
+The application itself: `qcsfer.serve.app.create_app(settings)`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import sys
+
+from .settings import ServeSettings
+
+__all__ = ["ServeSettings", "serve"]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(settings: ServeSettings) -> None:
+    """Run the server in the foreground until Ctrl-C."""
+    import uvicorn
+
+    from .app import create_app as build
+
+    logging.getLogger("qcsfer.serve.access").setLevel(logging.INFO)
+    _limit_torch_threads(settings.threads)
+    if not is_loopback(settings.host):
+        logging.getLogger("qcsfer.serve").warning(
+            "listening on %s: reachable from other machines%s",
+            settings.host,
+            "" if settings.token else " and WITHOUT a token (anyone can use it)",
+        )
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    print(f"qcsfer serve: http://{host}:{settings.port}/ (Ctrl-C stops)", file=sys.stderr)
+    uvicorn.run(
+        build(settings),
+        host=settings.host,
+        port=settings.port,
+        access_log=False,  # ours has request ids and timings
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+    )
+
+
+def _limit_torch_threads(threads: int) -> None:
+    """PyTorch's intra-op threads for this process (ONNX Runtime gets them per session).
+
+    Its default, one per core, spins on barriers; next to other busy processes, or with several
+    model workers, that makes every call many times slower, which batching then cannot recover.
+    """
+    try:
+        import torch
+    except ImportError:  # an ONNX-only installation
+        return
+    torch.set_num_threads(threads)

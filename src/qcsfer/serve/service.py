@@ -1,0 +1,235 @@
+"""The work behind /v1/predict: admit, decode, find faces, classify in shared batches, report.
+
+Decoding and detection run in a bounded thread pool (one recognizer copy per thread, each with
+its own detector: OpenCV cascades are not safe to share between threads); the model runs in
+the `FaceBatcher`'s threads. At most `max_pending` requests are inside at once; the next one is
+told to come back later (503, Retry-After) rather than queued without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import inspect
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..imaging import ImageError, ImageTooLarge, decode_image
+from ..inference.faces import Face, make_detector
+from ..inference.preprocess import stack_crops
+from ..inference.recognizer import ExpressionRecognizer, ImageResult, Prediction
+from .batching import BatchInfo, FaceBatcher
+from .errors import ApiError
+from .options import PredictOptions
+from .settings import ServeSettings
+from .uploads import DECODE_FORMATS, Upload
+
+
+@dataclass
+class PreparedImage:
+    """One uploaded image after decoding and face finding, before classification."""
+
+    result: ImageResult
+    status: str  # ok, no_face, unreadable, too_many_faces, box_outside
+    faces: list[Face] = field(default_factory=list)
+    crops: np.ndarray | None = None  # uint8 F x C x L x L
+    rgb: np.ndarray | None = None
+
+
+@dataclass
+class Outcome:
+    """A request's results, with where its time went."""
+
+    images: list[PreparedImage]
+    prepare_ms: float
+    batch: BatchInfo | None
+
+
+def supports_prior(recognizer: ExpressionRecognizer) -> bool:
+    """Whether the recognizer takes a `prior` when classifying (the lead's pending option)."""
+    return "prior" in inspect.signature(recognizer.probabilities).parameters
+
+
+class InferenceService:
+    def __init__(self, recognizer: ExpressionRecognizer, settings: ServeSettings) -> None:
+        self.recognizer = recognizer
+        self.settings = settings
+        self.default_detector = settings.detector or getattr(recognizer.detector, "name", "alt2")
+        self.pending = 0  # admitted requests; changed on the event loop only
+        self._local = threading.local()
+        self._prepare_pool = ThreadPoolExecutor(settings.workers, "qcsfer-prepare")
+        self.batcher = FaceBatcher(
+            recognizer.probabilities,
+            workers=settings.workers,
+            window_s=settings.batch_window_ms / 1000,
+            max_faces=settings.max_batch_faces,
+            expected=lambda: self.pending,
+        )
+        self.ready = False
+
+    def warm_up(self) -> None:
+        """One forward pass before saying ready, so the first client does not pay for it."""
+        prep = self.recognizer.preprocessing
+        blank = np.zeros((1, prep.channels, prep.load_size, prep.load_size), np.uint8)
+        self.batcher.submit(blank).result()
+        self.ready = True
+
+    def close(self) -> None:
+        self.ready = False
+        self._prepare_pool.shutdown(wait=True, cancel_futures=True)
+        self.batcher.close()
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """Hold a place for one request, or refuse it with 503 when all are taken."""
+        if self.pending >= self.settings.max_pending:
+            raise ApiError(
+                503,
+                "busy",
+                f"the server is at capacity ({self.settings.max_pending} requests in "
+                "progress); retry shortly",
+                headers={"Retry-After": str(self.settings.retry_after_s)},
+            )
+        self.pending += 1
+        try:
+            yield
+        finally:
+            self.pending -= 1
+
+    async def predict(self, uploads: list[Upload], options: PredictOptions) -> Outcome:
+        """Results for every upload within the request timeout (504 past it)."""
+        if options.prior == "balanced" and not supports_prior(self.recognizer):
+            raise ApiError(
+                501,
+                "prior_unavailable",
+                "prior=balanced is not available yet (pending in the recognizer); "
+                "prior=dataset is what the model gives",
+            )
+        try:
+            return await asyncio.wait_for(
+                self._predict(uploads, options), timeout=self.settings.timeout_s
+            )
+        except TimeoutError:
+            raise ApiError(
+                504, "timeout", f"request took longer than {self.settings.timeout_s:g} s"
+            ) from None
+
+    async def _predict(self, uploads: list[Upload], options: PredictOptions) -> Outcome:
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        boxes = options.box_list()
+        if boxes is not None and len(boxes) > self.settings.max_faces:
+            raise ApiError(
+                413, "too_many_faces", f"{len(boxes)} boxes; the limit is {self.settings.max_faces}"
+            )
+        prepared = await asyncio.gather(
+            *(
+                loop.run_in_executor(self._prepare_pool, self._prepare, u, options, boxes)
+                for u in uploads
+            )
+        )
+        prepare_ms = (time.perf_counter() - start) * 1000
+        with_faces = [p for p in prepared if p.crops is not None and len(p.faces)]
+        if not with_faces:
+            return Outcome(list(prepared), prepare_ms, None)
+        future = self.batcher.submit(np.concatenate([p.crops for p in with_faces]))
+        probabilities, batch = await asyncio.wrap_future(future)
+        row, classes = 0, self.recognizer.classes
+        for item in with_faces:
+            for face in item.faces:
+                prediction = Prediction.from_probabilities(face, probabilities[row], classes)
+                item.result.predictions.append(prediction)
+                row += 1
+        return Outcome(list(prepared), prepare_ms, batch)
+
+    def _prepare(
+        self, upload: Upload, options: PredictOptions, boxes: list | None
+    ) -> PreparedImage:
+        """Decode one upload and find its faces (runs in the prepare pool)."""
+        limits = self.settings
+        try:
+            image = decode_image(
+                upload.data, upload.name, max_pixels=limits.max_pixels, formats=DECODE_FORMATS
+            )
+        except ImageTooLarge as exc:
+            raise ApiError(413, "image_too_large", str(exc)) from exc
+        except ImageError as exc:
+            return PreparedImage(ImageResult(upload.name, error=str(exc)), "unreadable")
+        rgb = np.asarray(image, dtype=np.uint8)
+        height, width = rgb.shape[:2]
+        result = ImageResult(upload.name, width=width, height=height)
+        recognizer = self._thread_recognizer(self._detector_name(options))
+        try:
+            faces = recognizer.find_faces(rgb, boxes)
+        except ValueError as exc:  # a given box outside this image
+            result.error = f"{upload.name}: {exc}"
+            return PreparedImage(result, "box_outside")
+        if len(faces) > limits.max_faces:
+            result.error = f"{len(faces)} faces found; the limit is {limits.max_faces} per image"
+            return PreparedImage(result, "too_many_faces")
+        crops = stack_crops(
+            recognizer.crops(rgb, faces, boxes is not None), recognizer.preprocessing
+        )
+        keep = rgb if options.annotated else None
+        return PreparedImage(result, "ok" if faces else "no_face", faces, crops, keep)
+
+    def _detector_name(self, options: PredictOptions) -> str | None:
+        """The detector a request asked for, else the server's; None: no detection."""
+        if options.detector is not None:
+            return options.detector
+        if options.no_detect or not self.recognizer.detect:
+            return None
+        return self.default_detector
+
+    def _thread_recognizer(self, detector: str | None) -> ExpressionRecognizer:
+        """This thread's recognizer for `detector` (None: no detection; the model is shared)."""
+        cache: dict[str | None, ExpressionRecognizer] = self._local.__dict__.setdefault("by", {})
+        if detector not in cache:
+            recognizer = copy.copy(self.recognizer)
+            recognizer.detect = detector is not None
+            try:
+                recognizer.detector = None if detector is None else make_detector(detector)
+            except (ImportError, FileNotFoundError, ValueError) as exc:
+                raise ApiError(
+                    422, "detector_unavailable", f"detector {detector!r}: {exc}"
+                ) from exc
+            cache[detector] = recognizer
+        return cache[detector]
+
+
+def model_description(service: InferenceService) -> dict[str, Any]:
+    """What /v1/model tells: classes, preprocessing, provenance, accuracy, limits, batching."""
+    recognizer, settings = service.recognizer, service.settings
+    provenance = recognizer.metadata.get("provenance") or {}
+    return {
+        "model": settings.model,
+        "backend": type(recognizer.backend).__name__,
+        "classes": recognizer.classes,
+        "preprocessing": recognizer.preprocessing.to_dict(),
+        "provenance": provenance,
+        "validation_accuracy": provenance.get("validation"),
+        "detector": service.default_detector if recognizer.detect else None,
+        "priors": {"dataset": True, "balanced": supports_prior(recognizer)},
+        "limits": {
+            "max_body_bytes": settings.max_body_bytes,
+            "max_pixels": settings.max_pixels,
+            "max_images": settings.max_images,
+            "max_faces": settings.max_faces,
+            "timeout_s": settings.timeout_s,
+        },
+        "batching": {
+            "workers": settings.workers,
+            "threads": settings.threads,
+            "window_ms": settings.batch_window_ms,
+            "max_batch_faces": settings.max_batch_faces,
+            "max_pending": settings.max_pending,
+            "requests_per_batch": dict(sorted(service.batcher.batch_sizes.items())),
+        },
+    }

@@ -1,0 +1,392 @@
+"""The HTTP API with FastAPI's TestClient: every endpoint, limit and error; token; batching."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import json
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient
+
+from qcsfer.inference.recognizer import ExpressionRecognizer
+from qcsfer.serve.app import create_app
+from qcsfer.serve.batching import FaceBatcher
+from qcsfer.serve.settings import TOKEN_ENV, ServeSettings, token_from
+
+ASSETS = Path(__file__).resolve().parents[1] / "src" / "qcsfer" / "assets"
+ASTRONAUT = (ASSETS / "astronaut.jpg").read_bytes()
+COFFEE = (ASSETS / "coffee.jpg").read_bytes()
+SETTINGS = ServeSettings(workers=1, batch_window_ms=2.0, timeout_s=600)  # a busy CPU is slow
+
+
+@pytest.fixture(scope="module")
+def recognizer() -> ExpressionRecognizer:
+    return ExpressionRecognizer()
+
+
+@pytest.fixture(scope="module")
+def client(recognizer: ExpressionRecognizer):
+    with TestClient(create_app(SETTINGS, recognizer)) as test_client:
+        yield test_client
+
+
+def serve(recognizer: ExpressionRecognizer, **changes) -> TestClient:
+    """A client for an app with these settings (enter it with `with`)."""
+    return TestClient(create_app(replace(SETTINGS, **changes), recognizer))
+
+
+def upload(*images: tuple[str, bytes, str]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("images", image) for image in images]
+
+
+def png(width: int, height: int, seed: int = 0) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def error_code(response) -> str:
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert body["error"]["message"]
+    assert body["error"]["request_id"] == response.headers["x-request-id"]
+    return body["error"]["code"]
+
+
+class SlowModel:
+    """Holds every classification until released, to fill queues on purpose."""
+
+    def __init__(self, recognizer: ExpressionRecognizer) -> None:
+        self.release = threading.Event()
+        self._probabilities = recognizer.probabilities
+        self.recognizer = copy.copy(recognizer)
+        self.recognizer.probabilities = self.probabilities
+        self.warm = False
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        if self.warm:  # the start-up warm-up passes straight through
+            self.release.wait(timeout=30)
+        self.warm = True
+        return self._probabilities(batch)
+
+
+# -- endpoints ---------------------------------------------------------------------------------
+
+
+def test_health_ready_and_model(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json()["status"] == "ready"
+    model = client.get("/v1/model").json()
+    assert model["classes"][:2] == ["neutral", "happiness"]
+    assert model["preprocessing"]["image_size"] == 48
+    assert model["validation_accuracy"]["flip"]["accuracy"] > 0.8
+    assert model["limits"]["max_images"] == SETTINGS.max_images
+    assert model["priors"] == {"dataset": True, "balanced": False}
+
+
+def test_not_ready_before_the_model_is_loaded(recognizer: ExpressionRecognizer) -> None:
+    not_started = TestClient(create_app(SETTINGS, recognizer))  # lifespan not entered
+    response = not_started.get("/readyz")
+    assert response.status_code == 503
+    assert error_code(response) == "not_ready"
+    assert not_started.get("/healthz").status_code == 200
+
+
+def test_openapi_docs_and_page_are_offline(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
+    assert set(body) == {"multipart/form-data", "application/json"}
+    assert {"/v1/model", "/healthz", "/readyz"} <= set(spec["paths"])
+    names = {p["name"] for p in spec["paths"]["/v1/predict"]["post"]["parameters"]}
+    assert {"detector", "no_detect", "boxes", "top_k", "prior", "annotated"} <= names
+    for path in ("/", "/docs"):
+        page = client.get(path)
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        assert "https://" not in page.text and "http://" not in page.text.replace(
+            "http://127.0.0.1", ""
+        )
+
+
+def test_predict_multipart_astronaut_and_coffee(client: TestClient) -> None:
+    files = upload(("astronaut.jpg", ASTRONAUT, "image/jpeg"), ("coffee.jpg", COFFEE, "image/jpeg"))
+    response = client.post("/v1/predict", files=files, params={"top_k": 3})
+    assert response.status_code == 200, response.text
+    document = response.json()
+    astronaut, coffee = document["results"]
+    assert (astronaut["file"], astronaut["status"], astronaut["width"]) == (
+        "astronaut.jpg",
+        "ok",
+        512,
+    )
+    (face,) = astronaut["faces"]
+    assert face["label"] == "happiness" and face["confidence"] > 0.5
+    assert abs(sum(face["probabilities"].values()) - 1) < 1e-6
+    assert face["top"][0]["label"] == "happiness" and len(face["top"]) == 3
+    assert set(face) >= {"box", "detector_score", "landmarks"}
+    assert (coffee["status"], coffee["faces"], coffee["error"]) == ("no_face", [], None)
+    assert document["summary"] == {"images": 2, "faces": 1, "without_face": 1, "unreadable": []}
+    assert document["timing"]["batch_faces"] >= 1
+    assert document["request_id"] == response.headers["x-request-id"]
+
+
+def test_predict_json_base64_and_data_url(client: TestClient) -> None:
+    encoded = base64.b64encode(ASTRONAUT).decode()
+    body = {
+        "images": [{"name": "a.jpg", "data": encoded}, f"data:image/jpeg;base64,{encoded}"],
+        "top_k": 1,
+    }
+    document = client.post("/v1/predict", json=body).json()
+    labels = [[f["label"] for f in r["faces"]] for r in document["results"]]
+    assert labels == [["happiness"], ["happiness"]]
+    assert document["results"][1]["file"] == "image-1"
+    assert len(document["results"][0]["faces"][0]["top"]) == 1
+    bad = client.post("/v1/predict", json={"images": [{"name": "x", "data": "@@not base64"}]})
+    assert (bad.status_code, error_code(bad)) == (400, "bad_base64")
+    text = client.post("/v1/predict", json={"images": ["data:text/plain;base64,aGk="]})
+    assert (text.status_code, error_code(text)) == (415, "unsupported_media_type")
+    for broken in (b"{not json", b'{"pictures": []}'):
+        response = client.post(
+            "/v1/predict", content=broken, headers={"content-type": "application/json"}
+        )
+        assert (response.status_code, error_code(response)) == (400, "bad_request")
+
+
+def test_unreadable_image_is_reported_per_image(client: TestClient) -> None:
+    files = upload(("broken.jpg", b"not an image at all", "image/jpeg"))
+    files += upload(("astronaut.jpg", ASTRONAUT, "image/jpeg"))
+    files += upload(("empty.png", b"", "image/png"))
+    document = client.post("/v1/predict", files=files).json()
+    broken, astronaut, empty = document["results"]
+    assert broken["status"] == "unreadable" and "broken.jpg" in broken["error"]
+    assert empty["status"] == "unreadable" and "empty" in empty["error"]
+    assert astronaut["faces"][0]["label"] == "happiness"
+    assert document["summary"]["unreadable"] == ["broken.jpg", "empty.png"]
+
+
+def test_options_no_detect_boxes_and_invalid(client: TestClient) -> None:
+    files = upload(("coffee.jpg", COFFEE, "image/jpeg"))
+    whole = client.post("/v1/predict", files=files, params={"no_detect": "true"}).json()
+    assert whole["results"][0]["faces"][0]["box"] == [0, 0, 600, 400]
+    boxed = client.post("/v1/predict", files=files, data={"boxes": "10,20,110,120;0,0,50,50"})
+    assert [f["box"] for f in boxed.json()["results"][0]["faces"]] == [
+        [10, 20, 110, 120],
+        [0, 0, 50, 50],
+    ]
+    outside = client.post("/v1/predict", files=files, params={"boxes": "700,500,800,600"})
+    assert outside.json()["results"][0]["status"] == "box_outside"
+    for params in (
+        {"top_k": 0},
+        {"detector": "../../etc/passwd"},
+        {"boxes": "1,2,3"},
+        {"unknown": "1"},
+        {"annotated_format": "gif"},
+    ):
+        response = client.post("/v1/predict", files=files, params=params)
+        assert (response.status_code, error_code(response)) == (422, "invalid_options"), params
+    form = client.post("/v1/predict", files=files, data={"top_k": "zero"})
+    assert (form.status_code, error_code(form)) == (422, "invalid_options")
+
+
+def test_annotated_image(client: TestClient) -> None:
+    files = upload(("astronaut.jpg", ASTRONAUT, "image/jpeg"))
+    response = client.post("/v1/predict", files=files, params={"annotated": "true"})
+    assert response.headers["content-type"] == "image/png"
+    assert response.headers["x-qcsfer-faces"] == "1"
+    drawn = np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"))
+    original = np.asarray(Image.open(io.BytesIO(ASTRONAUT)).convert("RGB"))
+    assert drawn.shape == original.shape and (drawn != original).any()
+    jpeg = client.post(
+        "/v1/predict", files=files, params={"annotated": "true", "annotated_format": "jpeg"}
+    )
+    assert jpeg.headers["content-type"] == "image/jpeg"
+    two = client.post("/v1/predict", files=files * 2, params={"annotated": "true"})
+    assert (two.status_code, error_code(two)) == (400, "bad_request")
+
+
+def test_prior_field(client: TestClient) -> None:
+    files = upload(("astronaut.jpg", ASTRONAUT, "image/jpeg"))
+    dataset = client.post("/v1/predict", files=files, params={"prior": "dataset"})
+    assert dataset.json()["prior"] == "dataset"
+    balanced = client.post("/v1/predict", files=files, params={"prior": "balanced"})
+    assert (balanced.status_code, error_code(balanced)) == (501, "prior_unavailable")
+
+
+# -- limits ------------------------------------------------------------------------------------
+
+
+def test_unsupported_types_415(client: TestClient) -> None:
+    plain = client.post("/v1/predict", content=b"hello", headers={"content-type": "text/plain"})
+    assert (plain.status_code, error_code(plain)) == (415, "unsupported_media_type")
+    bare = client.post("/v1/predict", content=b"hello")
+    assert bare.status_code == 415
+    svg = client.post("/v1/predict", files=upload(("x.svg", b"<svg/>", "image/svg+xml")))
+    assert (svg.status_code, error_code(svg)) == (415, "unsupported_media_type")
+    assert "x.svg" in svg.json()["error"]["message"]
+
+
+def test_body_size_image_count_and_pixel_limits(recognizer: ExpressionRecognizer) -> None:
+    with serve(recognizer, max_body_bytes=200_000, max_images=2, max_pixels=1_000_000) as c:
+        big = c.post("/v1/predict", files=upload(("big.png", png(300, 300), "image/png")))
+        assert (big.status_code, error_code(big)) == (413, "payload_too_large")
+        files = upload(*[("a.jpg", ASTRONAUT[:10], "image/jpeg")] * 3)
+        many = c.post("/v1/predict", files=files)
+        assert (many.status_code, error_code(many)) == (413, "too_many_images")
+        assert "limit is 2" in many.json()["error"]["message"]
+        bomb = Image.new("L", (2000, 1000))  # 2 MP of one colour: a tiny file
+        buffer = io.BytesIO()
+        bomb.save(buffer, "PNG")
+        pixels = c.post("/v1/predict", files=upload(("bomb.png", buffer.getvalue(), "image/png")))
+        assert (pixels.status_code, error_code(pixels)) == (413, "image_too_large")
+        assert "bomb.png" in pixels.json()["error"]["message"]
+        empty = c.post("/v1/predict", files={"note": (None, "hello")})
+        assert (empty.status_code, error_code(empty)) == (400, "no_images")
+
+
+def test_faces_per_image_limit(recognizer: ExpressionRecognizer) -> None:
+    face = np.asarray(Image.open(io.BytesIO(ASTRONAUT)).convert("RGB"))
+    buffer = io.BytesIO()
+    Image.fromarray(np.concatenate([face, face], axis=1)).save(buffer, "PNG")
+    files = upload(("two.png", buffer.getvalue(), "image/png"))
+    with serve(recognizer, max_faces=1) as c:
+        (result,) = c.post("/v1/predict", files=files).json()["results"]
+        assert result["status"] == "too_many_faces" and "limit is 1" in result["error"]
+        boxes = c.post("/v1/predict", files=files, params={"boxes": "0,0,9,9;9,9,19,19"})
+        assert (boxes.status_code, error_code(boxes)) == (413, "too_many_faces")
+    with serve(recognizer, max_faces=2) as c:
+        (result,) = c.post("/v1/predict", files=files).json()["results"]
+        assert [f["label"] for f in result["faces"]] == ["happiness", "happiness"]
+
+
+# -- security ----------------------------------------------------------------------------------
+
+
+def test_bearer_token(recognizer: ExpressionRecognizer, monkeypatch: pytest.MonkeyPatch) -> None:
+    with serve(recognizer, token="s3cret") as c:
+        missing = c.get("/v1/model")
+        assert (missing.status_code, error_code(missing)) == (401, "unauthorized")
+        assert missing.headers["www-authenticate"] == "Bearer"
+        wrong = c.post("/v1/predict", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        ok = c.get("/v1/model", headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+        assert c.get("/healthz").status_code == 200 and c.get("/").status_code == 200
+    monkeypatch.setenv(TOKEN_ENV, "from-env")
+    assert token_from(None) == "from-env" and token_from("arg") == "arg"
+    monkeypatch.delenv(TOKEN_ENV)
+    assert token_from(None) is None
+    with pytest.raises(ValueError, match="empty token"):
+        ServeSettings(token=" ")
+
+
+def test_cors_off_unless_asked(client: TestClient, recognizer: ExpressionRecognizer) -> None:
+    origin = {"Origin": "https://example.org"}
+    assert "access-control-allow-origin" not in client.get("/v1/model", headers=origin).headers
+    with serve(recognizer, cors_origins=("https://example.org",)) as c:
+        allowed = c.get("/v1/model", headers=origin)
+        assert allowed.headers["access-control-allow-origin"] == "https://example.org"
+        other = c.get("/v1/model", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+
+
+def test_request_id_and_access_log(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    files = upload(("astronaut.jpg", ASTRONAUT, "image/jpeg"))
+    with caplog.at_level(logging.INFO, logger="qcsfer.serve.access"):
+        given = client.post("/v1/predict", files=files, headers={"X-Request-Id": "abc-123"})
+        odd = client.get("/healthz", headers={"X-Request-Id": "bad id\nwith newline"})
+    assert given.headers["x-request-id"] == "abc-123"
+    assert odd.headers["x-request-id"] != "bad id\nwith newline"
+    records = [json.loads(r.getMessage()) for r in caplog.records]
+    predict = next(r for r in records if r["request_id"] == "abc-123")
+    assert (predict["path"], predict["status"], predict["faces"]) == ("/v1/predict", 200, 1)
+    assert predict["ms"] >= predict["model_ms"] > 0 and "queue_ms" in predict
+    assert any(r["request_id"] == odd.headers["x-request-id"] for r in records)
+
+
+def test_unknown_route_is_json(client: TestClient) -> None:
+    missing = client.get("/v2/predict")
+    assert (missing.status_code, error_code(missing)) == (404, "not_found")
+    wrong_method = client.get("/v1/predict")
+    assert (wrong_method.status_code, error_code(wrong_method)) == (405, "method_not_allowed")
+
+
+# -- concurrency -------------------------------------------------------------------------------
+
+
+def test_full_queue_answers_503_with_retry_after(recognizer: ExpressionRecognizer) -> None:
+    slow = SlowModel(recognizer)
+    files = upload(("astronaut.jpg", ASTRONAUT, "image/jpeg"))
+    with serve(slow.recognizer, max_pending=1, retry_after_s=2) as c, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(c.post, "/v1/predict", files=files)
+        service = c.app.state.service
+        deadline = time.monotonic() + 30
+        while service.pending < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        busy = c.post("/v1/predict", files=files)
+        slow.release.set()
+        assert (busy.status_code, error_code(busy)) == (503, "busy")
+        assert busy.headers["retry-after"] == "2"
+        assert first.result().status_code == 200
+
+
+def test_request_timeout_504(recognizer: ExpressionRecognizer) -> None:
+    slow = SlowModel(recognizer)
+    files = upload(("astronaut.jpg", ASTRONAUT, "image/jpeg"))
+    with serve(slow.recognizer, timeout_s=0.5) as c:
+        response = c.post("/v1/predict", files=files)
+        slow.release.set()
+        assert (response.status_code, error_code(response)) == (504, "timeout")
+
+
+def test_concurrent_requests_share_a_batch(recognizer: ExpressionRecognizer) -> None:
+    """While the model is busy, later requests queue up and go through in one batch."""
+    slow = SlowModel(recognizer)
+    files = upload(("astronaut.jpg", ASTRONAUT, "image/jpeg"))
+    with serve(slow.recognizer, workers=1, batch_window_ms=50) as c, ThreadPoolExecutor(4) as pool:
+        batcher = c.app.state.service.batcher
+        responses = [pool.submit(c.post, "/v1/predict", files=files) for _ in range(4)]
+        deadline = time.monotonic() + 60
+        while batcher.waiting < 3 and time.monotonic() < deadline:  # one in the model, 3 queued
+            time.sleep(0.01)
+        slow.release.set()
+        documents = [r.result().json() for r in responses]
+        sizes = c.get("/v1/model").json()["batching"]["requests_per_batch"]
+    labels = {d["results"][0]["faces"][0]["label"] for d in documents}
+    assert labels == {"happiness"}
+    assert max(d["timing"]["batch_requests"] for d in documents) == 3
+    assert max(int(size) for size in sizes) == 3
+
+
+def test_batcher_without_window_runs_one_job_a_batch() -> None:
+    seen: list[int] = []
+
+    def classify(batch: np.ndarray) -> np.ndarray:
+        seen.append(len(batch))
+        time.sleep(0.01)
+        return np.full((len(batch), 2), 0.5)
+
+    batcher = FaceBatcher(classify, workers=1, window_s=0.0)
+    futures = [batcher.submit(np.zeros((2, 1, 4, 4), np.uint8)) for _ in range(5)]
+    results = [f.result(timeout=10) for f in futures]
+    batcher.close()
+    assert seen == [2] * 5
+    assert all(info.requests == 1 and probs.shape == (2, 2) for probs, info in results)
+    windowed = FaceBatcher(classify, workers=1, window_s=0.5, max_faces=4)
+    futures = [windowed.submit(np.zeros((2, 1, 4, 4), np.uint8)) for _ in range(3)]
+    infos = [f.result(timeout=10)[1] for f in futures]
+    windowed.close()
+    assert [i.requests for i in infos] == [2, 2, 1]  # max_faces=4: two jobs of 2 faces a batch
