@@ -67,20 +67,21 @@ def error_code(response) -> str:
 
 
 class SlowModel:
-    """Holds every classification until released, to fill queues on purpose."""
+    """Holds every forward pass until released, to fill queues on purpose."""
 
     def __init__(self, recognizer: ExpressionRecognizer) -> None:
         self.release = threading.Event()
-        self._probabilities = recognizer.probabilities
+        self.backend = recognizer.backend
+        self.preprocessing = recognizer.backend.preprocessing
         self.recognizer = copy.copy(recognizer)
-        self.recognizer.probabilities = self.probabilities
+        self.recognizer.backend = self
         self.warm = False
 
-    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+    def logits(self, batch: np.ndarray) -> np.ndarray:
         if self.warm:  # the start-up warm-up passes straight through
-            self.release.wait(timeout=30)
+            self.release.wait(timeout=60)
         self.warm = True
-        return self._probabilities(batch)
+        return self.backend.logits(batch)
 
 
 # -- endpoints ---------------------------------------------------------------------------------
@@ -92,9 +93,9 @@ def test_health_ready_and_model(client: TestClient) -> None:
     model = client.get("/v1/model").json()
     assert model["classes"][:2] == ["neutral", "happiness"]
     assert model["preprocessing"]["image_size"] == 48
-    assert model["validation_accuracy"]["flip"]["accuracy"] > 0.8
+    assert model["metrics"]["valid_flip"]["accuracy"] > 0.8
     assert model["limits"]["max_images"] == SETTINGS.max_images
-    assert model["priors"] == {"dataset": True, "balanced": False}
+    assert model["prior"]["default"] == "dataset" and "dataset" in model["prior"]["available"]
 
 
 def test_not_ready_before_the_model_is_loaded(recognizer: ExpressionRecognizer) -> None:
@@ -218,12 +219,20 @@ def test_annotated_image(client: TestClient) -> None:
     assert (two.status_code, error_code(two)) == (400, "bad_request")
 
 
-def test_prior_field(client: TestClient) -> None:
+def test_prior_field(client: TestClient, recognizer: ExpressionRecognizer) -> None:
     files = upload(("astronaut.jpg", ASTRONAUT, "image/jpeg"))
-    dataset = client.post("/v1/predict", files=files, params={"prior": "dataset"})
-    assert dataset.json()["prior"] == "dataset"
+    dataset = client.post("/v1/predict", files=files, params={"prior": "dataset"}).json()
+    assert dataset["prior"] == "dataset"
+    served = dataset["results"][0]["faces"][0]["probabilities"]
+    (local,) = recognizer(ASSETS / "astronaut.jpg")  # the model's default prior: dataset
+    assert served == pytest.approx(local.probabilities, abs=1e-6)
     balanced = client.post("/v1/predict", files=files, params={"prior": "balanced"})
-    assert (balanced.status_code, error_code(balanced)) == (501, "prior_unavailable")
+    if recognizer.card.prior is None:  # the model does not record its training prior
+        assert (balanced.status_code, error_code(balanced)) == (422, "prior_unavailable")
+        assert "training prior" in balanced.json()["error"]["message"]
+    else:
+        adjusted = balanced.json()["results"][0]["faces"][0]["probabilities"]
+        assert balanced.json()["prior"] == "balanced" and adjusted != served
 
 
 # -- limits ------------------------------------------------------------------------------------

@@ -231,6 +231,7 @@ def _serve(args: argparse.Namespace) -> int:
         backend=args.backend,
         device=args.device,
         detector=args.detector,
+        prior=args.prior,
         host=args.host,
         port=args.port,
         workers=args.workers,
@@ -395,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"])
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto (PyTorch backend)")
     p.add_argument("--detector", help="default face detector (a request may pick another)")
+    p.add_argument(
+        "--prior", choices=["dataset", "balanced"], help="default class prior (a request may pick)"
+    )
     p.add_argument(
         "--host",
         default="127.0.0.1",

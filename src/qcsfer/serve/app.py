@@ -110,6 +110,7 @@ def create_app(settings: ServeSettings, recognizer: ExpressionRecognizer | None 
             backend=settings.backend,
             device=settings.device,
             threads=settings.threads,
+            prior=settings.prior,
             **({"detector": settings.detector} if settings.detector else {}),
         )
         service = InferenceService(loaded, settings)

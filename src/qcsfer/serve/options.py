@@ -6,12 +6,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..decision import PRIORS
 from ..inference.faces import CASCADES, parse_box
 from .errors import ApiError
 
 # Detectors a client may choose by name; never a path (no endpoint reads server files).
 DETECTORS = (*sorted(CASCADES), "mtcnn")
-PRIORS = ("dataset", "balanced")
 
 
 class PredictOptions(BaseModel):
@@ -34,8 +34,8 @@ class PredictOptions(BaseModel):
     prior: Literal[PRIORS] | None = Field(  # type: ignore[valid-type]
         None,
         description="class prior: 'dataset' (the training data's, as the model learned it) or "
-        "'balanced' (every class equally likely; pending: answered 501 until the "
-        "recognizer supports it)",
+        "'balanced' (every class weighted equally; needs a model that records its training "
+        "prior, see /v1/model); default: the server's",
     )
     annotated: bool = Field(
         False, description="answer with the image, faces drawn on it (one image only)"

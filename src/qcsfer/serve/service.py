@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import inspect
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..decision import PRIORS
 from ..imaging import ImageError, ImageTooLarge, decode_image
 from ..inference.faces import Face, make_detector
 from ..inference.preprocess import stack_crops
@@ -52,11 +52,6 @@ class Outcome:
     batch: BatchInfo | None
 
 
-def supports_prior(recognizer: ExpressionRecognizer) -> bool:
-    """Whether the recognizer takes a `prior` when classifying (the lead's pending option)."""
-    return "prior" in inspect.signature(recognizer.probabilities).parameters
-
-
 class InferenceService:
     def __init__(self, recognizer: ExpressionRecognizer, settings: ServeSettings) -> None:
         self.recognizer = recognizer
@@ -66,7 +61,7 @@ class InferenceService:
         self._local = threading.local()
         self._prepare_pool = ThreadPoolExecutor(settings.workers, "qcsfer-prepare")
         self.batcher = FaceBatcher(
-            recognizer.probabilities,
+            self._logits,
             workers=settings.workers,
             window_s=settings.batch_window_ms / 1000,
             max_faces=settings.max_batch_faces,
@@ -105,13 +100,10 @@ class InferenceService:
 
     async def predict(self, uploads: list[Upload], options: PredictOptions) -> Outcome:
         """Results for every upload within the request timeout (504 past it)."""
-        if options.prior == "balanced" and not supports_prior(self.recognizer):
-            raise ApiError(
-                501,
-                "prior_unavailable",
-                "prior=balanced is not available yet (pending in the recognizer); "
-                "prior=dataset is what the model gives",
-            )
+        try:
+            self.recognizer.decision.point(options.prior)
+        except ValueError as exc:  # balanced, for a model without its training prior
+            raise ApiError(422, "prior_unavailable", str(exc)) from exc
         try:
             return await asyncio.wait_for(
                 self._predict(uploads, options), timeout=self.settings.timeout_s
@@ -140,7 +132,9 @@ class InferenceService:
         if not with_faces:
             return Outcome(list(prepared), prepare_ms, None)
         future = self.batcher.submit(np.concatenate([p.crops for p in with_faces]))
-        probabilities, batch = await asyncio.wrap_future(future)
+        logits, batch = await asyncio.wrap_future(future)
+        prior = options.prior or self.recognizer.prior
+        probabilities = self.recognizer.decision.probabilities(logits, prior).astype(np.float64)
         row, classes = 0, self.recognizer.classes
         for item in with_faces:
             for face in item.faces:
@@ -180,6 +174,13 @@ class InferenceService:
         keep = rgb if options.annotated else None
         return PreparedImage(result, "ok" if faces else "no_face", faces, crops, keep)
 
+    def _logits(self, batch: np.ndarray) -> np.ndarray:
+        """Logits of a shared batch (each request applies its own prior to its rows)."""
+        size, backend = self.recognizer.batch_size, self.recognizer.backend
+        return np.concatenate(
+            [backend.logits(batch[i : i + size]) for i in range(0, len(batch), size)]
+        )
+
     def _detector_name(self, options: PredictOptions) -> str | None:
         """The detector a request asked for, else the server's; None: no detection."""
         if options.detector is not None:
@@ -204,19 +205,31 @@ class InferenceService:
         return cache[detector]
 
 
+def available_priors(recognizer: ExpressionRecognizer) -> list[str]:
+    """The priors (`qcsfer.decision`) this model can apply."""
+    available = []
+    for prior in PRIORS:
+        try:
+            recognizer.decision.point(prior)
+        except ValueError:
+            continue
+        available.append(prior)
+    return available
+
+
 def model_description(service: InferenceService) -> dict[str, Any]:
     """What /v1/model tells: classes, preprocessing, provenance, accuracy, limits, batching."""
     recognizer, settings = service.recognizer, service.settings
-    provenance = recognizer.metadata.get("provenance") or {}
+    card = recognizer.card
     return {
         "model": settings.model,
         "backend": type(recognizer.backend).__name__,
         "classes": recognizer.classes,
         "preprocessing": recognizer.preprocessing.to_dict(),
-        "provenance": provenance,
-        "validation_accuracy": provenance.get("validation"),
+        "provenance": dict(card.provenance),
+        "metrics": dict(card.metrics),
         "detector": service.default_detector if recognizer.detect else None,
-        "priors": {"dataset": True, "balanced": supports_prior(recognizer)},
+        "prior": {"default": recognizer.prior, "available": available_priors(recognizer)},
         "limits": {
             "max_body_bytes": settings.max_body_bytes,
             "max_pixels": settings.max_pixels,

@@ -22,6 +22,7 @@ class ServeSettings:
     backend: str = "auto"
     device: str = "cpu"
     detector: str | None = None  # None: the recognizer's default
+    prior: str | None = None  # None: the model's default operating point
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1  # threads running the model (and as many decoding/detecting)
