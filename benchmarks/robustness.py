@@ -1,6 +1,6 @@
 """Robustness: a model's accuracy on FERPlus Valid faces as they would reach it from elsewhere.
 
-    python benchmarks/robustness.py [--model default] [--faces 400] [--seed 0]
+    python benchmarks/robustness.py [--model default] [--faces 500] [--seed 0]
         [--detectors mtcnn,alt2] [--margins 0,0.05,0.1] [--out benchmarks/results]
     python benchmarks/robustness.py --synthetic --faces 8     # runs anywhere: no dataset needed
 
@@ -179,6 +179,8 @@ def run(args: argparse.Namespace) -> dict:
         scene = make_scene(face, np.random.default_rng([args.seed, 1, i]), photos)
         for name, reader in readers.items():
             readings[name].append(read_scene(reader, scene, args.margins))
+        if (i + 1) % 100 == 0:
+            print(f"photo path: {i + 1}/{len(faces)} faces", file=sys.stderr)
     photo = {
         name: photo_summary(reader, readings[name], targets, predictions["clean"], args.margins)
         for name, reader in readers.items()
@@ -306,7 +308,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="default", help="'default', a weights file or a run dir")
     parser.add_argument("--name", help="the model's name in results (default: from --model)")
-    parser.add_argument("--faces", type=int, default=400, help="Valid faces sampled (0: all)")
+    parser.add_argument("--faces", type=int, default=500, help="Valid faces sampled (0: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--detectors",
@@ -318,7 +320,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--margins",
         type=lambda text: tuple(float(m) for m in text.split(",") if m),
         default=(),
-        help="also read the found faces cropped with each of these margins, e.g. 0,0.05,0.1",
+        help="also read the found faces cropped with each of these margins, e.g. -0.05,0,0.05",
     )
     parser.add_argument("--ferplus", type=Path, default=SHARED / "datasets" / "ferplus")
     parser.add_argument("--photos", type=Path, default=SHARED / "photos")
@@ -328,8 +330,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.faces < 0:
         parser.error("--faces must be >= 0")
-    if any(m < 0 for m in args.margins):
-        parser.error("--margins must be >= 0")
+    if any(m <= -0.5 for m in args.margins):
+        parser.error("--margins must be > -0.5 (a negative margin trims the box)")
     if args.name is None:
         model = Path(str(args.model))
         args.name = DEFAULT_WEIGHTS if args.model == "default" else (model.stem or model.name)
