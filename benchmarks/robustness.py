@@ -1,7 +1,7 @@
 """Robustness: a model's accuracy on FERPlus Valid faces as they would reach it from elsewhere.
 
     python benchmarks/robustness.py [--model default] [--faces 500] [--seed 0]
-        [--detectors mtcnn,alt2] [--margins 0,0.05,0.1] [--out benchmarks/results]
+        [--detectors mtcnn,alt2] [--margins=-0.05,0,0.05] [--out benchmarks/results]
     python benchmarks/robustness.py --synthetic --faces 8     # runs anywhere: no dataset needed
 
 A seeded sample of FERPlus Valid (majority labels; never the test split) is read by the model
@@ -45,6 +45,7 @@ from qcsfer.engine.metrics import Metrics, compute_metrics
 from qcsfer.imaging import read_image
 from qcsfer.inference.preprocess import stack_crops
 from qcsfer.inference.recognizer import ExpressionRecognizer
+from qcsfer.io import atomic_write
 from qcsfer.pretrained import DEFAULT_WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -297,13 +298,6 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    partial.replace(path)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="default", help="'default', a weights file or a run dir")
@@ -346,9 +340,10 @@ def main(argv: list[str] | None = None) -> dict:
     cv2.setNumThreads(args.threads)
     result = run(args)
     stem = f"robustness-{args.name}" + ("-synthetic" if args.synthetic else "")
-    write_atomic(args.out / f"{stem}.json", json.dumps(result, indent=2) + "\n")
+    text = json.dumps(result, indent=2) + "\n"
+    atomic_write(args.out / f"{stem}.json", lambda path: path.write_text(text))
     table = markdown(result)
-    write_atomic(args.out / f"{stem}.md", table)
+    atomic_write(args.out / f"{stem}.md", lambda path: path.write_text(table))
     print(table)
     return result
 

@@ -119,7 +119,9 @@ def test_ferplus_run_reads_valid_faces(bench, tmp_path: Path) -> None:
     _, _, robustness = bench
     if not (FERPLUS / "FER2013Valid" / "label.csv").is_file():
         pytest.skip(f"FERPlus not found at {FERPLUS}")
-    result = robustness.main(["--faces", "40", "--detectors", "", "--out", str(tmp_path)])
+    result = robustness.main(
+        ["--faces", "40", "--detectors", "", "--ferplus", str(FERPLUS), "--out", str(tmp_path)]
+    )
     assert result["faces"] == 40 and result["data"] == "FERPlus Valid"
     assert result["conditions"]["clean"]["accuracy"] > 0.6  # 87% on all of Valid
     assert result["photo_path"] == {} and (tmp_path / "robustness-ferplus-qcs-small.md").is_file()
