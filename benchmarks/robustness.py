@@ -1,6 +1,6 @@
 """Robustness: a model's accuracy on FERPlus Valid faces as they would reach it from elsewhere.
 
-    python benchmarks/robustness.py [--model default] [--faces 500] [--seed 0]
+    python benchmarks/robustness.py [--model default] [--prior P] [--faces 500] [--seed 0]
         [--detectors mtcnn,alt2] [--margins=-0.05,0,0.05] [--out benchmarks/results]
     python benchmarks/robustness.py --synthetic --faces 8     # runs anywhere: no dataset needed
 
@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> dict:
     else:
         faces, targets = sample_valid(args.ferplus, args.faces, args.seed)
         photos = load_photos(args.photos)
-    direct_reader = ExpressionRecognizer(args.model, detect=False)
+    direct_reader = ExpressionRecognizer(args.model, detect=False, prior=args.prior)
     classes = tuple(direct_reader.classes)
     if classes != CLASSES:
         raise SystemExit(f"the model's classes {list(classes)} are not FERPlus's {list(CLASSES)}")
@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> dict:
     readers, skipped = {}, {}
     for name in args.detectors:
         try:
-            readers[name] = ExpressionRecognizer(args.model, detector=name)
+            readers[name] = ExpressionRecognizer(args.model, detector=name, prior=args.prior)
         except (ImportError, FileNotFoundError) as exc:  # MTCNN weights not installed
             skipped[name] = str(exc)
             print(f"photo path: skipping detector {name}: {exc}", file=sys.stderr)
@@ -200,6 +200,7 @@ def run(args: argparse.Namespace) -> dict:
         "data": "synthetic: the astronaut's face" if args.synthetic else "FERPlus Valid",
         "faces": len(faces),
         "seed": args.seed,
+        "prior": direct_reader.prior,
         "conditions": rows,
         "summary": {
             "mean_accuracy": float(np.mean([row["accuracy"] for row in perturbed.values()])),
@@ -241,7 +242,7 @@ def _pct(value: float) -> str:
 def markdown(result: dict) -> str:
     lines = [
         f"Robustness of `{result['name']}`: {result['faces']} faces ({result['data']}), "
-        f"seed {result['seed']}.",
+        f"seed {result['seed']}, operating point prior={result['prior']}.",
         "",
         "| condition | accuracy | balanced accuracy | macro F1 |",
         "|---|---|---|---|",
@@ -302,6 +303,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="default", help="'default', a weights file or a run dir")
     parser.add_argument("--name", help="the model's name in results (default: from --model)")
+    parser.add_argument("--prior", help="dataset or balanced (default: the model's default)")
     parser.add_argument("--faces", type=int, default=500, help="Valid faces sampled (0: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
