@@ -221,10 +221,12 @@ def _explain(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     try:
-        from .serve import ServeSettings, serve
-        from .serve.settings import token_from
-    except ImportError as exc:  # the optional extra is missing
+        import fastapi  # noqa: F401 - the optional extra, checked before loading the model
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
         raise RuntimeError(f"{exc}; install it with: pip install 'qcsfer[serve]'") from exc
+    from .serve import ServeSettings, serve
+    from .serve.settings import token_from
 
     settings = ServeSettings(
         model=args.model,
