@@ -108,7 +108,7 @@ class InferenceService:
             return await asyncio.wait_for(
                 self._predict(uploads, options), timeout=self.settings.timeout_s
             )
-        except TimeoutError:
+        except asyncio.TimeoutError:  # TimeoutError from 3.11 on; another class in 3.10
             raise ApiError(
                 504, "timeout", f"request took longer than {self.settings.timeout_s:g} s"
             ) from None
