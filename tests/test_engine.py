@@ -21,13 +21,16 @@ from qcsfer.data.ferplus import read_ferplus
 from qcsfer.data.images import MemoryImages, load_images
 from qcsfer.data.records import DatasetError, LabeledImages
 from qcsfer.data.transforms import Augmentation, Preprocessing, eval_transform
-from qcsfer.engine import trainer as trainer_module
 from qcsfer.engine.averaging import average_states, recompute_batchnorm
+from qcsfer.engine.checkpoint import load_checkpoint
 from qcsfer.engine.evaluate import evaluate, map_labels
 from qcsfer.engine.metrics import compute_metrics
+from qcsfer.engine.optim import build_optimizer, lr_factor
 from qcsfer.engine.sam import SAM
-from qcsfer.engine.trainer import TrainingError, load_checkpoint, lr_factor, train
+from qcsfer.engine.trainer import train
+from qcsfer.errors import TrainingError
 from qcsfer.models import QCSModel, get_config
+from qcsfer.models.qcs import branch_loss
 from qcsfer.pretrained import load_model
 
 from .conftest import REPO
@@ -125,29 +128,25 @@ def test_reference_preset_drops_weight_decay() -> None:
     config = load_config(
         None, ["optim.name=adam", "optim.weight_decay=1e-4", "optim.reference_weight_decay=true"]
     )
-    optimizer = trainer_module.build_optimizer(model, config)
+    optimizer = build_optimizer(model, config)
     assert all(g["weight_decay"] == 0.0 for g in optimizer.param_groups)
     config = load_config(None, ["optim.name=adam", "optim.weight_decay=1e-4"])
-    optimizer = trainer_module.build_optimizer(model, config)
+    optimizer = build_optimizer(model, config)
     assert optimizer.param_groups[0]["weight_decay"] == 1e-4  # matrices decay ...
     assert optimizer.param_groups[1]["weight_decay"] == 0.0  # ... biases do not
 
 
-def test_non_finite_loss_stops_and_keeps_checkpoint(
-    ferplus_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    real_loss = trainer_module.branch_loss
+def test_non_finite_loss_stops_and_keeps_checkpoint(ferplus_root: Path, tmp_path: Path) -> None:
     calls = {"n": 0}
 
     def exploding(logits, targets, keep=None):
         calls["n"] += 1
-        loss = real_loss(logits, targets, keep)
+        loss = branch_loss(logits, targets, keep)
         return loss * float("nan") if calls["n"] > 5 else loss
 
-    monkeypatch.setattr(trainer_module, "branch_loss", exploding)
     config = tiny_config(ferplus_root, mode="baseline", checkpoint_every_steps=2, epochs=1)
     with pytest.raises(TrainingError, match="non-finite loss"):
-        train(config, tmp_path / "nan")
+        train(config, tmp_path / "nan", loss=exploding)
     checkpoint = load_checkpoint(tmp_path / "nan" / "last.pt")
     assert checkpoint["step"] == 4
     assert all(

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from qcsfer.config import InitConfig
-from qcsfer.engine.trainer import TrainingError, initialize
+from qcsfer.engine.warm_start import initialize
+from qcsfer.errors import TrainingError
 from qcsfer.models import (
     TOPOLOGY,
     BaseNetwork,

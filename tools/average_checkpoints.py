@@ -16,13 +16,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qcsfer.config import TrainConfig, from_dict
+from qcsfer.data.splits import load_splits
 from qcsfer.engine.averaging import average_states, recompute_batchnorm
+from qcsfer.engine.checkpoint import (
+    load_checkpoint,
+    model_from_checkpoint,
+    run_config,
+    save_checkpoint,
+    weights_only,
+)
 from qcsfer.engine.evaluate import predict_logits
-from qcsfer.engine.trainer import load_checkpoint, load_splits, save_atomic
-from qcsfer.models import QCSModel
-
-RESUME_ONLY = ("optimizer", "scheduler", "scaler", "epoch_loss")
 
 
 def main() -> None:
@@ -35,8 +38,8 @@ def main() -> None:
     last = checkpoints[-1]
     if any(c["config"] != last["config"] or c["classes"] != last["classes"] for c in checkpoints):
         raise SystemExit("the checkpoints come from different runs (their configs differ)")
-    config = from_dict(TrainConfig, last["config"])
-    model = QCSModel(config.model_config(len(last["classes"])), config.mode)
+    config = run_config(last)
+    model = model_from_checkpoint(last)
     train_split, val_split, _ = load_splits(config, None)
 
     def report(name: str) -> None:
@@ -62,13 +65,12 @@ def main() -> None:
         model.base, train_split.images, config.preprocessing, config.augmentation, seed=config.seed
     )
     report(f"average of {len(checkpoints)} ({layers} BatchNorm layers re-measured)")
-    averaged = {k: v for k, v in last.items() if k not in RESUME_ONLY}
-    averaged["model"] = model.state_dict()
+    averaged = weights_only(last, model.state_dict())
     averaged["averaged_from"] = [
         {"file": str(path), "step": c["step"]}
         for path, c in zip(args.checkpoints, checkpoints, strict=True)
     ]
-    save_atomic(averaged, args.out)
+    save_checkpoint(averaged, args.out)
     print(f"wrote {args.out}")
 
 

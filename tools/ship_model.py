@@ -22,9 +22,8 @@ import tempfile
 from pathlib import Path
 
 from qcsfer.card import read_card
+from qcsfer.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from qcsfer.engine.evaluate import evaluate
-from qcsfer.engine.trainer import load_checkpoint
-from qcsfer.models import QCSModel, get_config
 from qcsfer.models.weights import save_weights
 from qcsfer.pretrained import DEFAULT_WEIGHTS, WEIGHTS_DIR
 
@@ -67,11 +66,7 @@ def main() -> None:
     config, classes = checkpoint["config"], checkpoint["classes"]
     if args.data_root:
         config["data"]["root"] = args.data_root
-    model_config = get_config(
-        config["model"], **{**config["model_overrides"], "num_classes": len(classes)}
-    )
-    model = QCSModel(model_config, config["mode"])
-    model.load_state_dict(checkpoint["model"])
+    model = model_from_checkpoint(checkpoint)
     history = [
         json.loads(line) for line in (args.run_dir / "metrics.jsonl").read_text().splitlines()
     ]

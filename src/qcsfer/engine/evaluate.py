@@ -1,4 +1,5 @@
-"""Evaluate a trained model on any dataset split: metrics, table, metrics.json, confusion PNG."""
+"""Evaluate a model on a dataset split: after training (metrics, table, metrics.json, confusion
+PNG) and on the validation split during training."""
 
 from __future__ import annotations
 
@@ -13,14 +14,17 @@ import numpy as np
 import torch
 
 from ..card import ModelCard
+from ..config import TrainConfig
 from ..data.datasets import read_dataset
 from ..data.images import default_cache_dir, load_images
 from ..data.records import DatasetError, LabeledImages
+from ..data.splits import Split
 from ..data.transforms import Preprocessing, eval_transform
 from ..models.base import BaseNetwork
 from ..pretrained import load_model
 from .calibration import PointReport, measure_operating_points
 from .device import autocast, select_device
+from .distributed import Distributed
 from .metrics import Metrics, compute_metrics
 from .plots import plot_confusion
 
@@ -56,6 +60,36 @@ def predict_logits(
         outputs.append((logits / len(views)).cpu())
     base.train(was_training)
     return torch.cat(outputs) if outputs else torch.zeros(0, base.config.num_classes)
+
+
+def evaluate_split(
+    base: BaseNetwork, split: Split, config: TrainConfig, device: torch.device, dd: Distributed
+) -> Metrics:
+    """Validation metrics during training; under DDP each rank scores a shard and the
+    confusion is summed."""
+    shard = np.arange(dd.rank, len(split.records), dd.world_size)
+    targets, predictions = [], []
+    for chunk in np.array_split(shard, max(1, len(shard) // 4096)):
+        images, valid = split.images.load(chunk)
+        logits = predict_logits(
+            base,
+            images[torch.from_numpy(valid)],
+            config.preprocessing,
+            device,
+            config.precision,
+            config.eval_flip,
+            config.eval_batch_size,
+            config.channels_last,
+        )
+        targets.append(split.records.labels[chunk[valid]])
+        predictions.append(logits.argmax(1).numpy())
+    metrics = compute_metrics(
+        np.concatenate(targets), np.concatenate(predictions), split.records.classes
+    )
+    if dd.enabled:
+        confusion = dd.reduce(torch.from_numpy(metrics.confusion).to(device))
+        metrics = Metrics(metrics.classes, confusion.cpu().numpy())
+    return metrics
 
 
 def map_labels(

@@ -1,0 +1,40 @@
+"""Where a new run's starting weights come from: foreign checkpoints (POSTER++'s ir50, the
+authors' QCS checkpoints) or earlier qcsfer weights files, applied in the order of InitConfig."""
+
+from __future__ import annotations
+
+import logging
+
+from ..config import InitConfig
+from ..errors import TrainingError
+from ..models.convert import load_ir50_backbone, load_reference_checkpoint
+from ..models.qcs import QCSModel
+from ..models.weights import load_weights
+
+log = logging.getLogger("qcsfer.train")
+
+
+def initialize(model: QCSModel, init: InitConfig) -> None:
+    """Starting weights from foreign or earlier checkpoints; every key is accounted for."""
+    if init.ir50:
+        log.info(load_ir50_backbone(init.ir50, model).summary())
+    if init.reference:
+        state, report = load_reference_checkpoint(init.reference, model.config, model.mode)
+        model.load_state_dict(state)
+        log.info(report.summary())
+    if init.backbone_from:
+        source, _ = load_weights(init.backbone_from, base_only=True)
+        model.base.backbone.load_state_dict(source.backbone.state_dict())
+        log.info("backbone initialised from %s", init.backbone_from)
+    if init.weights:
+        source, card = load_weights(init.weights)
+        if card.network == "base":
+            model.base.load_state_dict(source.state_dict())
+        elif card.mode == model.mode:
+            model.load_state_dict(source.state_dict())
+        else:
+            raise TrainingError(
+                f"{init.weights}: a {card.mode} training graph cannot start a "
+                f"{model.mode} run; use its base network (an inference weights file)"
+            )
+        log.info("all weights initialised from %s (%s)", init.weights, card.network)
