@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from .synthetic import write_folder_dataset
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("QCSFER_SHARED", REPO.parent / "shared"))  # data beside the clone
 FERPLUS = SHARED / "datasets" / "ferplus"
@@ -16,6 +18,14 @@ def ferplus_root() -> Path:
     if not (FERPLUS / "FER2013Train" / "label.csv").is_file():
         pytest.skip(f"FERPlus not found at {FERPLUS}")
     return FERPLUS
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated folder dataset (4 classes, 48 px grayscale): 256 training and 128
+    validation images, made once per test session, needing nothing from ../shared."""
+    root = tmp_path_factory.mktemp("synthetic-faces")
+    return write_folder_dataset(root, {"train": 64, "valid": 32})
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,6 @@
-"""The training and evaluation engine on real FERPlus subsets with the `tiny` model."""
+"""The training and evaluation engine with the `tiny` model: its behaviour (resume, signals, DDP,
+checkpoints, unreadable images) on a generated dataset, learning itself on real FERPlus subsets
+(skipped where ../shared is absent)."""
 
 from __future__ import annotations
 
@@ -59,6 +61,15 @@ def tiny_overrides(root: Path, **extra: object) -> list[str]:
 
 def tiny_config(root: Path, **extra: object) -> TrainConfig:
     return load_config(None, tiny_overrides(root, **extra))
+
+
+def synthetic_overrides(root: Path, **extra: object) -> list[str]:
+    """The generated folder dataset of conftest's `synthetic_root`, all 256 training images."""
+    return tiny_overrides(root, **{"data.format": "folder", "data.limit": None, **extra})
+
+
+def synthetic_config(root: Path, **extra: object) -> TrainConfig:
+    return load_config(None, synthetic_overrides(root, **extra))
 
 
 def history(run_dir: Path) -> list[dict]:
@@ -136,7 +147,7 @@ def test_reference_preset_drops_weight_decay() -> None:
     assert optimizer.param_groups[1]["weight_decay"] == 0.0  # ... biases do not
 
 
-def test_non_finite_loss_stops_and_keeps_checkpoint(ferplus_root: Path, tmp_path: Path) -> None:
+def test_non_finite_loss_stops_and_keeps_checkpoint(synthetic_root: Path, tmp_path: Path) -> None:
     calls = {"n": 0}
 
     def exploding(logits, targets, keep=None):
@@ -144,7 +155,7 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(ferplus_root: Path, tmp_path
         loss = branch_loss(logits, targets, keep)
         return loss * float("nan") if calls["n"] > 5 else loss
 
-    config = tiny_config(ferplus_root, mode="baseline", checkpoint_every_steps=2, epochs=1)
+    config = synthetic_config(synthetic_root, mode="baseline", checkpoint_every_steps=2, epochs=1)
     with pytest.raises(TrainingError, match="non-finite loss"):
         train(config, tmp_path / "nan", loss=exploding)
     checkpoint = load_checkpoint(tmp_path / "nan" / "last.pt")
@@ -159,14 +170,14 @@ def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_exactly(ferplus_root: Path, tmp_path: Path) -> None:
+def test_killed_run_resumes_exactly(synthetic_root: Path, tmp_path: Path) -> None:
     """SIGKILL mid-epoch, resume: the final weights equal an uninterrupted run's, bit for bit."""
-    extra = {"mode": "qcs", "checkpoint_every_steps": 3, "data.limit": 256}
-    reference = train(tiny_config(ferplus_root, **extra), tmp_path / "reference")
+    extra = {"mode": "qcs", "checkpoint_every_steps": 3}  # 256 images: 16 steps per epoch
+    reference = train(synthetic_config(synthetic_root, **extra), tmp_path / "reference")
 
     run_dir = tmp_path / "killed"
     command = [sys.executable, "-m", "qcsfer", "-q", "train", "--run-dir", str(run_dir)]
-    for item in tiny_overrides(ferplus_root, **extra):
+    for item in synthetic_overrides(synthetic_root, **extra):
         command += ["--set", item]
     process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
     deadline = time.time() + 300
@@ -194,10 +205,10 @@ def test_killed_run_resumes_exactly(ferplus_root: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_match_single_process(ferplus_root: Path, tmp_path: Path) -> None:
+def test_torchrun_two_processes_match_single_process(synthetic_root: Path, tmp_path: Path) -> None:
     """2 x gloo processes with batch 8 each see the same anchors per step as 1 x batch 16."""
     extra = {"mode": "qcs", "epochs": 2}
-    single = train(tiny_config(ferplus_root, **extra), tmp_path / "single")
+    single = train(synthetic_config(synthetic_root, **extra), tmp_path / "single")
 
     run_dir = tmp_path / "ddp"
     command = [
@@ -214,7 +225,7 @@ def test_torchrun_two_processes_match_single_process(ferplus_root: Path, tmp_pat
         "--run-dir",
         str(run_dir),
     ]
-    for item in tiny_overrides(ferplus_root, batch_size=8, **extra):
+    for item in synthetic_overrides(synthetic_root, batch_size=8, **extra):
         command += ["--set", item]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
@@ -281,29 +292,19 @@ def test_class_lists_must_match_or_be_mapped() -> None:
 
 
 def test_disk_storage_skips_and_counts_unreadable_images(
-    ferplus_root: Path, tmp_path: Path
+    synthetic_root: Path, tmp_path: Path
 ) -> None:
     """Images decoded per batch: a corrupt file is left out of the loss and counted."""
-    data = read_ferplus(ferplus_root, "valid")
     root = tmp_path / "faces"
     for split in ("train", "valid"):
-        for c in (0, 1):  # neutral, happiness
-            folder = root / split / data.classes[c]
+        for name in ("happiness", "neutral"):
+            folder = root / split / name
             folder.mkdir(parents=True)
-            members = np.flatnonzero(data.labels == c)[:24] + (24 if split == "valid" else 0)
-            for i in members:
-                (folder / data.paths[i].name).write_bytes(data.paths[i].read_bytes())
+            for path in sorted((synthetic_root / split / name).iterdir())[:24]:
+                (folder / path.name).write_bytes(path.read_bytes())
     (root / "train" / "neutral" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    config = tiny_config(
-        root,
-        **{
-            "data.format": "folder",
-            "data.limit": None,
-            "data.storage": "disk",
-            "mode": "qcs",
-            "epochs": 2,
-            "batch_size": 8,
-        },
+    config = synthetic_config(
+        root, **{"data.storage": "disk", "mode": "qcs", "epochs": 2, "batch_size": 8}
     )
     run_dir = train(config, tmp_path / "run")
     records = history(run_dir)
@@ -314,11 +315,11 @@ def test_disk_storage_skips_and_counts_unreadable_images(
 
 @pytest.mark.slow
 def test_ctrl_c_with_sam_stops_at_a_step_boundary_and_resumes_exactly(
-    ferplus_root: Path, tmp_path: Path
+    synthetic_root: Path, tmp_path: Path
 ) -> None:
     """SIGINT during a SAM run: the checkpoint never holds perturbed weights or half a step."""
-    extra = {"mode": "qcs", "optim.sam": True, "data.limit": 256, "checkpoint_every_steps": 4}
-    reference = train(tiny_config(ferplus_root, **extra), tmp_path / "reference")
+    extra = {"mode": "qcs", "optim.sam": True, "checkpoint_every_steps": 4}
+    reference = train(synthetic_config(synthetic_root, **extra), tmp_path / "reference")
 
     run_dir = tmp_path / "interrupted"
 
@@ -329,7 +330,7 @@ def test_ctrl_c_with_sam_stops_at_a_step_boundary_and_resumes_exactly(
 
     threading.Thread(target=interrupt_once_running, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(ferplus_root, **extra), run_dir)
+        train(synthetic_config(synthetic_root, **extra), run_dir)
     stopped_at = load_checkpoint(run_dir / "last.pt")["step"]
     # saved at the step boundary where the request arrived (step 4 itself when it came in
     # between the periodic save and the next step)
@@ -374,13 +375,14 @@ def test_weight_averaging_means_weights_and_remeasures_batchnorm() -> None:
 
 
 def test_keep_checkpoints_keeps_every_periodic_checkpoint(
-    ferplus_root: Path, tmp_path: Path
+    synthetic_root: Path, tmp_path: Path
 ) -> None:
     extra = {"mode": "baseline", "checkpoint_every_steps": 2, "max_steps": 5}
-    run_dir = train(tiny_config(ferplus_root, keep_checkpoints=True, **extra), tmp_path / "kept")
+    config = synthetic_config(synthetic_root, keep_checkpoints=True, **extra)
+    run_dir = train(config, tmp_path / "kept")
     kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert kept == ["step-0000002.pt", "step-0000004.pt", "step-0000005.pt"]
     assert load_checkpoint(run_dir / "checkpoints" / kept[0])["step"] == 2
     assert not (
-        train(tiny_config(ferplus_root, **extra), tmp_path / "not") / "checkpoints"
+        train(synthetic_config(synthetic_root, **extra), tmp_path / "not") / "checkpoints"
     ).exists()
