@@ -24,12 +24,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qcsfer.models.qcs import BRANCHES
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "ablation"
 RUNS = Path("runs") / "ablation"  # relative to the repository root, where runs are started
 RECIPE = "configs/ferplus_tiny_cpu.yaml"
 SEEDS = (0, 1, 2)
-IMAGES_PER_ANCHOR = {"baseline": 1, "dcs": 2, "qcs": 4}
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def plan(qcs_epochs: int) -> list[Run]:
     runs = []
     for seed in SEEDS:
         for mode in ("baseline", "dcs", "qcs"):
-            epochs = qcs_epochs * IMAGES_PER_ANCHOR["qcs"] // IMAGES_PER_ANCHOR[mode]
+            epochs = qcs_epochs * BRANCHES["qcs"] // BRANCHES[mode]  # images per anchor
             runs.append(Run(f"{mode}-images-s{seed}", mode, epochs, seed, "equal images"))
     for seed in SEEDS[:1]:
         for mode in ("baseline", "dcs"):

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -39,15 +39,12 @@ class Distributed:
     def enabled(self) -> bool:
         return self.world_size > 1
 
-    def reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    def reduce(
+        self, tensor: torch.Tensor, op: Literal["sum", "min", "max"] = "sum"
+    ) -> torch.Tensor:
         """`tensor` combined over all ranks in place (sum, min or max); itself when alone."""
         if self.enabled:
-            dist.all_reduce(
-                tensor,
-                op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[
-                    op
-                ],
-            )
+            dist.all_reduce(tensor, op=getattr(dist.ReduceOp, op.upper()))
         return tensor
 
 
