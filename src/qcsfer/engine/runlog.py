@@ -81,14 +81,15 @@ def open_run_dir(run_dir: Path, config: TrainConfig) -> None:
 
 
 def epoch_record(
+    *,
     epoch: int,
     train_loss: float,
     metrics: Metrics,
+    held_out: dict[str, Metrics],
     k: list[float],
     images: int,
     seconds: float,
     skipped_images: int,
-    held_out: dict[str, Metrics],
 ) -> dict[str, Any]:
     """One line of metrics.jsonl (`epoch` counts from 1). Held-out slices of the extra
     training sources are reported beside the validation split, never selected on."""

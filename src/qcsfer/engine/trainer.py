@@ -161,14 +161,14 @@ def train(
                 epoch_loss = torch.tensor(state.epoch_loss, dtype=torch.float64, device=device)
                 loss_sum, count = dd.reduce(epoch_loss)
                 record = epoch_record(
-                    state.epoch + 1,
-                    float(loss_sum / max(count, 1)),
-                    metrics,
-                    model.k_values(),
-                    progress.images,
-                    seconds,
-                    train_split.skipped + val_split.skipped,
-                    held_out_metrics,
+                    epoch=state.epoch + 1,
+                    train_loss=float(loss_sum / max(count, 1)),
+                    metrics=metrics,
+                    held_out=held_out_metrics,
+                    k=model.k_values(),
+                    images=progress.images,
+                    seconds=seconds,
+                    skipped_images=train_split.skipped + val_split.skipped,
                 )
                 improved = state.finish_epoch(record)
                 if runlog is not None:
