@@ -1,0 +1,240 @@
+"""Load test of `qcsfer serve`: N concurrent clients on 127.0.0.1, batched vs one-at-a-time.
+
+Two `qcsfer serve` processes run side by side on free localhost ports: cross-request batching
+on, and `--batch-window-ms 0` (one request per model call). For each client count, first one
+then the other gets N threads that post the same image as fast as answers come back (a 503
+makes a client wait its Retry-After), for `--duration` seconds or `--max-requests` requests,
+whichever is first. Reported per level: requests/s and faces/s (answered 200), p50/p95/p99
+latency of those, error counts by status, and each server's resident memory before and after.
+
+    python benchmarks/serve_load.py --duration 10 --clients 1 4 16 64
+    python benchmarks/serve_load.py --payload photo --duration 300 --clients 16   # memory soak
+
+Only 127.0.0.1 is ever contacted. The numbers depend on whatever else the CPU is doing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+ASTRONAUT = REPO / "src" / "qcsfer" / "assets" / "astronaut.jpg"
+HOST = "127.0.0.1"
+MODES = {"batched": [], "one-at-a-time": ["--batch-window-ms", "0"]}
+
+
+@dataclass
+class Level:
+    mode: str
+    clients: int
+    seconds: float = 0.0
+    ok: int = 0
+    faces: int = 0
+    statuses: Counter = field(default_factory=Counter)  # non-200 answers and client errors
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def row(self) -> dict:
+        lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.zeros(1)
+        return {
+            "mode": self.mode,
+            "clients": self.clients,
+            "requests_per_s": self.ok / self.seconds,
+            "faces_per_s": self.faces / self.seconds,
+            "p50_ms": float(np.percentile(lat, 50)),
+            "p95_ms": float(np.percentile(lat, 95)),
+            "p99_ms": float(np.percentile(lat, 99)),
+            "ok": self.ok,
+            "errors": dict(self.statuses),
+        }
+
+
+def payload(kind: str) -> tuple[bytes, str, str]:
+    """(multipart body, content type, query): the whole photo with face detection, or only
+    its face crop classified as it is (the model's share of the work)."""
+    if kind == "photo":
+        image, query = ASTRONAUT.read_bytes(), ""
+    else:
+        crop = Image.open(ASTRONAUT).convert("RGB").crop((172, 62, 277, 167))
+        buffer = io.BytesIO()
+        crop.save(buffer, "PNG")
+        image, query = buffer.getvalue(), "?no_detect=true"
+    boundary = "qcsferloadtest"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="face"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + image
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, f"multipart/form-data; boundary={boundary}", query
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start_server(extra: list[str], workers: int, max_pending: int) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    command = [sys.executable, "-m", "qcsfer", "-q", "serve", "--host", HOST, "--port", str(port)]
+    command += ["--workers", str(workers), "--max-pending", str(max_pending), *extra]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), *sys.path])}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {process.stderr.read().decode()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://{HOST}:{port}/readyz", timeout=5) as response:
+                if response.status == 200:
+                    return process, port
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    raise RuntimeError("server not ready after 300 s")
+
+
+def run_level(level: Level, port: int, body: tuple, duration: float, max_requests: int) -> None:
+    data, content_type, query = body
+    lock = threading.Lock()
+    sent = [0]
+    stop_at = time.monotonic() + duration
+
+    def client() -> None:
+        connection = http.client.HTTPConnection(HOST, port, timeout=120)
+        while time.monotonic() < stop_at:
+            with lock:
+                if sent[0] >= max_requests:
+                    return
+                sent[0] += 1
+            start = time.perf_counter()
+            try:
+                connection.request(
+                    "POST", "/v1/predict" + query, data, {"Content-Type": content_type}
+                )
+                response = connection.getresponse()
+                answer = response.read()
+            except OSError as exc:
+                with lock:
+                    level.statuses[type(exc).__name__] += 1
+                connection.close()
+                connection = http.client.HTTPConnection(HOST, port, timeout=120)
+                continue
+            elapsed = (time.perf_counter() - start) * 1000
+            with lock:
+                if response.status == 200:
+                    level.ok += 1
+                    level.faces += json.loads(answer)["summary"]["faces"]
+                    level.latencies_ms.append(elapsed)
+                else:
+                    level.statuses[str(response.status)] += 1
+            if response.status == 503:
+                time.sleep(float(response.getheader("Retry-After", "1")))
+        connection.close()
+
+    threads = [threading.Thread(target=client) for _ in range(level.clients)]
+    start = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    level.seconds = time.monotonic() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per level")
+    parser.add_argument("--max-requests", type=int, default=2000, help="per level")
+    parser.add_argument("--payload", choices=["face", "photo"], default="face")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--max-pending", type=int, default=32)
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "serve_load.json"))
+    args = parser.parse_args()
+
+    body = payload(args.payload)
+    servers = {
+        mode: start_server(MODES[mode], args.workers, args.max_pending) for mode in args.modes
+    }
+    rows, memory = [], {mode: {"rss_before_mb": rss_mb(p.pid)} for mode, (p, _) in servers.items()}
+    try:
+        for clients in args.clients:  # modes side by side per level: the same machine state
+            for mode, (_, port) in servers.items():
+                level = Level(mode, clients)
+                run_level(level, port, body, args.duration, args.max_requests)
+                rows.append(level.row())
+                print(json.dumps(rows[-1]), flush=True)
+        for mode, (process, _) in servers.items():
+            memory[mode]["rss_after_mb"] = rss_mb(process.pid)
+    finally:
+        for process, _ in servers.values():
+            process.terminate()
+            process.wait(timeout=30)
+    report = {
+        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
+        "load_average_at_end": os.getloadavg(),
+        "settings": vars(args),
+        "levels": rows,
+        "memory": memory,
+    }
+    batched = {r["clients"]: r["requests_per_s"] for r in rows if r["mode"] == "batched"}
+    single = {r["clients"]: r["requests_per_s"] for r in rows if r["mode"] == "one-at-a-time"}
+    report["batched_over_single"] = {n: batched[n] / single[n] for n in batched if single.get(n)}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(markdown(report))
+    return 0
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        "| mode | clients | requests/s | faces/s | p50 ms | p95 ms | p99 ms | 200s | errors |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["levels"]:
+        errors = ", ".join(f"{k}: {v}" for k, v in sorted(r["errors"].items())) or "0"
+        lines.append(
+            f"| {r['mode']} | {r['clients']} | {r['requests_per_s']:.1f} | {r['faces_per_s']:.1f} "
+            f"| {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['ok']} | {errors} |"
+        )
+    for mode, m in report["memory"].items():
+        lines.append(
+            f"\n{mode}: server RSS {m['rss_before_mb']:.0f} MB before, "
+            f"{m['rss_after_mb']:.0f} MB after"
+        )
+    ratios = ", ".join(f"{n} clients {v:.2f}x" for n, v in report["batched_over_single"].items())
+    lines.append(f"\nbatched / one-at-a-time requests/s: {ratios}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
