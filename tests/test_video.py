@@ -6,7 +6,10 @@ mirror image, a second "person") moving over a plain background. Haar finds both
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -14,9 +17,16 @@ import cv2
 import numpy as np
 import pytest
 
+from qcsfer.cli import main
+from qcsfer.inference import ExpressionRecognizer, ImageError
 from qcsfer.inference.faces import Face, FaceDetector
+from qcsfer.inference.runner import run_predict
 from qcsfer.inference.smoothing import ProbabilitySmoother
+from qcsfer.inference.track_summary import summarize_tracks
 from qcsfer.inference.tracking import Tracker, distinct, iou
+from qcsfer.inference.video_io import FrameReader
+
+from .test_inference import save_tiny
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "qcsfer" / "assets"
 SIZE = (480, 270)  # frame width, height
@@ -173,3 +183,137 @@ def test_smoothing_depends_on_time_not_on_sampling() -> None:
     np.testing.assert_allclose(second.update(1, 60.0, np.full(3, 1 / 3)), 1 / 3, atol=1e-6)
     with pytest.raises(ValueError):
         ProbabilitySmoother(tau=-1)
+
+
+# -- reading: corrupt and truncated files ---------------------------------------------------------
+
+
+def corrupt_copy(video: Path, target: Path, frame: int) -> Path:
+    """The MJPG video with the JPEG data of one frame scrambled (its header left intact)."""
+    data = bytearray(video.read_bytes())
+    starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xD8]
+    at = starts[frame]
+    for k in range(at + 200, at + 3000):
+        data[k] = (data[k] * 7 + 13) & 0xFF
+    target.write_bytes(bytes(data))
+    return target
+
+
+def test_corrupt_frames_are_skipped_and_counted_truncation_reported(tmp_path: Path) -> None:
+    frames = [compose([(face_sprite(), 10 * i, 60)]) for i in range(20)]
+    video = write_video(tmp_path / "clip.avi", frames)
+    reader = FrameReader(corrupt_copy(video, tmp_path / "corrupt.avi", 10))
+    indices = [s.index for s in reader]
+    assert indices == [i for i in range(20) if i != 10]  # the frames after it keep their index
+    assert reader.stats.corrupt == 1 and not reader.stats.truncated
+    assert "1 undecodable frame(s) skipped" in reader.stats.problems()
+    # A file cut in half: its header still declares 20 frames.
+    data = video.read_bytes()
+    (tmp_path / "cut.avi").write_bytes(data[: len(data) // 2])
+    reader = FrameReader(tmp_path / "cut.avi", every=2)
+    sampled = list(reader)
+    assert 0 < len(sampled) < 10 and reader.stats.truncated and reader.stats.corrupt == 0
+    assert "of the 20 frames its header declares" in reader.stats.problems()[0]
+    # --start / --end in seconds, --fps sampling by time.
+    reader = FrameReader(video, fps=2.5, start=0.5, end=1.5)
+    assert [round(s.time, 2) for s in reader] == [0.5, 0.9, 1.3]
+    with pytest.raises(ImageError, match="no decodable frame after 5 s"):
+        list(FrameReader(video, start=5.0))
+
+
+# -- the whole pipeline: API, CLI outputs, interruption -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny(tmp_path_factory.mktemp("weights") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="module")
+def crossing(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_video(tmp_path_factory.mktemp("video") / "cross.avi", crossing_frames())
+
+
+def test_recognizer_video_api_tracks_and_summaries(weights: Path, crossing: Path) -> None:
+    recognizer = ExpressionRecognizer(weights)
+    frames = list(recognizer.video(crossing, every=2, tau=1.0))
+    assert [f.frame for f in frames] == list(range(0, 40, 2))
+    assert [f.time for f in frames] == pytest.approx([i / FPS for i in range(0, 40, 2)])
+    faces = [p for f in frames for p in f.predictions]
+    assert {p.track for p in faces} == {1, 2}
+    for p in faces:
+        assert p.label == max(p.probabilities, key=p.probabilities.__getitem__)
+        assert sum(p.raw.values()) == pytest.approx(1.0)
+    tracks = summarize_tracks(frames)
+    assert [t.track for t in tracks] == [1, 2]
+    for t in tracks:
+        assert t.first_seen == 0.0 and t.last_seen == pytest.approx(3.8)
+        assert 2.5 < t.seconds <= 4.0  # on screen all along, one hidden for a while
+        assert sum(t.shares.values()) == pytest.approx(1.0) and t.dominant in t.shares
+
+
+def test_cli_video_outputs(weights: Path, crossing: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    args = ["-q", "predict", str(crossing), "--model", str(weights), "--out", str(out)]
+    code = main([*args, "--every", "2", "--format", "json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    document = json.loads(captured.out)
+    records = document["results"]
+    assert len(records) == 20 and records[1]["time"] == pytest.approx(0.2)
+    assert {face["track"] for r in records for face in r["faces"]} == {1, 2}
+    assert "raw_probabilities" in records[0]["faces"][0]
+    folder = out / "cross"
+    with open(folder / "frames.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == sum(len(r["faces"]) for r in records)
+    assert {"time", "track", "label", "p_happiness", "raw_happiness"} <= set(rows[0])
+    tracks = json.loads((folder / "tracks.json").read_text())
+    assert [t["track"] for t in tracks["tracks"]] == [1, 2]
+    assert tracks["reading"]["interrupted"] is False
+    assert sorted(p.name for p in (folder / "timelines").iterdir()) == [
+        "track-1.png",
+        "track-2.png",
+    ]
+    (video,) = folder.glob("annotated.*")
+    capture = cv2.VideoCapture(str(video))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 20  # the sampled frames
+    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(FPS / 2)  # so it keeps its speed
+    capture.release()
+    assert document["summary"]["annotated"] == [str(video)]
+
+
+def test_an_interrupted_run_leaves_valid_outputs(
+    weights: Path, crossing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recognizer = ExpressionRecognizer(weights)
+    forward = recognizer.probabilities
+    calls = []
+
+    def interrupted_on_third_batch(batch: np.ndarray) -> np.ndarray:
+        calls.append(len(batch))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as Ctrl-C lands in the middle of the model's work
+        return forward(batch)
+
+    monkeypatch.setattr(recognizer, "probabilities", interrupted_on_third_batch)
+    stdout, stderr = io.StringIO(), io.StringIO()
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_predict(
+            recognizer, [str(crossing)], fmt="json", out_dir=out, stdout=stdout, stderr=stderr
+        )
+    assert "interrupted" in stderr.getvalue()
+    done = 16  # two batches of 8 frames
+    assert len(json.loads(stdout.getvalue())["results"]) == done
+    folder = out / "cross"
+    lines = (folder / "frames.jsonl").read_text().splitlines()
+    assert [json.loads(line)["frame"] for line in lines] == list(range(done))
+    with open(folder / "frames.csv", newline="") as handle:
+        assert {int(row["frame"]) for row in csv.DictReader(handle)} <= set(range(done))
+    tracks = json.loads((folder / "tracks.json").read_text())
+    assert tracks["reading"]["interrupted"] is True and len(tracks["tracks"]) == 2
+    capture = cv2.VideoCapture(str(next(folder.glob("annotated.*"))))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == done
+    assert capture.read()[0]
+    capture.release()

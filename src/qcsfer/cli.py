@@ -141,6 +141,8 @@ def _predict(args: argparse.Namespace) -> int:
     from .inference.runner import run_predict
 
     boxes = _boxes(args)
+    if args.fps is not None and args.every != 1:
+        raise ValueError("give --every or --fps, not both")
     try:
         recognizer = ExpressionRecognizer(
             args.model,
@@ -160,6 +162,7 @@ def _predict(args: argparse.Namespace) -> int:
         fmt=args.format,
         out_dir=args.out,
         every=args.every,
+        video={"fps": args.fps, "start": args.start, "end": args.end, "tau": args.smooth},
         boxes=boxes,
         progress=not args.quiet,
     )
@@ -365,9 +368,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _recognizer_options(p)
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"])
-    p.add_argument("--out", help="folder for annotated images and videos")
+    p.add_argument(
+        "--out",
+        help="folder for annotated images; per video a folder with frames.csv/.jsonl, "
+        "tracks.csv/.json, timelines/ and annotated.mp4",
+    )
     p.add_argument("--format", default="table", choices=["table", "json", "csv"])
     p.add_argument("--every", type=int, default=1, metavar="N", help="video: every Nth frame")
+    p.add_argument("--fps", type=float, metavar="F", help="video: F frames per second instead")
+    p.add_argument("--start", type=float, default=0.0, metavar="S", help="video: from S seconds")
+    p.add_argument("--end", type=float, metavar="S", help="video: up to S seconds")
+    p.add_argument(
+        "--smooth",
+        type=float,
+        default=0.5,
+        metavar="SECONDS",
+        help="video: time constant of each face's expression smoothing (0: off)",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="faces per forward pass")
     p.set_defaults(func=_predict)
 

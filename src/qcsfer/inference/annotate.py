@@ -23,21 +23,23 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def annotate(rgb: np.ndarray, predictions: Sequence[Prediction]) -> np.ndarray:
-    """A copy of the RGB image with each face's box, `label 87%`, a confidence bar and its
-    landmarks (MTCNN) as dots."""
+def annotate(
+    rgb: np.ndarray, predictions: Sequence[Prediction], texts: Sequence[str] | None = None
+) -> np.ndarray:
+    """A copy of the RGB image with each face's box, `label 87%` (or its entry in `texts`), a
+    confidence bar and its landmarks (MTCNN) as dots."""
     image = Image.fromarray(np.ascontiguousarray(rgb), "RGB")
     draw = ImageDraw.Draw(image)
     scale = max(image.width, image.height)
     line = max(1, round(scale / 400))
-    for p in predictions:
+    for i, p in enumerate(predictions):
         x0, y0, x1, y1 = p.box
         font = _font(max(11, round(max(scale / 45, (x1 - x0) / 8))))
         draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=BOX_COLOR, width=line)
         radius = max(1, round((x1 - x0) / 60))
         for x, y in p.landmarks or ():
             draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=LANDMARK_COLOR)
-        text = f"{p.label} {p.confidence:.0%}"
+        text = texts[i] if texts is not None else f"{p.label} {p.confidence:.0%}"
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         text_w, text_h = right - left, bottom - top
         pad = max(2, line)

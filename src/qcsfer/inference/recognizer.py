@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from ..preprocessing import Preprocessing
 from .backends import load_backend
 from .faces import DEFAULT_MARGIN, Detector, Face, crop_face, given_box, make_detector, whole_image
 from .preprocess import stack_crops
+
+if TYPE_CHECKING:
+    from .video import VideoAnalysis
 
 Box = tuple[int, int, int, int]
 
@@ -221,6 +224,14 @@ class ExpressionRecognizer:
         if pending:
             self._classify(pending)
             yield from (p.result for p in pending)
+
+    def video(self, source: str | os.PathLike[str], **options: Any) -> VideoAnalysis:
+        """Tracked faces with smoothed expressions, frame by frame, in a video file or a camera
+        ("webcam:0"): iterate to get VideoFrames. Options (every, fps, start, end, tau, ...) as
+        for VideoAnalysis."""
+        from .video import VideoAnalysis
+
+        return VideoAnalysis(self, source, **options)
 
     # -- steps -------------------------------------------------------------------------------
 

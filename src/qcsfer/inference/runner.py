@@ -11,17 +11,18 @@ import glob
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 from PIL import Image
 
 from ..imaging import IMAGE_SUFFIXES
 from .annotate import annotate
 from .recognizer import ExpressionRecognizer, ImageResult
-from .video import VIDEO_SUFFIXES, WEBCAM, VideoPredictions, is_video
+from .video import VIDEO_SUFFIXES, WEBCAM, TrackedPrediction, VideoAnalysis, is_video
+from .video_outputs import with_outputs
 
 OutputFormat = Literal["table", "json", "csv"]
 NO_FACE_HINT = "no face found (for pre-cropped faces use --no-detect)"
@@ -71,6 +72,8 @@ class Summary:
     no_face: int = 0
     unreadable: list[str] = field(default_factory=list)
     annotated: list[Path] = field(default_factory=list)  # annotated images and videos written
+    corrupt_frames: int = 0  # undecodable video frames skipped
+    truncated: list[str] = field(default_factory=list)  # videos that ended early
 
     def line(self) -> str:
         parts = [f"{self.images} image{'s' * (self.images != 1)}"]
@@ -79,6 +82,10 @@ class Summary:
         parts.append(f"{self.faces} face{'s' * (self.faces != 1)}")
         parts.append(f"{self.no_face} without a face")
         parts.append(f"{len(self.unreadable)} unreadable (skipped)")
+        if self.corrupt_frames:
+            parts.append(f"{self.corrupt_frames} corrupt video frames skipped")
+        if self.truncated:
+            parts.append(f"{len(self.truncated)} truncated video(s)")
         if self.annotated:
             parts.append(f"{len(self.annotated)} annotated file{'s' * (len(self.annotated) != 1)}")
         return ", ".join(parts)
@@ -114,7 +121,8 @@ class Progress:
 
 
 class Reporter:
-    """Writes results as a table, CSV (streamed) or one JSON document (at the end)."""
+    """Writes results as they come: a table, CSV, or one JSON document whose records are
+    streamed one per line (valid JSON once `finish` has closed it)."""
 
     def __init__(
         self, fmt: OutputFormat, classes: list[str], stream: IO[str], show_frame: bool
@@ -123,7 +131,7 @@ class Reporter:
         self.classes = classes
         self.stream = stream
         self.show_frame = show_frame
-        self.records: list[dict] = []
+        self._records = 0
         self._csv = csv.writer(stream) if fmt == "csv" else None
         self._header_done = False
 
@@ -131,20 +139,34 @@ class Reporter:
         if self._header_done:
             return
         self._header_done = True
-        if self._csv is not None:
-            columns = ["file", "frame", "status", "x0", "y0", "x1", "y1", "label", "confidence"]
+        if self.fmt == "json":
+            self.stream.write(f'{{"classes": {json.dumps(self.classes)}, "results": [')
+        elif self._csv is not None:
+            columns = ["file", "frame", *self._video_titles(), "status", "x0", "y0", "x1", "y1"]
+            columns += ["label", "confidence"]
             columns += ["detector_score", *(f"p_{c}" for c in self.classes), "error"]
             self._csv.writerow(columns)
         elif self.fmt == "table":
             self.stream.write(self._table_row(self._table_titles()) + "\n")
 
+    def _video_titles(self) -> list[str]:
+        return ["time", "track"] if self.show_frame else []
+
+    def _video_cells(self, result: ImageResult, p: object) -> list[str]:
+        """Time and track id of a face in a video frame (blank for images)."""
+        if not self.show_frame:
+            return []
+        time = getattr(result, "time", None)
+        track = p.track if isinstance(p, TrackedPrediction) else ""
+        return ["" if time is None else f"{time:.3f}", str(track)]
+
     def _table_titles(self) -> list[str]:
-        titles = ["file", "frame"] if self.show_frame else ["file"]
+        titles = ["file", "frame", "track"] if self.show_frame else ["file"]
         return [*titles, "box", "label", "conf", "det", *self.classes]
 
     def _table_row(self, cells: list[str]) -> str:
-        lead = 2 if self.show_frame else 1
-        widths = [36, 6][:lead] + [20, 10, 5, 4] + [max(5, len(c)) for c in self.classes]
+        lead = 3 if self.show_frame else 1
+        widths = [36, 6, 5][:lead] + [20, 10, 5, 4] + [max(5, len(c)) for c in self.classes]
         out = []
         for i, (cell, width) in enumerate(zip(cells, widths, strict=False)):
             if i == 0 and len(cell) > width:
@@ -155,37 +177,43 @@ class Reporter:
     def add(self, result: ImageResult) -> None:
         self._header()
         if self.fmt == "json":
-            self.records.append(result.to_dict())
+            separator = "," if self._records else ""
+            self.stream.write(f"{separator}\n{json.dumps(result.to_dict())}")
+            self.stream.flush()
+            self._records += 1
             return
         frame = "" if result.frame is None else str(result.frame)
         if self._csv is not None:
             empty = [""] * (6 + len(self.classes))
+            lead = [result.source, frame, *self._video_cells(result, None)]
             if result.error is not None:
-                self._csv.writerow([result.source, frame, "error", *empty, result.error])
+                self._csv.writerow([*lead, "error", *empty, result.error])
             elif not result.predictions:
-                self._csv.writerow([result.source, frame, "no_face", *empty, ""])
+                self._csv.writerow([*lead, "no_face", *empty, ""])
             for p in result.predictions:
                 score = "" if p.detector_score is None else f"{p.detector_score:g}"
                 probs = [f"{p.probabilities[c]:.6f}" for c in self.classes]
-                row = [result.source, frame, "ok", *p.box, p.label, f"{p.confidence:.6f}"]
+                row = [result.source, frame, *self._video_cells(result, p), "ok", *p.box]
+                row += [p.label, f"{p.confidence:.6f}"]
                 self._csv.writerow([*row, score, *probs, ""])
             return
-        lead = [result.source, frame] if self.show_frame else [result.source]
+        lead = [result.source, frame, ""] if self.show_frame else [result.source]
         if result.error is not None:
             return  # reported on stderr
         if not result.predictions:
             self.stream.write(self._table_row([*lead, "-", NO_FACE_HINT]) + "\n")
         for p in result.predictions:
             score = "-" if p.detector_score is None else f"{p.detector_score:g}"
+            if isinstance(p, TrackedPrediction):
+                lead[2] = str(p.track)
             cells = [*lead, ",".join(map(str, p.box)), p.label, f"{p.confidence:.2f}", score]
             cells += [f"{p.probabilities[c]:.2f}" for c in self.classes]
             self.stream.write(self._table_row(cells) + "\n")
 
-    def finish(self, summary: Summary, classes: list[str]) -> None:
+    def finish(self, summary: Summary) -> None:
         if self.fmt == "json":
-            document = {
-                "classes": classes,
-                "results": self.records,
+            self._header()
+            end = {
                 "summary": {
                     "images": summary.images,
                     "video_frames": summary.frames,
@@ -193,10 +221,11 @@ class Reporter:
                     "without_face": summary.no_face,
                     "unreadable": summary.unreadable,
                     "annotated": [str(path) for path in summary.annotated],
+                    "corrupt_video_frames": summary.corrupt_frames,
+                    "truncated_videos": summary.truncated,
                 },
             }
-            json.dump(document, self.stream, indent=2)
-            self.stream.write("\n")
+            self.stream.write(f"\n], {json.dumps(end)[1:]}\n")
         elif not self._header_done:
             self._header()
         self.stream.flush()
@@ -224,12 +253,17 @@ def run_predict(
     fmt: OutputFormat = "table",
     out_dir: str | os.PathLike[str] | None = None,
     every: int = 1,
+    video: dict[str, Any] | None = None,
     boxes: Sequence[Sequence[float]] | None = None,
     stdout: IO[str] | None = None,
     stderr: IO[str] | None = None,
     progress: bool = True,
 ) -> Summary:
-    """Predict on every input and report; returns the counts (unreadable inputs skipped)."""
+    """Predict on every input and report; returns the counts (unreadable inputs skipped).
+
+    video: options for VideoAnalysis (fps, start, end, tau, ...). On Ctrl-C the output so far
+    is closed properly (the JSON document, an open video's files) before KeyboardInterrupt goes on.
+    """
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     if every < 1:
@@ -245,48 +279,56 @@ def run_predict(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     names = _Names()
+    options = {"every": every, "boxes": boxes, **(video or {})}
 
     def skipped(source: str, reason: str) -> None:
         meter.clear()
         summary.unreadable.append(source)
         stderr.write(f"skipped {reason}\n")
 
-    results = _results(recognizer, inputs, every, boxes, out, names, meter, summary.annotated)
-    for result in results:
-        if result.error is not None:
-            skipped(result.source, result.error)
-        else:
-            if result.frame is None:
-                summary.images += 1
+    results = _results(recognizer, inputs, options, out, names, meter, summary, stderr)
+    try:
+        for result in results:
+            if result.error is not None:
+                skipped(result.source, result.error)
             else:
-                summary.frames += 1
-            summary.faces += len(result.predictions)
-            summary.no_face += not result.predictions
-            if out is not None and result.image is not None:
-                target = out / names(result.source, ".png")
-                Image.fromarray(annotate(result.image, result.predictions)).save(target)
-                summary.annotated.append(target)
+                if result.frame is None:
+                    summary.images += 1
+                else:
+                    summary.frames += 1
+                summary.faces += len(result.predictions)
+                summary.no_face += not result.predictions
+                if out is not None and result.image is not None and result.frame is None:
+                    target = out / names(result.source, ".png")
+                    Image.fromarray(annotate(result.image, result.predictions)).save(target)
+                    summary.annotated.append(target)
+            meter.clear()
+            reporter.add(result)
+    except KeyboardInterrupt:
         meter.clear()
-        reporter.add(result)
-    meter.clear()
-    reporter.finish(summary, recognizer.classes)
+        stderr.write("interrupted: the output written so far is complete and readable\n")
+        raise
+    finally:
+        results.close()  # an open video's files are finished here
+        meter.clear()
+        reporter.finish(summary)
     return summary
 
 
 def _results(
     recognizer: ExpressionRecognizer,
     inputs: list[Input],
-    every: int,
-    boxes: Sequence[Sequence[float]] | None,
+    options: dict[str, Any],
     out: Path | None,
     names: _Names,
     meter: Progress,
-    annotated: list[Path],
-) -> Iterator[ImageResult]:
+    summary: Summary,
+    stderr: IO[str],
+) -> Generator[ImageResult, None, None]:
     """Results in input order: runs of images batched together, videos frame by frame.
 
-    Annotated videos are appended to `annotated` once written (annotated images are saved
-    by the caller, from the results).
+    A video's own files (--out) are written as its frames come; what reading it met (corrupt
+    frames, truncation) goes into `summary` and onto stderr.
     """
     run: list[str] = []
 
@@ -301,7 +343,7 @@ def _results(
             continue
         if run:
             yield from recognizer.iter_predictions(
-                images(run), boxes=boxes, keep_images=out is not None
+                images(run), boxes=options["boxes"], keep_images=out is not None
             )
             run = []
         if item is None:
@@ -311,19 +353,21 @@ def _results(
             yield ImageResult(item.path, error=f"{item.path}: no such file or matching path")
             continue
         meter.step(item.path)
-        video = VideoPredictions(
+        analysis = VideoAnalysis(
             recognizer,
             item.path,
-            every=every,
-            out=out / names(item.path, "_annotated") if out is not None else None,
-            boxes=boxes,
-            progress=lambda i, n, name=item.path: meter.show(
-                f"{name} frame {i}" + (f"/{n}" if n else "")
-            ),
+            keep_images=out is not None,
+            progress=lambda stats, name=item.path: meter.show(f"{name} {stats.progress()}"),
+            **options,
         )
+        folder = out / names(item.path, "") if out is not None else None
         try:
-            yield from video
+            yield from with_outputs(analysis, folder, summary.annotated)
         except ValueError as exc:  # unreadable (ImageError) or a --box outside the frame
             yield ImageResult(item.path, error=str(exc))
-        if video.written is not None:
-            annotated.append(video.written)
+        summary.corrupt_frames += analysis.stats.corrupt
+        if analysis.stats.truncated:
+            summary.truncated.append(item.path)
+        if analysis.stats.problems():
+            meter.clear()
+            stderr.write(f"{item.path}: {'; '.join(analysis.stats.problems())}\n")

@@ -1,109 +1,207 @@
-"""Video input: predictions on every Nth frame, optionally an annotated copy of the video."""
+"""Video: faces tracked over sampled frames, per-frame and smoothed expressions, streamed.
+
+Pipeline per sampled frame: detect faces on a downscaled copy -> crop from the full frame ->
+(several frames' faces classified in one batch) -> track ids (tracking.py) -> per-track smoothed
+probabilities (smoothing.py) -> one VideoFrame. Frames are not kept once their results are
+out, so memory stays flat on long videos; cameras work the same way (`webcam:N`).
+"""
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..imaging import ImageError
-from .annotate import annotate
+from .faces import Face
+from .preprocess import stack_crops
 from .recognizer import ExpressionRecognizer, ImageResult, Prediction
+from .smoothing import ProbabilitySmoother
+from .tracking import Tracker, distinct
+from .video_io import VIDEO_SUFFIXES, WEBCAM, FrameReader, ReadStats, Sampled, is_video
 
-VIDEO_SUFFIXES = frozenset(
-    {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
-)
+__all__ = [
+    "VIDEO_SUFFIXES",
+    "WEBCAM",
+    "TrackedPrediction",
+    "VideoAnalysis",
+    "VideoFrame",
+    "is_video",
+]
 
-
-WEBCAM = re.compile(r"webcam:(\d+)")  # a camera by OpenCV index, e.g. webcam:0
-
-
-def is_video(path: str | os.PathLike[str]) -> bool:
-    return bool(WEBCAM.fullmatch(os.fspath(path))) or Path(path).suffix.lower() in VIDEO_SUFFIXES
-
-
-def _open_writer(path: Path, fps: float, size: tuple[int, int]) -> tuple[Any, Path]:
-    """`path` + .mp4 (mp4v), or + .avi (MJPG) where the OpenCV build lacks an MP4 encoder."""
-    import cv2
-
-    for fourcc, suffix in (("mp4v", ".mp4"), ("MJPG", ".avi")):
-        target = path.with_name(path.name + suffix)
-        writer = cv2.VideoWriter(os.fspath(target), cv2.VideoWriter_fourcc(*fourcc), fps, size)
-        if writer.isOpened():
-            return writer, target
-        writer.release()
-    raise RuntimeError(f"{path}: OpenCV cannot write video here (neither mp4v nor MJPG)")
+DETECT_SIDE = 640  # detection runs on frames downscaled to at most this many pixels
 
 
-class VideoPredictions:
-    """Iterate to get one ImageResult per sampled frame (frames 0, every, 2 * every, ...).
+@dataclass(frozen=True)
+class TrackedPrediction(Prediction):
+    """A face in a video: `label`, `confidence` and `probabilities` are the track's smoothed
+    values; `raw` holds this frame's own probabilities; `track` the face's id."""
 
-    With `out` (a path without suffix: the codec available picks it), every frame is written
-    annotated with the latest sampled frame's results, so the video keeps its length and speed;
-    `written` is the file's path once iteration has finished. Iterating raises ImageError when
-    the file is not a readable video.
+    track: int = 0
+    raw: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def raw_label(self) -> str:
+        return max(self.raw, key=self.raw.__getitem__)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "track": self.track,
+            **super().to_dict(),
+            "raw_label": self.raw_label,
+            "raw_probabilities": dict(self.raw),
+        }
+
+
+@dataclass
+class VideoFrame(ImageResult):
+    """One sampled frame: its index, time in seconds and TrackedPredictions."""
+
+    time: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        record = super().to_dict()
+        return {"file": record.pop("file"), "frame": self.frame, "time": self.time, **record}
+
+
+@dataclass
+class _Pending:
+    sampled: Sampled
+    rgb: np.ndarray
+    faces: list[Face]
+    batch: np.ndarray
+
+
+class VideoAnalysis:
+    """Iterate to get one VideoFrame per sampled frame, in order, with tracked faces.
+
+    every / fps: sample every Nth frame, or F frames per second; start / end: seconds; tau:
+    smoothing time constant in seconds; max_gap: seconds a face may go unseen and keep its id;
+    detect_side: detection on frames downscaled to this longer side; batch_frames: frames
+    whose faces are classified together (1 for cameras: no delay); keep_images: put each
+    frame's RGB pixels in VideoFrame.image (for annotated videos). `stats` (ReadStats) tells
+    what reading met: corrupt frames skipped, truncation. Raises ImageError when the video
+    cannot be read at all.
     """
 
     def __init__(
         self,
         recognizer: ExpressionRecognizer,
-        path: str | os.PathLike[str],
+        source: str | os.PathLike[str],
         *,
         every: int = 1,
-        out: str | os.PathLike[str] | None = None,
+        fps: float | None = None,
+        start: float = 0.0,
+        end: float | None = None,
+        tau: float = 0.5,
+        max_gap: float = 1.5,
+        detect_side: int = DETECT_SIDE,
+        batch_frames: int | None = None,
         boxes: Sequence[Sequence[float]] | None = None,
-        progress: Callable[[int, int | None], None] | None = None,
+        keep_images: bool = False,
+        progress: Callable[[ReadStats], None] | None = None,
     ) -> None:
-        if every < 1:
-            raise ValueError("every must be >= 1")
+        if detect_side < 32:
+            raise ValueError("detect_side must be >= 32 pixels")
         self.recognizer = recognizer
-        self.path = os.fspath(path)
-        self.every = every
-        self.out = Path(out) if out is not None else None
+        self.source = os.fspath(source)
+        self.reader = FrameReader(source, every=every, fps=fps, start=start, end=end)
+        self.tracker = Tracker(max_gap=max_gap)
+        self.smoother = ProbabilitySmoother(tau)
+        self.detect_side = detect_side
+        camera = self.reader.camera is not None
+        self.batch_frames = batch_frames or (1 if camera else 8)
         self.boxes = boxes
+        self.keep_images = keep_images
         self.progress = progress
-        self.written: Path | None = None
 
-    def __iter__(self) -> Iterator[ImageResult]:
+    @property
+    def stats(self) -> ReadStats:
+        return self.reader.stats
+
+    @property
+    def step(self) -> float:
+        """Seconds between sampled frames."""
+        return self.reader.step
+
+    def __iter__(self) -> Iterator[VideoFrame]:
+        pending: list[_Pending] = []
+        waiting = 0
+        for sampled in self.reader:
+            item = self._prepare(sampled)
+            pending.append(item)
+            waiting += len(item.faces)
+            if waiting >= self.recognizer.batch_size or len(pending) >= self.batch_frames:
+                yield from self._finish(pending)
+                pending, waiting = [], 0
+        yield from self._finish(pending)
+
+    def _prepare(self, sampled: Sampled) -> _Pending:
         import cv2
 
-        camera = WEBCAM.fullmatch(self.path)
-        if camera is None and not os.path.isfile(self.path):
-            raise ImageError(f"{self.path}: no such file")
-        # A camera streams until it stops or the user interrupts (Ctrl-C).
-        capture = cv2.VideoCapture(int(camera.group(1)) if camera else self.path)
-        writer = None
-        try:
-            ok, frame = capture.read() if capture.isOpened() else (False, None)
-            if not ok:
-                what = "cannot open the camera" if camera else "cannot read video"
-                raise ImageError(f"{self.path}: {what} (no decodable frame)")
-            total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-            fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-            latest: list[Prediction] = []
-            index = 0
-            while ok:
-                if index % self.every == 0:
-                    result = self.recognizer.predict_frame(
-                        frame, source=self.path, frame=index, color="bgr", boxes=self.boxes
-                    )
-                    latest = result.predictions
-                    if self.progress is not None:
-                        self.progress(index, total)
-                    yield result
-                if self.out is not None:
-                    if writer is None:
-                        height, width = frame.shape[:2]
-                        writer, self.written = _open_writer(self.out, fps, (width, height))
-                    rgb = np.ascontiguousarray(frame[:, :, ::-1])
-                    writer.write(np.ascontiguousarray(annotate(rgb, latest)[:, :, ::-1]))
-                ok, frame = capture.read()
-                index += 1
-        finally:
-            capture.release()
-            if writer is not None:
-                writer.release()
+        rgb = cv2.cvtColor(sampled.bgr, cv2.COLOR_BGR2RGB)
+        faces = self._faces(rgb)
+        crops = self.recognizer.crops(rgb, faces, self.boxes is not None)
+        return _Pending(sampled, rgb, faces, stack_crops(crops, self.recognizer.preprocessing))
+
+    def _faces(self, rgb: np.ndarray) -> list[Face]:
+        """Faces found on a copy at most `detect_side` pixels long, in full-frame pixels; one box
+        per face (duplicates would start spurious tracks)."""
+        import cv2
+
+        detector = self.recognizer.detector
+        if self.boxes is not None or detector is None:
+            return self.recognizer.find_faces(rgb, self.boxes)
+        height, width = rgb.shape[:2]
+        scale = min(1.0, self.detect_side / max(height, width))
+        if scale == 1.0:
+            return distinct(detector.detect(rgb))
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        faces = distinct(detector.detect(small))
+        return [_scaled(face, 1 / scale, width, height) for face in faces]
+
+    def _finish(self, pending: list[_Pending]) -> Iterator[VideoFrame]:
+        """Classify the pending frames' faces in one batch, then track and smooth in order."""
+        if not pending:
+            return
+        batches = [p.batch for p in pending if len(p.faces)]
+        empty = np.zeros((0, len(self.recognizer.classes)))
+        probs = self.recognizer.probabilities(np.concatenate(batches)) if batches else empty
+        row = 0
+        for item in pending:
+            frame = self._frame(item, probs[row : row + len(item.faces)])
+            row += len(item.faces)
+            if self.progress is not None:
+                self.progress(self.stats)
+            yield frame
+
+    def _frame(self, item: _Pending, probs: np.ndarray) -> VideoFrame:
+        sampled = item.sampled
+        height, width = item.rgb.shape[:2]
+        frame = VideoFrame(
+            self.source, width=width, height=height, frame=sampled.index, time=sampled.time
+        )
+        if self.keep_images:
+            frame.image = item.rgb
+        ids = self.tracker.update(sampled.time, [face.box for face in item.faces])
+        self.smoother.keep_only(self.tracker.tracks)
+        classes = self.recognizer.classes
+        for face, track, raw in zip(item.faces, ids, probs, strict=True):
+            smoothed = self.smoother.update(track, sampled.time, raw)
+            best = Prediction.from_probabilities(face, smoothed, classes)
+            raw_dict = {c: float(p) for c, p in zip(classes, raw, strict=True)}
+            frame.predictions.append(TrackedPrediction(**vars(best), track=track, raw=raw_dict))
+        return frame
+
+
+def _scaled(face: Face, factor: float, width: int, height: int) -> Face:
+    """A face found on a downscaled frame, in the full frame's pixels."""
+    x0, y0 = max(0, round(face.x0 * factor)), max(0, round(face.y0 * factor))
+    x1, y1 = min(width, round(face.x1 * factor)), min(height, round(face.y1 * factor))
+    landmarks = None
+    if face.landmarks is not None:
+        landmarks = tuple((x * factor, y * factor) for x, y in face.landmarks)
+    return Face(x0, y0, max(x1, x0 + 1), max(y1, y0 + 1), face.score, landmarks)
