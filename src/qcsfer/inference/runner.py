@@ -121,8 +121,9 @@ class Progress:
 
 
 class Reporter:
-    """Writes results as they come: a table, CSV, or one JSON document whose records are
-    streamed one per line (valid JSON once `finish` has closed it)."""
+    """Writes results as a table, CSV or one JSON document, all streamed: each result is written
+    as it comes, so a failure late in a run (a full disk, a closed pipe) loses no earlier result.
+    """
 
     def __init__(
         self, fmt: OutputFormat, classes: list[str], stream: IO[str], show_frame: bool
@@ -139,15 +140,15 @@ class Reporter:
         if self._header_done:
             return
         self._header_done = True
-        if self.fmt == "json":
-            self.stream.write(f'{{"classes": {json.dumps(self.classes)}, "results": [')
-        elif self._csv is not None:
+        if self._csv is not None:
             columns = ["file", "frame", *self._video_titles(), "status", "x0", "y0", "x1", "y1"]
             columns += ["label", "confidence"]
             columns += ["detector_score", *(f"p_{c}" for c in self.classes), "error"]
             self._csv.writerow(columns)
         elif self.fmt == "table":
             self.stream.write(self._table_row(self._table_titles()) + "\n")
+        else:  # json: the document opens here, `finish` closes it
+            self.stream.write(f'{{\n  "classes": {json.dumps(self.classes)},\n  "results": [')
 
     def _video_titles(self) -> list[str]:
         return ["time", "track"] if self.show_frame else []
@@ -177,10 +178,10 @@ class Reporter:
     def add(self, result: ImageResult) -> None:
         self._header()
         if self.fmt == "json":
-            separator = "," if self._records else ""
-            self.stream.write(f"{separator}\n{json.dumps(result.to_dict())}")
-            self.stream.flush()
+            record = json.dumps(result.to_dict(), indent=2).replace("\n", "\n    ")
+            self.stream.write(("," if self._records else "") + "\n    " + record)
             self._records += 1
+            self.stream.flush()
             return
         frame = "" if result.frame is None else str(result.frame)
         if self._csv is not None:
@@ -211,23 +212,18 @@ class Reporter:
             self.stream.write(self._table_row(cells) + "\n")
 
     def finish(self, summary: Summary) -> None:
+        self._header()
         if self.fmt == "json":
-            self._header()
-            end = {
-                "summary": {
-                    "images": summary.images,
-                    "video_frames": summary.frames,
-                    "faces": summary.faces,
-                    "without_face": summary.no_face,
-                    "unreadable": summary.unreadable,
-                    "annotated": [str(path) for path in summary.annotated],
-                    "corrupt_video_frames": summary.corrupt_frames,
-                    "truncated_videos": summary.truncated,
-                },
+            counts = {
+                "images": summary.images,
+                "video_frames": summary.frames,
+                "faces": summary.faces,
+                "without_face": summary.no_face,
+                "unreadable": summary.unreadable,
+                "annotated": [str(path) for path in summary.annotated],
             }
-            self.stream.write(f"\n], {json.dumps(end)[1:]}\n")
-        elif not self._header_done:
-            self._header()
+            text = json.dumps(counts, indent=2).replace("\n", "\n  ")
+            self.stream.write(("\n  " if self._records else "") + f'],\n  "summary": {text}\n}}\n')
         self.stream.flush()
 
 

@@ -153,7 +153,10 @@ class VideoAnalysis:
 
         detector = self.recognizer.detector
         if self.boxes is not None or detector is None:
-            return self.recognizer.find_faces(rgb, self.boxes)
+            try:
+                return self.recognizer.find_faces(rgb, self.boxes)
+            except ValueError as exc:  # a given box outside the frame: say which video
+                raise ValueError(f"{self.source}: {exc}") from exc
         height, width = rgb.shape[:2]
         scale = min(1.0, self.detect_side / max(height, width))
         if scale == 1.0:
