@@ -5,6 +5,7 @@ CPU only and quick: the paper-sized model is built once per module and reused.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -28,14 +29,10 @@ from qcsfer.models import (
     QCSModel,
     get_config,
 )
-from qcsfer.models.backbone import IRBackbone
 from qcsfer.models.complexity import count_parameters, measure_complexity
-from qcsfer.models.convert import load_ir50_backbone, load_reference_checkpoint
+from qcsfer.models.vit import ViT
 from qcsfer.models.weights import WeightsError, load_weights, read_card, save_weights
 
-from .conftest import SHARED
-
-REFERENCE_KEYS = SHARED / "docs" / "reference-checkpoint-keys-rafdb7.tsv"
 QCS_PAIRS = TOPOLOGY["qcs"]
 SWAP_PAIRS = [1, 0, 3, 2]  # anchor <-> positive together with negative <-> negative2
 
@@ -309,162 +306,31 @@ def test_base_alone_gives_the_training_base_logits(mode: str) -> None:
         assert not torch.allclose(model.base(images[0])[0], model(images).base[0], atol=1e-4)
 
 
-# ---------------------------------------------------------------------------------------------
-# Reference checkpoints
-
-REFERENCE_UNUSED = re.compile(
-    r"ir_back\.output_layer\..*|VIT_(base|cross)\.(patch_embed|eca_block|CON1|IRLinear[12])\..*"
-    r"|VIT_(base|cross)\.blocks\.\d+\.conv\..*"
-)
-
-
-@pytest.fixture(scope="module")
-def reference_state() -> dict[str, torch.Tensor]:
-    """Random tensors for every key and shape of the authors' checkpoint (RAF-DB, 7 classes)."""
-    if not REFERENCE_KEYS.is_file():
-        pytest.skip(f"reference key list not found ({REFERENCE_KEYS.name})")
-    generator = torch.Generator().manual_seed(3)
-    state = {}
-    for line in REFERENCE_KEYS.read_text().splitlines():
-        if not line or line.startswith("#"):
-            continue
-        key, shape_text = line.split("\t")
-        shape = tuple(int(s) for s in re.findall(r"\d+", shape_text))
-        if key.endswith("num_batches_tracked"):
-            state[key] = torch.randint(0, 1000, shape, generator=generator)
-        else:
-            state[key] = torch.randn(shape, generator=generator)
-    return state
+def test_bn_per_branch_is_the_reference_sequential_calls() -> None:
+    model = _tiny("qcs", bn_per_branch=True).train()
+    sequential = copy.deepcopy(model)
+    images = torch.randn(4, 3, 3, 48, 48)
+    with torch.no_grad():
+        out = model(images)
+        expected = torch.stack([sequential.base(branch)[0] for branch in images])
+    assert torch.equal(out.base, expected)  # per-branch statistics, bit for bit
+    for ours, theirs in zip(model.base.buffers(), sequential.base.buffers(), strict=True):
+        assert torch.equal(ours, theirs)  # and four running-statistics updates, as theirs
+    assert model.base.backbone.stem[1].num_batches_tracked == 4
 
 
-@pytest.mark.parametrize("nested", [False, True])
-def test_reference_checkpoint_loads_completely(
-    nested: bool, reference_state: dict, paper: QCSModel, tmp_path: Path
-) -> None:
-    saved = {"state_dict": {"module." + k: v for k, v in reference_state.items()}}
-    path = tmp_path / "reference.pth"
-    torch.save(saved if nested else reference_state, path)
-    state, report = load_reference_checkpoint(path, get_config("paper", num_classes=7))
+def test_attention_projection_dropout_is_an_option() -> None:
+    def proj_dropout(vit: ViT) -> float:
+        return vit.blocks[0].attn.proj_drop.p
 
-    unused = {k for k in reference_state if REFERENCE_UNUSED.fullmatch(k)}
-    assert set(report.skipped) == unused and len(unused) == 34
-    assert set(report.loaded.values()) == set(reference_state) - unused
-    assert not report.defaulted
-    result = paper.load_state_dict(state, strict=True)
-    assert not result.missing_keys and not result.unexpected_keys
-    ours = paper.state_dict()
-    for name, key in report.loaded.items():
-        assert torch.equal(ours[name], reference_state[key]), (name, key)
-    # A few spot checks of the mapping itself.
-    assert report.loaded["base.backbone.stages.2.13.residual.3.weight"] == (
-        "ir_back.body3.13.res_layer.3.weight"
-    )
-    assert report.loaded["base.backbone.stages.1.0.shortcut.1.running_var"] == (
-        "ir_back.body2.0.shortcut_layer.1.running_var"
-    )
-    assert report.loaded["base.tokens.0.embed.1.weight"] == "embed_q.1.weight"
-    assert report.loaded["base.tokens.2.embed.0.bias"] == "embed_v.proj.bias"
-    assert report.loaded["base.vit.head.weight"] == "VIT_base.head.linear.weight"
-    assert report.loaded["cross_vit.blocks.0.attn.qkv.bias"] == "VIT_cross.blocks.0.attn.qkv.bias"
-    assert report.loaded["csa.2.theta"] == "cross_attention_3.theta"
-
-
-def test_reference_checkpoint_errors_name_the_keys(reference_state: dict) -> None:
-    config = get_config("paper", num_classes=7)
-    state = dict(reference_state)
-    del state["VIT_base.blocks.1.mlp.fc2.weight"]
-    with pytest.raises(WeightsError, match=r"missing keys \(1\)[\s\S]*base\.vit\.blocks\.1\.mlp\."):
-        load_reference_checkpoint(state, config)
-
-    state = dict(reference_state)
-    state["cross_attention_2.proj.weight"] = torch.zeros(1536, 767)
-    with pytest.raises(WeightsError, match=r"cross_attention_2\.proj\.weight.*\(1536, 767\)"):
-        load_reference_checkpoint(state, config)
-
-    state = dict(reference_state)
-    state["VIT_base.extra_token"] = torch.zeros(3)
-    state["something_else.weight"] = torch.zeros(3)
-    with pytest.raises(WeightsError) as info:
-        load_reference_checkpoint(state, config)
-    assert "VIT_base.extra_token" in str(info.value)
-    assert "something_else.weight" in str(info.value)
-
-    # The 7-class checkpoint does not fit an 8-class model: the head shapes are named.
-    with pytest.raises(WeightsError, match=r"VIT_base\.head\.linear\.weight"):
-        load_reference_checkpoint(reference_state, get_config("paper", num_classes=8))
-
-
-class _NotATensor:
-    pass
-
-
-def test_pickles_beyond_weights_only_are_refused(tmp_path: Path) -> None:
-    path = tmp_path / "unsafe.pth"
-    torch.save({"state_dict": {}, "args": _NotATensor()}, path)
-    with pytest.raises(WeightsError, match=r"unsafe\.pth: refused"):
-        load_reference_checkpoint(path, get_config("tiny"))
-    with pytest.raises(WeightsError, match="no such checkpoint"):
-        load_reference_checkpoint(tmp_path / "absent.pth", get_config("tiny"))
-
-
-def _ir50_state(backbone: IRBackbone) -> dict[str, torch.Tensor]:
-    """An ir50.pth-like state dict for `backbone`: its tensors under the face-recognition names
-    (one flat body of 24 units), plus stage 4 and the output layer."""
-    state: dict[str, torch.Tensor] = {}
-    offsets = [0, 3, 7]
-    for name, tensor in backbone.state_dict().items():
-        parts = name.split(".")
-        if parts[0] == "stem":
-            key = "input_layer." + ".".join(parts[1:])
-        else:
-            stage, unit, branch = int(parts[1]), int(parts[2]), parts[3]
-            layer = {"residual": "res_layer", "shortcut": "shortcut_layer"}[branch]
-            key = f"body.{offsets[stage] + unit}.{layer}.{'.'.join(parts[4:])}"
-        state[key] = tensor + 7 if tensor.dtype == torch.long else torch.randn_like(tensor)
-    width = 2 * backbone.widths[-1]
-    for unit in (21, 22, 23):
-        state[f"body.{unit}.res_layer.1.weight"] = torch.randn(width, width, 3, 3)
-    state["output_layer.3.weight"] = torch.randn(4, 8)
-    return state
-
-
-def test_ir50_backbone_loads_into_stages_1_to_3(tmp_path: Path) -> None:
-    # A narrow IR-50 (same units, small widths) exercises the same mapping as the real one.
-    backbone = IRBackbone((3, 4, 14), (4, 8, 16))
-    state = _ir50_state(backbone)
-    path = tmp_path / "ir50.pth"
-    torch.save({"module." + k: v for k, v in state.items()}, path)
-    report = load_ir50_backbone(path, backbone)
-    assert set(report.skipped) == {
-        "body.21.res_layer.1.weight",
-        "body.22.res_layer.1.weight",
-        "body.23.res_layer.1.weight",
-        "output_layer.3.weight",
-    }
-    assert len(report.loaded) == len(backbone.state_dict())
-    ours = backbone.state_dict()
-    assert torch.equal(ours["stages.2.13.residual.3.weight"], state["body.20.res_layer.3.weight"])
-    assert torch.equal(
-        ours["stages.1.0.shortcut.0.weight"], state["body.3.shortcut_layer.0.weight"]
-    )
-    assert torch.equal(ours["stem.0.weight"], state["input_layer.0.weight"])
-
-    # Old checkpoints without BatchNorm counters load, and say so.
-    old = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-    torch.save(old, path)
-    assert load_ir50_backbone(path, backbone).defaulted
-
-    broken = dict(state)
-    broken["body.5.res_layer.1.weight"] = torch.zeros(8, 8, 1, 1)
-    del broken["body.9.res_layer.4.running_mean"]
-    torch.save(broken, path)
-    with pytest.raises(WeightsError) as info:
-        load_ir50_backbone(path, backbone)
-    assert "body.5.res_layer.1.weight" in str(info.value)
-    assert "stages.2.2.residual.4.running_mean" in str(info.value)
-
-    with pytest.raises(WeightsError, match=r"units \(3, 4, 14\)"):
-        load_ir50_backbone(path, _tiny())
+    options = {"num_tokens": 4, "dim": 8, "depth": 1, "heads": 2, "mlp_ratio": 2.0}
+    reference_7 = ViT(**options, num_classes=7, dropout=0.5)
+    assert proj_dropout(reference_7) == 0.0 and reference_7.blocks[0].mlp.drop.p == 0.5
+    assert proj_dropout(ViT(**options, num_classes=8, dropout=0.5, attn_proj_dropout=True)) == 0.5
+    assert not get_config("paper").attn_proj_dropout  # the reference's 7-class ViT
+    assert get_config("small").attn_proj_dropout  # our CPU models keep how they were trained
+    vit = QCSModel(get_config("tiny", cross_dropout=0.3, attn_proj_dropout=True), "qcs").cross_vit
+    assert proj_dropout(vit) == 0.3
 
 
 # ---------------------------------------------------------------------------------------------

@@ -255,6 +255,58 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from .models.reference import convert_reference
+
+    path, report = convert_reference(args.checkpoint, args.dataset, args.out, args.mode)
+    print(report.summary())
+    print(f"wrote {path} and {path.with_suffix('.json').name}")
+    return 0
+
+
+REFERENCE_DATASETS = ("rafdb", "ferplus", "affectnet7", "affectnet8")
+_PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")  # torch zip archive, legacy torch pickle
+
+
+def _reference_options(p: argparse.ArgumentParser, model_arg: str) -> None:
+    """--reference-dataset: use an authors' checkpoint directly (converted once, cached)."""
+    p.add_argument(
+        "--reference-dataset",
+        choices=REFERENCE_DATASETS,
+        help="the model is an authors' reference checkpoint (.pth) trained on this dataset",
+    )
+    p.add_argument("--reference-mode", default="qcs", choices=["qcs", "dcs"])
+    p.set_defaults(model_arg=model_arg)
+
+
+def _resolve_reference(args: argparse.Namespace) -> None:
+    """Point the command at a converted copy of a reference checkpoint, or say how to make one."""
+    name = getattr(args, "model_arg", None)
+    path = Path(str(getattr(args, name, ""))) if name else None
+    if path is None or not path.is_file() or path.suffix in (".safetensors", ".json", ".onnx"):
+        return
+    if args.reference_dataset:
+        from .data.images import default_cache_dir
+        from .models.reference import converted_path
+
+        cache = default_cache_dir() / "reference"
+        setattr(
+            args,
+            name,
+            str(converted_path(path, args.reference_dataset, args.reference_mode, cache)),
+        )
+        return
+    with path.open("rb") as f:
+        head = f.read(4)
+    if head.startswith(_PICKLE_MAGIC):
+        raise ValueError(
+            f"{path} is a PyTorch checkpoint, not qcsfer weights. If it is one of the authors' "
+            f"QCS/DCS checkpoints, convert it once:\n  qcsfer convert {path} --dataset "
+            f"{{{','.join(REFERENCE_DATASETS)}}} [--mode dcs] --out {path.stem}.safetensors\n"
+            "or use it directly with --reference-dataset DATASET [--reference-mode dcs]"
+        )
+
+
 def _key_values(items: list[str], typed: bool) -> dict[str, object]:
     """KEY=VALUE arguments. Typed values are read as YAML (7 -> int, true -> bool); untyped ones
     stay strings (class names such as 'no' or '1' stay names)."""
@@ -348,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="operating point for the table: the training prior kept (dataset) or corrected "
         "(balanced); both are reported",
     )
+    _reference_options(p, "weights")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("info", help="a model's card, or the size and cost of a configuration")
@@ -357,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--mode", default="qcs", choices=["baseline", "dcs", "qcs"])
     p.add_argument("--classes", type=int, help="number of classes (default: the config's)")
+    _reference_options(p, "target")
     p.set_defaults(func=_info)
 
     p = sub.add_parser("predict", help="expressions of the faces in images, folders or videos")
@@ -386,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="video: time constant of each face's expression smoothing (0: off)",
     )
     p.add_argument("--batch-size", type=int, default=64, help="faces per forward pass")
+    _reference_options(p, "model")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("export", help="export the inference network to ONNX")
@@ -393,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("--out", help="output file (default: WEIGHTS name + .onnx)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    _reference_options(p, "weights")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("explain", help="draw where the classifier looks (class-token attention)")
@@ -406,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also draw the CSA maps: a face of the same class, one of another class "
         "(and optionally a second of that class); needs a DCS/QCS training weights file",
     )
+    _reference_options(p, "model")
     p.set_defaults(func=_explain)
 
     p = sub.add_parser("serve", help="HTTP API and web page (uploads, live webcam)")
@@ -452,6 +509,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--cors", action="append", default=[], metavar="ORIGIN", help="allow this web origin"
     )
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser("convert", help="an authors' reference checkpoint -> qcsfer weights")
+    p.add_argument("checkpoint", help="the .pth file (a state dict, or a training checkpoint)")
+    p.add_argument("--dataset", required=True, choices=REFERENCE_DATASETS)
+    p.add_argument("--mode", default="qcs", choices=["qcs", "dcs"])
+    p.add_argument("--out", required=True, help="the .safetensors file to write (+ its .json)")
+    p.set_defaults(func=_convert)
     return parser
 
 
@@ -463,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     try:
+        _resolve_reference(args)
         return args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"qcsfer {args.command}: error: {exc}", file=sys.stderr)

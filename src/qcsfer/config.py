@@ -72,7 +72,9 @@ class InitConfig:
     """Where the starting weights come from (all optional; applied in this order)."""
 
     ir50: str | None = None  # POSTER++'s ir50.pth (MS-Celeb-1M) into the backbone
-    reference: str | None = None  # an authors' QCS checkpoint, the whole training model
+    reference: str | None = None  # an authors' QCS/DCS checkpoint ...
+    # ... all of it, or only its IR backbone (the paper's "AffectNet-8 init", any head size)
+    reference_parts: Literal["all", "backbone"] = "all"
     backbone_from: str | None = None  # a qcsfer weights file: its IR backbone (the paper's
     # "AffectNet-8 init" for RAF-DB/FERPlus)
     weights: str | None = None  # a qcsfer weights file: every tensor it holds (a second stage

@@ -19,8 +19,9 @@ def initialize(model: QCSModel, init: InitConfig) -> None:
     if init.ir50:
         log.info(load_ir50_backbone(init.ir50, model).summary())
     if init.reference:
-        state, report = load_reference_checkpoint(init.reference, model.config, model.mode)
-        model.load_state_dict(state)
+        parts = init.reference_parts
+        state, report = load_reference_checkpoint(init.reference, model.config, model.mode, parts)
+        model.load_state_dict(state, strict=parts == "all")  # every requested key is in state
         log.info(report.summary())
     if init.backbone_from:
         source, _ = load_weights(init.backbone_from, base_only=True)

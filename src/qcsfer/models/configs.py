@@ -11,6 +11,7 @@ from typing import Any, Literal
 Variant = Literal["SD", "S", "D"]
 Normalize = Literal["batch", "sample"]
 Attention = Literal["csa", "sdpa"]
+Residual = Literal["normed", "prenorm"]
 
 
 @dataclass(frozen=True)
@@ -21,12 +22,16 @@ class CSAConfig:
     variant: Variant = "SD"  # which position scores feed the softmax
     normalize: Normalize = "batch"  # min/max shift over the whole batch (reference) or per sample
     gamma: float = 1.0  # k = 1 + tanh(gamma * theta); the reference has gamma = 1
+    # "normed": Y = LN1(X) + A V, out = LN2(Y) + MLP(LN2(Y)) (the reference's QCS models and
+    # 7-class DCS); "prenorm": Y = X + A V, out = Y + MLP(LN2(Y)) (its 8-class DCS models).
+    residual: Residual = "normed"
 
     def __post_init__(self) -> None:
         for name, kind in (
             ("attention", Attention),
             ("variant", Variant),
             ("normalize", Normalize),
+            ("residual", Residual),
         ):
             value, allowed = getattr(self, name), typing.get_args(kind)
             if value not in allowed:
@@ -52,6 +57,12 @@ class ModelConfig:
     cross_depth: int = 1
     base_dropout: float = 0.0
     cross_dropout: float = 0.0
+    # Dropout after the ViT attention's output projection: the reference's 8-class ViT has it,
+    # its 7-class ViT does not (the default here).
+    attn_proj_dropout: bool = False
+    # Training-mode BatchNorm per branch (the reference's sequential calls: per-branch
+    # statistics, one running-statistics update per branch) instead of over the whole step.
+    bn_per_branch: bool = False
     csa: CSAConfig = field(default_factory=CSAConfig)
 
     @property
@@ -101,7 +112,7 @@ class ModelConfig:
 # The reference: IR-50 stages 1-3 at 112 px (input 224), 3 x 49 tokens of 768 channels.
 PAPER = ModelConfig(name="paper")
 # CPU configurations for small faces (FERPlus is 48 px): the same topology, with 3 x 36 tokens
-# from a narrower, shallower IR network and ViT.
+# from a narrower, shallower IR network and ViT (trained with attention-projection dropout).
 SMALL = PAPER.replace(
     name="small",
     image_size=48,
@@ -111,6 +122,7 @@ SMALL = PAPER.replace(
     token_grid=6,
     dim=192,
     heads=4,
+    attn_proj_dropout=True,
 )
 TINY = SMALL.replace(name="tiny", units=(1, 2, 2), dim=128, base_depth=1)
 

@@ -2,20 +2,23 @@
 `ir50.pth` (MS-Celeb-1M IR-50).
 
 Like timm's `checkpoint_filter_fn`, the mapping lives beside the models and nowhere else. These
-files are pickles: they are read with `weights_only=True` only, their keys are renamed onto our
-modules, parameters the reference builds but never uses are skipped by name and reported, and
-anything else that does not fit is an error naming the keys.
+files are pickles: they are read with `weights_only=True`, or, when they also pickle other
+objects (the reference's progress recorders), by `models.unpickle`, which runs nothing and keeps
+only tensors. Their keys are renamed onto our modules, parameters the reference builds but never
+uses are skipped by name and reported, and anything else that does not fit is an error naming
+the keys.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -24,10 +27,14 @@ from .backbone import IRBackbone
 from .base import BaseNetwork
 from .configs import ModelConfig
 from .qcs import Mode, QCSModel
+from .unpickle import UnsafeCheckpointError, load_restricted
 from .weights import WeightsError, mismatch_report, unwrap_module
 
 IR50_UNITS = (3, 4, 14, 3)  # IR-50 units per stage; stage 4 is not used here
 _LISTED = 20  # keys quoted in an error message
+
+Parts = Literal["all", "backbone"]  # what of a reference checkpoint to load
+PARTS: dict[str, str] = {"all": "", "backbone": "base.backbone."}  # part -> our name prefix
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,7 @@ class LoadReport:
     loaded: dict[str, str]  # our name -> the checkpoint's name
     skipped: dict[str, str] = field(default_factory=dict)  # checkpoint name -> why unused
     defaulted: tuple[str, ...] = ()  # BatchNorm counters absent from the checkpoint, set to 0
+    ignored: tuple[str, ...] = ()  # classes of pickled non-tensor objects, read inertly
 
     def summary(self) -> str:
         lines = [f"{self.source}: loaded {len(self.loaded)} tensors"]
@@ -47,24 +55,37 @@ class LoadReport:
         lines += [f"  skipped {n}: {reason}" for reason, n in reasons.items()]
         if self.defaulted:
             lines.append(f"  {len(self.defaulted)} num_batches_tracked absent, set to 0")
+        if self.ignored:
+            lines.append(f"  ignored pickled objects (never run): {', '.join(self.ignored)}")
         return "\n".join(lines)
 
 
-def _torch_load(path: str | os.PathLike[str]) -> Any:
-    """Read a pickle checkpoint with weights_only=True, turning a refusal into a clear error."""
+def _torch_load(path: str | os.PathLike[str]) -> tuple[Any, tuple[str, ...]]:
+    """(contents, classes read as inert placeholders) of a pickle checkpoint; never runs code.
+
+    weights_only=True first; a file it refuses is read again by the restricted unpickler,
+    which refuses in turn a pickle that names code (see `models.unpickle`).
+    """
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such checkpoint file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True), ()
     except pickle.UnpicklingError as exc:
-        raise WeightsError(
-            f"{path}: refused: it pickles objects other than tensors and plain containers, "
-            "which weights_only=True does not unpickle (they could run code). Re-save only its "
-            f"state_dict with torch.save. Details: {exc}"
-        ) from exc
+        refusal = exc
     except Exception as exc:  # corrupt archive, truncated file, not a checkpoint at all
         raise WeightsError(f"{path}: not a readable PyTorch checkpoint: {exc}") from exc
+    try:
+        obj, opaque = load_restricted(path)
+    except UnsafeCheckpointError as exc:
+        raise WeightsError(f"{path}: refused: {exc}") from exc
+    except pickle.UnpicklingError as exc:
+        raise WeightsError(
+            f"{path}: refused: it pickles objects other than tensors, which weights_only=True "
+            f"does not unpickle ({refusal}), and the restricted reader cannot read it ({exc}). "
+            "Re-save only its state_dict with torch.save."
+        ) from exc
+    return obj, tuple(opaque)
 
 
 def _state_dict_of(obj: Any, where: str) -> dict[str, torch.Tensor]:
@@ -81,11 +102,15 @@ def _state_dict_of(obj: Any, where: str) -> dict[str, torch.Tensor]:
             f"{where}: not a state dict; entries that are not tensors: {bad[:_LISTED]}"
         )
     state: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
     for key, value in obj.items():
         name = key.removeprefix("module.")
         if name in state:
-            raise WeightsError(f"{where}: {key!r} and {name!r} both present (DataParallel prefix)")
-        state[name] = value
+            raise WeightsError(
+                f"{where}: keys {origin[name]!r} and {key!r} collide: both are {name!r} once the "
+                "DataParallel prefix 'module.' is removed"
+            )
+        state[name], origin[name] = value, key
     return state
 
 
@@ -112,7 +137,9 @@ def _match(
         name = rename(key)
         if name is None:
             unmapped.append(key)
-        elif name not in expected or name in loaded:
+        elif name in loaded:
+            unexpected.append(f"{key} (-> {name}, already loaded from {loaded[name]})")
+        elif name not in expected:
             unexpected.append(f"{key} (-> {name})")
         elif tuple(value.shape) != expected[name]:
             shapes.append((f"{key} (-> {name})", tuple(value.shape), expected[name]))
@@ -176,6 +203,7 @@ _REFERENCE_UNUSED = [
     (re.compile(r"VIT_(base|cross)\.CON1\..+"), "ViT CON1 conv (unused)"),
     (re.compile(r"VIT_(base|cross)\.IRLinear[12]\..+"), "ViT IRLinear layers (unused)"),
     (re.compile(r"VIT_(base|cross)\.blocks\.\d+\.conv\..+"), "ViT block conv (unused)"),
+    (re.compile(r"fusion\.classifier\..+"), "DCS fusion classifier (built, never called)"),
 ]
 
 
@@ -190,38 +218,47 @@ def load_reference_checkpoint(
     path_or_state_dict: str | os.PathLike[str] | Mapping[str, Any],
     config: ModelConfig,
     mode: Mode = "qcs",
+    parts: Parts = "all",
 ) -> tuple[dict[str, torch.Tensor], LoadReport]:
-    """Map an authors' reference QCS checkpoint onto `QCSModel(config, mode)` names.
+    """Map an authors' reference QCS or DCS checkpoint onto `QCSModel(config, mode)` names.
 
-    Returns a state dict for `QCSModel.load_state_dict(..., strict=True)` and the report of
-    what was loaded and skipped. Raises WeightsError naming every key that neither maps nor is
-    a known-unused reference parameter, every missing key and every shape mismatch.
+    Returns a state dict for `QCSModel.load_state_dict` and the report of what was loaded and
+    skipped. `parts="backbone"` keeps only the IR backbone (the paper's "AffectNet-8 init": the
+    checkpoint's head may then have any class count) and the state dict holds only its tensors.
+    Raises WeightsError naming every key that neither maps nor is a known-unused reference
+    parameter, every missing key and every shape mismatch.
     """
+    if parts not in PARTS:
+        raise ValueError(f"parts must be one of {sorted(PARTS)}, got {parts!r}")
     if isinstance(path_or_state_dict, Mapping):
-        where, raw = "reference state dict", path_or_state_dict
+        where, raw, ignored = "reference state dict", path_or_state_dict, ()
     else:
-        where, raw = str(path_or_state_dict), _torch_load(path_or_state_dict)
+        where = str(path_or_state_dict)
+        raw, ignored = _torch_load(path_or_state_dict)
     state = _state_dict_of(raw, where)
     with torch.device("meta"):
         target = QCSModel(config, mode)
-    expected = {k: tuple(v.shape) for k, v in target.state_dict().items()}
+    prefix = PARTS[parts]
+    expected = {k: tuple(v.shape) for k, v in target.state_dict().items() if k.startswith(prefix)}
     has_theta = any(k.endswith(".theta") for k in expected)
 
+    def rename(key: str) -> str | None:
+        return _apply(_REFERENCE_RULES, key)
+
     def skip(key: str) -> str | None:
+        name = rename(key)
+        if name is not None and not name.startswith(prefix):
+            return f"outside the requested parts ({parts})"
         if not has_theta and re.fullmatch(r"cross_attention_[123]\.theta", key):
             return (
                 f"theta (k = 1 + tanh(theta)) is unused by the {mode} / {config.csa.variant} model"
             )
         return _reference_skip(key)
 
-    return _match(
-        state,
-        lambda key: _apply(_REFERENCE_RULES, key),
-        skip,
-        expected,
-        where,
-        f"QCSModel({config.name!r}, {mode!r})",
+    mapped, report = _match(
+        state, rename, skip, expected, where, f"QCSModel({config.name!r}, {mode!r}) [{parts}]"
     )
+    return mapped, dataclasses.replace(report, ignored=ignored)
 
 
 def load_ir50_backbone(path: str | os.PathLike[str], model: nn.Module) -> LoadReport:
@@ -277,7 +314,8 @@ def load_ir50_backbone(path: str | os.PathLike[str], model: nn.Module) -> LoadRe
             return "IR-50 stage 4 (unused)"
         return None
 
-    state = _state_dict_of(_torch_load(path), str(path))
+    raw, ignored = _torch_load(path)
+    state = _state_dict_of(raw, str(path))
     expected = {k: tuple(v.shape) for k, v in backbone.state_dict().items()}
     mapped, report = _match(
         state, lambda key: _apply(rules, key), skip, expected, str(path), "the IR-50 backbone"
@@ -288,4 +326,5 @@ def load_ir50_backbone(path: str | os.PathLike[str], model: nn.Module) -> LoadRe
         {prefix + ours: theirs for ours, theirs in report.loaded.items()},
         report.skipped,
         tuple(prefix + k for k in report.defaulted),
+        ignored,
     )

@@ -77,13 +77,16 @@ class CrossSimilarityAttention(nn.Module):
         return 1 + torch.tanh(self.config.gamma * self.theta)
 
     def forward(self, x: torch.Tensor, pairs: Sequence[Pair]) -> torch.Tensor:
-        x = self.norm1(x)
-        q, v = self.proj(x).chunk(2, dim=-1)
+        h = self.norm1(x)
+        q, v = self.proj(h).chunk(2, dim=-1)
         if self.config.attention == "sdpa":
-            y = x + self.cross_attention(q, v, pairs)
+            gated = self.cross_attention(q, v, pairs)
         else:
-            y = x + self.attention_map(q, pairs).unsqueeze(-1) * v
-        z = self.norm2(y)
+            gated = self.attention_map(q, pairs).unsqueeze(-1) * v
+        if self.config.residual == "prenorm":  # a plain pre-norm block
+            y = x + gated
+            return y + self.mlp(self.norm2(y))
+        z = self.norm2(h + gated)  # the residual runs through the LayerNorms
         return z + self.mlp(z)
 
     def attention_map(self, q: torch.Tensor, pairs: Sequence[Pair]) -> torch.Tensor:

@@ -71,16 +71,21 @@ class QCSModel(nn.Module):
 
         BatchNorm in training mode therefore normalises over all G*B images of the step (one
         larger batch) instead of per branch as sequential calls would; in eval mode the two are
-        identical.
+        identical. `config.bn_per_branch` makes the G calls of the reference instead (slower).
         """
         g, b = images.shape[:2]
         if g != self.branches:
             raise ValueError(f"{self.mode} expects {self.branches} branches, got {g}")
-        base_logits, tokens = self.base(images.flatten(0, 1))
-        base_logits = base_logits.unflatten(0, (g, b))
+        if self.config.bn_per_branch and self.training:
+            per_branch = [self.base(branch) for branch in images]
+            base_logits = torch.stack([logits for logits, _ in per_branch])
+            tokens = torch.stack([branch_tokens for _, branch_tokens in per_branch])
+        else:
+            base_logits, tokens = self.base(images.flatten(0, 1))
+            base_logits, tokens = base_logits.unflatten(0, (g, b)), tokens.unflatten(0, (g, b))
         if self.mode == "baseline":
             return BranchLogits(base_logits, None)
-        return BranchLogits(base_logits, self.cross_logits(tokens.unflatten(0, (g, b))))
+        return BranchLogits(base_logits, self.cross_logits(tokens))
 
     def cross_logits(self, tokens: torch.Tensor) -> torch.Tensor:
         """Base tokens of the G branches (G x B x 3N x C) -> cross classifier logits (G x B x K).

@@ -47,10 +47,12 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float) -> None:
+    def __init__(
+        self, dim: int, heads: int, mlp_ratio: float, dropout: float, proj_dropout: float
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, heads, dropout)
+        self.attn = Attention(dim, heads, proj_dropout)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = MLP(dim, int(dim * mlp_ratio), dropout)
 
@@ -83,12 +85,16 @@ class ViT(nn.Module):
         mlp_ratio: float,
         num_classes: int,
         dropout: float = 0.0,
+        attn_proj_dropout: bool = False,
     ) -> None:
         super().__init__()
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens + 1, dim))
         self.pos_drop = nn.Dropout(dropout)
-        self.blocks = nn.Sequential(*[Block(dim, heads, mlp_ratio, dropout) for _ in range(depth)])
+        proj_dropout = dropout if attn_proj_dropout else 0.0
+        self.blocks = nn.Sequential(
+            *[Block(dim, heads, mlp_ratio, dropout, proj_dropout) for _ in range(depth)]
+        )
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.se_block = SEGate(dim)
         self.head = nn.Linear(dim, num_classes)
@@ -105,6 +111,7 @@ class ViT(nn.Module):
             mlp_ratio=config.mlp_ratio,
             num_classes=config.num_classes,
             dropout=dropout,
+            attn_proj_dropout=config.attn_proj_dropout,
         )
 
     def reset_parameters(self) -> None:

@@ -1,0 +1,98 @@
+"""The cost of `bn_per_branch`: the reference's per-branch BatchNorm calls vs one batched call.
+
+    python benchmarks/bn_per_branch.py [--config tiny] [--anchors 16] [--steps 4] [--repeats 3]
+                                       [--device cpu|cuda]
+
+One QCS training step (forward, loss, backward, Adam step) in fp32, the same weights and
+images for both variants, measured alternately in one process; prints a Markdown row and
+writes benchmarks/results/bn_per_branch.json. Only the BatchNorm calls differ: batched (the
+default) sends all 4B images through the base network at once, per-branch sends four batches
+of B as the reference does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from qcsfer.models import QCSModel, branch_loss, get_config
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def make_step(config_name: str, per_branch: bool, anchors: int, device: torch.device):
+    config = get_config(config_name, num_classes=8, bn_per_branch=per_branch)
+    torch.manual_seed(0)
+    model = QCSModel(config, "qcs").to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    size = config.image_size
+    images = torch.randn(4, anchors, 3, size, size, device=device)
+    targets = torch.randint(0, 8, (4, anchors), device=device)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        branch_loss(model(images), targets).backward()
+        optimizer.step()
+
+    return step
+
+
+def seconds_per_step(step, steps: int, device: torch.device) -> float:
+    step()  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="tiny")
+    parser.add_argument("--anchors", type=int, default=16, help="anchors per step (x4 images)")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    steps = {v: make_step(args.config, v, args.anchors, device) for v in (False, True)}
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(args.repeats):
+        for variant, step in steps.items():
+            times[variant].append(seconds_per_step(step, args.steps, device))
+    batched, per_branch = (statistics.median(times[v]) * 1000 for v in (False, True))
+    result = {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+        f"threads, torch {torch.__version__}, {device}",
+        "config": args.config,
+        "anchors": args.anchors,
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "batched_ms": round(batched, 1),
+        "per_branch_ms": round(per_branch, 1),
+        "slowdown": round(per_branch / batched, 3),
+        "all_ms": {"batched": times[False], "per_branch": times[True]},
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "bn_per_branch.json").write_text(json.dumps(result, indent=2) + "\n")
+    print("| config | anchors (x4 images) | batched ms/step | per-branch ms/step | cost |")
+    print("|---|---|---|---|---|")
+    print(
+        f"| {args.config} | {args.anchors} | {batched:.1f} | {per_branch:.1f} | "
+        f"x{per_branch / batched:.2f} |"
+    )
+
+
+if __name__ == "__main__":
+    main()
