@@ -15,6 +15,7 @@ import json
 import os
 import pickle
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -342,11 +343,11 @@ def _payloads(marker: Path) -> dict[str, object]:
         "exec": (exec, (code,)),
         "eval": (eval, (code,)),
         "os.system": (os.system, (f"touch {marker}",)),
-        "getattr": (getattr, (os, "system")),
+        "subprocess": (subprocess.Popen, (["touch", str(marker)],)),
     }
 
 
-@pytest.mark.parametrize("payload", ["exec", "eval", "os.system", "getattr"])
+@pytest.mark.parametrize("payload", ["exec", "eval", "os.system", "subprocess"])
 def test_code_in_a_checkpoint_is_refused_and_never_runs(payload: str, tmp_path: Path) -> None:
     marker = tmp_path / "payload-ran"
     reduce = _payloads(marker)[payload]
