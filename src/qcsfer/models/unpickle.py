@@ -16,6 +16,7 @@ names. This reader parses the same zip archive with an unpickler that imports no
 
 from __future__ import annotations
 
+import _compat_pickle
 import pickle
 import sys
 import zipfile
@@ -147,9 +148,15 @@ _TORCH = {
 }
 
 
+def _python3_name(module: str, name: str) -> tuple[str, str]:
+    """Protocol-2 pickles may spell names the Python 2 way (`__builtin__`, `commands`)."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        return _compat_pickle.NAME_MAPPING[module, name]
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+
+
 def _is_trusted_root(module: str) -> bool:
-    root = module.split(".")[0]
-    return root in sys.stdlib_module_names or root in ("torch", "__builtin__")
+    return module.split(".")[0] in (*sys.stdlib_module_names, "torch")
 
 
 class _Unpickler(pickle.Unpickler):
@@ -160,6 +167,7 @@ class _Unpickler(pickle.Unpickler):
         self.opaque: set[str] = set()
 
     def find_class(self, module: str, name: str) -> Any:
+        module, name = _python3_name(module, name)
         if (module, name) in _TORCH:
             return _TORCH[module, name]
         if module == "torch" and name in _DTYPES:
