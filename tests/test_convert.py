@@ -395,15 +395,15 @@ def test_convert_writes_our_format_with_classes_and_provenance(
     out = tmp_path / "rafdb-qcs.safetensors"
     assert main(["convert", str(reference_file), "--dataset", "rafdb", "--out", str(out)]) == 0
     assert "ignored pickled objects" in capsys.readouterr().out
-    model, metadata = load_weights(out)
-    assert metadata["classes"] == list(FAMILIES["rafdb"].classes)
-    assert metadata["classes"][0] == "surprise" and metadata["classes"][-1] == "neutral"
-    assert metadata["preprocessing"]["image_size"] == 224
-    assert metadata["preprocessing"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
-    assert metadata["model"]["backbone_size"] == 112 and metadata["mode"] == "qcs"
-    provenance = metadata["provenance"]
-    assert provenance["source_file"] == reference_file.name
-    assert provenance["source_sha256"] == source_sha256(reference_file)
+    model, card = load_weights(out)
+    assert card.classes == FAMILIES["rafdb"].classes
+    assert card.classes[0] == "surprise" and card.classes[-1] == "neutral"
+    assert card.preprocessing.image_size == 224 and not card.preprocessing.grayscale
+    assert card.preprocessing.mean == pytest.approx((0.485, 0.456, 0.406))
+    assert card.model["backbone_size"] == 112 and card.mode == "qcs"
+    assert card.metrics["published_test"]["accuracy"] == pytest.approx(0.925)
+    assert card.provenance["source_file"] == reference_file.name
+    assert card.provenance["source_sha256"] == source_sha256(reference_file)
     assert torch.equal(
         model.state_dict()["base.backbone.stages.2.13.residual.3.weight"],
         reference_state["ir_back.body3.13.res_layer.3.weight"],
@@ -419,7 +419,7 @@ def test_commands_take_reference_checkpoints_or_say_how(
     assert "--reference-dataset" in error
     argv = ["info", str(reference_file), "--reference-dataset", "rafdb"]
     assert main(argv) == 0
-    assert "classes: surprise, fear" in capsys.readouterr().out
+    assert "classes (7): surprise, fear" in capsys.readouterr().out
     cached = list((Path(os.environ["QCSFER_CACHE"]) / "reference").glob("*.json"))
     assert len(cached) == 1 and json.loads(cached[0].read_text())["mode"] == "qcs"
 
