@@ -2,6 +2,14 @@
 
     python benchmarks/ferplus_ablation.py run [--only NAME ...] [--qcs-epochs 2]
     python benchmarks/ferplus_ablation.py report          # Markdown tables from the results
+    python benchmarks/ferplus_ablation.py --suite converged run --qcs-epochs 12
+    python benchmarks/ferplus_ablation.py --suite converged report
+    python benchmarks/ferplus_ablation.py --suite converged curves   # Valid accuracy curves
+
+Suites. "short" (the default) is the first ablation. "converged" asks whether QCS still wins
+once the baseline has levelled off: baseline, DCS, QCS and QCS with SDPA, 3 seeds each, at an
+equal image budget long enough for the baseline's Valid curve to flatten (check it with
+`curves`); its runs and results live apart (runs/ablation-converged, results/ablation-converged).
 
 Budgets. "equal images": every run pushes the same number of images through the backbone, so a
 QCS anchor-epoch (4 images per anchor) is matched by 4 baseline or 2 DCS anchor-epochs.
@@ -21,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,9 +51,9 @@ class Run:
     group: str  # which table it belongs to
     overrides: dict[str, object] = field(default_factory=dict)
 
-    def command(self) -> list[str]:
+    def command(self, runs: Path = RUNS) -> list[str]:
         settings = {"mode": self.mode, "epochs": self.epochs, "seed": self.seed, **self.overrides}
-        args = [sys.executable, "-m", "qcsfer", "train", RECIPE, "--run-dir", str(RUNS / self.name)]
+        args = [sys.executable, "-m", "qcsfer", "train", RECIPE, "--run-dir", str(runs / self.name)]
         for key, value in settings.items():
             args += ["--set", f"{key}={json.dumps(value)}"]
         return args
@@ -72,21 +81,51 @@ def plan(qcs_epochs: int) -> list[Run]:
     return runs
 
 
-def execute(run: Run) -> None:
-    result = RESULTS / f"{run.name}.json"
+def plan_converged(qcs_epochs: int) -> list[Run]:
+    """Equal images, 3 seeds: baseline, DCS, QCS (CSA) and QCS with SDPA."""
+    runs = []
+    for seed in SEEDS:
+        for mode in ("baseline", "dcs", "qcs"):
+            epochs = qcs_epochs * IMAGES_PER_ANCHOR["qcs"] // IMAGES_PER_ANCHOR[mode]
+            runs.append(Run(f"{mode}-images-s{seed}", mode, epochs, seed, "equal images"))
+        sdpa = {"model_overrides.csa.attention": "sdpa"}
+        runs.append(Run(f"qcs-sdpa-s{seed}", "qcs", qcs_epochs, seed, "variants", sdpa))
+    return runs
+
+
+@dataclass(frozen=True)
+class Suite:
+    results: Path
+    runs: Path  # relative to the repository root
+    plan: Callable[[int], list[Run]]
+
+
+SUITES = {
+    "short": Suite(RESULTS, RUNS, plan),
+    "converged": Suite(
+        RESULTS.with_name("ablation-converged"),
+        RUNS.with_name("ablation-converged"),
+        plan_converged,
+    ),
+}
+
+
+def execute(run: Run, suite: Suite = SUITES["short"]) -> None:
+    results, runs = suite.results, suite.runs
+    result = results / f"{run.name}.json"
     if result.is_file():
         print(f"{run.name}: done already", file=sys.stderr)
         return
-    command = run.command()
-    resuming = (REPO / RUNS / run.name / "last.pt").is_file()
+    command = run.command(runs)
+    resuming = (REPO / runs / run.name / "last.pt").is_file()
     if resuming:
-        command = [sys.executable, "-m", "qcsfer", "train", "--resume", str(RUNS / run.name)]
+        command = [sys.executable, "-m", "qcsfer", "train", "--resume", str(runs / run.name)]
     print(f"{run.name}: {' '.join(command[2:])}", file=sys.stderr)
     start = time.time()
     subprocess.run(command, check=True, cwd=REPO)
     history = [
         json.loads(line)
-        for line in (REPO / RUNS / run.name / "metrics.jsonl").read_text().splitlines()
+        for line in (REPO / runs / run.name / "metrics.jsonl").read_text().splitlines()
     ]
     best = max(history, key=lambda h: h["val_accuracy"])
     record = {
@@ -96,7 +135,7 @@ def execute(run: Run) -> None:
         "seed": run.seed,
         "epochs": run.epochs,
         "overrides": run.overrides,
-        "command": " ".join(["qcsfer", *run.command()[3:]]),
+        "command": " ".join(["qcsfer", *run.command(runs)[3:]]),
         "wall_seconds_this_invocation": time.time() - start,
         "train_seconds": sum(h["epoch_seconds"] for h in history),
         "resumed": resuming,
@@ -106,7 +145,7 @@ def execute(run: Run) -> None:
         "final_val_accuracy": history[-1]["val_accuracy"],
         "k": history[-1]["k"],
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results.mkdir(parents=True, exist_ok=True)
     result.write_text(json.dumps(record, indent=2))
 
 
@@ -137,8 +176,8 @@ def _points(diffs: list[float]) -> str:
     return text
 
 
-def report() -> str:
-    records = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+def report(suite: Suite = SUITES["short"]) -> str:
+    records = [json.loads(p.read_text()) for p in sorted(suite.results.glob("*.json"))]
     by_name: dict[str, list[dict]] = {}
     for r in records:
         by_name.setdefault(r["name"].rsplit("-s", 1)[0], []).append(r)
@@ -185,20 +224,63 @@ def report() -> str:
     return "\n".join(lines)
 
 
+def curves(suite: Suite) -> Path:
+    """Valid accuracy against images seen (in QCS anchor-epochs), mean and range over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list[list[tuple[float, float]]]] = {}
+    for metrics in sorted((REPO / suite.runs).glob("*/metrics.jsonl")):
+        name, mode = metrics.parent.name, metrics.parent.name.split("-")[0]
+        scale = IMAGES_PER_ANCHOR[mode] / IMAGES_PER_ANCHOR["qcs"]
+        history = [json.loads(line) for line in metrics.read_text().splitlines()]
+        points = [(h["epoch"] * scale, 100 * h["val_accuracy"]) for h in history]
+        groups.setdefault(name.rsplit("-s", 1)[0], []).append(points)
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for name, runs in sorted(groups.items()):
+        length = min(len(r) for r in runs)
+        x = [runs[0][i][0] for i in range(length)]
+        values = [[r[i][1] for r in runs] for i in range(length)]
+        line = axes.plot(x, [statistics.mean(v) for v in values], label=f"{name} ({len(runs)})")
+        axes.fill_between(
+            x,
+            [min(v) for v in values],
+            [max(v) for v in values],
+            alpha=0.2,
+            color=line[0].get_color(),
+        )
+    axes.set_xlabel("images seen (QCS anchor-epochs)")
+    axes.set_ylabel("FERPlus Valid accuracy (%)")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    suite.results.mkdir(parents=True, exist_ok=True)
+    path = suite.results / "curves.png"
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--suite", default="short", choices=sorted(SUITES))
     sub = parser.add_subparsers(dest="action", required=True)
     p = sub.add_parser("run")
     p.add_argument("--only", nargs="*", help="run only these names")
     p.add_argument("--qcs-epochs", type=int, default=2)
     sub.add_parser("report")
+    sub.add_parser("curves")
     args = parser.parse_args()
+    suite = SUITES[args.suite]
     if args.action == "report":
-        print(report())
+        print(report(suite))
         return
-    for run in plan(args.qcs_epochs):
+    if args.action == "curves":
+        print(curves(suite))
+        return
+    for run in suite.plan(args.qcs_epochs):
         if not args.only or run.name in args.only:
-            execute(run)
+            execute(run, suite)
     print(report())
 
 
