@@ -29,7 +29,7 @@ from qcsfer.engine.warm_start import initialize
 from qcsfer.models import QCSModel, get_config
 from qcsfer.models.backbone import IRBackbone
 from qcsfer.models.convert import load_ir50_backbone, load_reference_checkpoint
-from qcsfer.models.reference import FAMILIES, source_sha256
+from qcsfer.models.reference import FAMILIES, ReferenceFamily, source_sha256
 from qcsfer.models.weights import WeightsError, load_weights
 
 from .conftest import REPO, SHARED
@@ -45,7 +45,7 @@ def paper() -> QCSModel:
 
 def _tiny(mode: str = "qcs", **overrides) -> QCSModel:
     torch.manual_seed(0)
-    return QCSModel(get_config("tiny", num_classes=5, **overrides), mode)
+    return QCSModel(get_config("tiny", **{"num_classes": 5, **overrides}), mode)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,16 +304,66 @@ def _save_as_main(obj: dict, path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     torch.save(obj, path)
 
 
+# Our names -> the reference's: the inverse of the mapping, to write a small model the way the
+# reference's training script would (any configuration with the paper's module layout).
+_TO_REFERENCE = [
+    (r"base\.backbone\.stem\.(.+)", lambda m: f"ir_back.input_layer.{m[1]}"),
+    (
+        r"base\.backbone\.stages\.(\d)\.(\d+)\.(residual|shortcut)\.(.+)",
+        lambda m: (
+            f"ir_back.body{int(m[1]) + 1}.{m[2]}."
+            f"{ {'residual': 'res_layer', 'shortcut': 'shortcut_layer'}[m[3]] }.{m[4]}"
+        ),
+    ),
+    (r"base\.tokens\.(\d)\.downsample\.(.+)", lambda m: f"conv{int(m[1]) + 1}.{m[2]}"),
+    (r"base\.tokens\.0\.embed\.(.+)", lambda m: f"embed_q.{m[1]}"),
+    (r"base\.tokens\.1\.embed\.(.+)", lambda m: f"embed_k.{m[1]}"),
+    (r"base\.tokens\.2\.embed\.0\.(.+)", lambda m: f"embed_v.proj.{m[1]}"),
+    (r"base\.vit\.head\.(.+)", lambda m: f"VIT_base.head.linear.{m[1]}"),
+    (r"base\.vit\.(.+)", lambda m: f"VIT_base.{m[1]}"),
+    (r"cross_vit\.head\.(.+)", lambda m: f"VIT_cross.head.linear.{m[1]}"),
+    (r"cross_vit\.(.+)", lambda m: f"VIT_cross.{m[1]}"),
+    (r"csa\.(\d)\.(.+)", lambda m: f"cross_attention_{int(m[1]) + 1}.{m[2]}"),
+]
+
+
+def reference_format(model: QCSModel) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, tensor in model.state_dict().items():
+        rule = next(r for r in _TO_REFERENCE if re.fullmatch(r[0], name))
+        out[rule[1](re.fullmatch(rule[0], name))] = tensor
+    return out
+
+
+SMALL_REFERENCE = get_config("tiny", num_classes=7)  # RAF-DB's 7 classes, a CPU-sized network
+
+
+@pytest.fixture
+def tiny_families(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The released families built at `tiny` size, so conversion tests stay fast."""
+    monkeypatch.setattr(
+        ReferenceFamily,
+        "config",
+        lambda self, mode: get_config("tiny", num_classes=len(self.classes)),
+    )
+
+
 @pytest.fixture(scope="module")
-def reference_file(reference_state: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A reference training checkpoint as the authors' script writes it (RAF-DB QCS)."""
+def reference_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, QCSModel]:
+    """A reference training checkpoint as the authors' script writes it (7 classes), and the
+    model whose weights it holds."""
+    torch.manual_seed(4)
+    model = QCSModel(SMALL_REFERENCE, "qcs").eval()
+    with torch.no_grad():
+        for buffer in model.buffers():
+            buffer.add_(1)  # BatchNorm statistics that differ from a fresh model's
     path = tmp_path_factory.mktemp("reference") / "raf-db-model_best.pth"
     with pytest.MonkeyPatch.context() as monkeypatch:
         _save_as_main(
             {
                 "epoch": 37,
                 "state_dict": collections.OrderedDict(
-                    ("module." + k, v) for k, v in reference_state.items()
+                    ("module." + k, v) for k, v in reference_format(model).items()
                 ),
                 "best_acc": torch.tensor(92.5),
                 "optimizer": {"state": {}, "param_groups": [{"lr": 3e-6, "rho": 0.05}]},
@@ -325,16 +375,16 @@ def reference_file(reference_state: dict, tmp_path_factory: pytest.TempPathFacto
         )
     with pytest.raises(pickle.UnpicklingError):  # what made such files unusable until now
         torch.load(path, weights_only=True)
-    return path
+    return path, model
 
 
-def test_recorder_objects_are_read_inertly(reference_file: Path, reference_state: dict) -> None:
-    config = get_config("paper", num_classes=7)
-    state, report = load_reference_checkpoint(reference_file, config)
+def test_recorder_objects_are_read_inertly(reference_file: tuple[Path, QCSModel]) -> None:
+    path, model = reference_file
+    state, report = load_reference_checkpoint(path, SMALL_REFERENCE)
     assert "__main__.RecorderMeter_loss" in report.ignored
-    assert report.loaded["base.vit.head.weight"] == "VIT_base.head.linear.weight"
-    assert torch.equal(state["csa.1.proj.weight"], reference_state["cross_attention_2.proj.weight"])
     assert "never run" in report.summary()
+    ours = model.state_dict()
+    assert set(state) == set(ours) and all(torch.equal(state[k], ours[k]) for k in ours)
 
 
 def _payloads(marker: Path) -> dict[str, object]:
@@ -390,50 +440,54 @@ def test_unknown_callables_become_inert(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_convert_writes_our_format_with_classes_and_provenance(
-    reference_file: Path, reference_state: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+    reference_file: tuple[Path, QCSModel],
+    tiny_families: None,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
 ) -> None:
+    path, model = reference_file
     out = tmp_path / "rafdb-qcs.safetensors"
-    assert main(["convert", str(reference_file), "--dataset", "rafdb", "--out", str(out)]) == 0
+    assert main(["convert", str(path), "--dataset", "rafdb", "--out", str(out)]) == 0
     assert "ignored pickled objects" in capsys.readouterr().out
-    model, card = load_weights(out)
+    converted, card = load_weights(out)
     assert card.classes == FAMILIES["rafdb"].classes
     assert card.classes[0] == "surprise" and card.classes[-1] == "neutral"
     assert card.preprocessing.image_size == 224 and not card.preprocessing.grayscale
     assert card.preprocessing.mean == pytest.approx((0.485, 0.456, 0.406))
-    assert card.model["backbone_size"] == 112 and card.mode == "qcs"
+    assert card.mode == "qcs" and card.network == "training"
     assert card.metrics["published_test"]["accuracy"] == pytest.approx(0.925)
-    assert card.provenance["source_file"] == reference_file.name
-    assert card.provenance["source_sha256"] == source_sha256(reference_file)
-    assert torch.equal(
-        model.state_dict()["base.backbone.stages.2.13.residual.3.weight"],
-        reference_state["ir_back.body3.13.res_layer.3.weight"],
-    )
+    assert card.provenance["source_file"] == path.name
+    assert card.provenance["source_sha256"] == source_sha256(path)
+    images = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        assert torch.equal(converted.base(images)[0], model.base(images)[0])
 
 
 def test_commands_take_reference_checkpoints_or_say_how(
-    reference_file: Path, capsys: pytest.CaptureFixture
+    reference_file: tuple[Path, QCSModel], tiny_families: None, capsys: pytest.CaptureFixture
 ) -> None:
-    assert main(["info", str(reference_file)]) == 2
+    path, _ = reference_file
+    assert main(["info", str(path)]) == 2
     error = capsys.readouterr().err
-    assert f"qcsfer convert {reference_file} --dataset" in error
+    assert f"qcsfer convert {path} --dataset" in error
     assert "--reference-dataset" in error
-    argv = ["info", str(reference_file), "--reference-dataset", "rafdb"]
-    assert main(argv) == 0
+    assert main(["info", str(path), "--reference-dataset", "rafdb"]) == 0
     assert "classes (7): surprise, fear" in capsys.readouterr().out
     cached = list((Path(os.environ["QCSFER_CACHE"]) / "reference").glob("*.json"))
     assert len(cached) == 1 and json.loads(cached[0].read_text())["mode"] == "qcs"
 
 
-def test_training_init_from_the_backbone_of_a_reference(reference_file: Path) -> None:
-    model = QCSModel(FAMILIES["affectnet8"].config("qcs"), "qcs")  # a head of another size
+def test_training_init_from_the_backbone_of_a_reference(
+    reference_file: tuple[Path, QCSModel],
+) -> None:
+    path, source = reference_file
+    model = _tiny(num_classes=8)  # a head of another size
     head = model.base.vit.head.weight.clone()
-    initialize(model, InitConfig(reference=str(reference_file), reference_parts="backbone"))
+    initialize(model, InitConfig(reference=str(path), reference_parts="backbone"))
     assert torch.equal(model.base.vit.head.weight, head)
-    loaded, _ = load_reference_checkpoint(
-        reference_file, get_config("paper", num_classes=7), parts="backbone"
-    )
-    ours = model.state_dict()
-    assert all(torch.equal(ours[name], tensor) for name, tensor in loaded.items())
+    theirs = source.base.backbone.state_dict()
+    for name, tensor in model.base.backbone.state_dict().items():
+        assert torch.equal(tensor, theirs[name]), name
 
 
 @pytest.mark.parametrize("dataset", list(FAMILIES))
