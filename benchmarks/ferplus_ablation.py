@@ -86,7 +86,7 @@ def plan_converged(qcs_epochs: int) -> list[Run]:
     runs = []
     for seed in SEEDS:
         for mode in ("baseline", "dcs", "qcs"):
-            epochs = qcs_epochs * IMAGES_PER_ANCHOR["qcs"] // IMAGES_PER_ANCHOR[mode]
+            epochs = qcs_epochs * BRANCHES["qcs"] // BRANCHES[mode]
             runs.append(Run(f"{mode}-images-s{seed}", mode, epochs, seed, "equal images"))
         sdpa = {"model_overrides.csa.attention": "sdpa"}
         runs.append(Run(f"qcs-sdpa-s{seed}", "qcs", qcs_epochs, seed, "variants", sdpa))
@@ -234,7 +234,7 @@ def curves(suite: Suite) -> Path:
     groups: dict[str, list[list[tuple[float, float]]]] = {}
     for metrics in sorted((REPO / suite.runs).glob("*/metrics.jsonl")):
         name, mode = metrics.parent.name, metrics.parent.name.split("-")[0]
-        scale = IMAGES_PER_ANCHOR[mode] / IMAGES_PER_ANCHOR["qcs"]
+        scale = BRANCHES[mode] / BRANCHES["qcs"]
         history = [json.loads(line) for line in metrics.read_text().splitlines()]
         points = [(h["epoch"] * scale, 100 * h["val_accuracy"]) for h in history]
         groups.setdefault(name.rsplit("-s", 1)[0], []).append(points)
