@@ -28,7 +28,7 @@ def serve(settings: ServeSettings) -> None:
     """Run the server in the foreground until Ctrl-C."""
     import uvicorn
 
-    from .app import create_app as build
+    from .app import create_app, load_recognizer
 
     logging.getLogger("qcsfer.serve.access").setLevel(logging.INFO)
     _limit_torch_threads(settings.threads)
@@ -38,10 +38,11 @@ def serve(settings: ServeSettings) -> None:
             settings.host,
             "" if settings.token else " and WITHOUT a token (anyone can use it)",
         )
+    recognizer = load_recognizer(settings)  # a bad model is a clear error, before listening
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     print(f"qcsfer serve: http://{host}:{settings.port}/ (Ctrl-C stops)", file=sys.stderr)
     uvicorn.run(
-        build(settings),
+        create_app(settings, recognizer),
         host=settings.host,
         port=settings.port,
         access_log=False,  # ours has request ids and timings
@@ -53,8 +54,8 @@ def serve(settings: ServeSettings) -> None:
 def _limit_torch_threads(threads: int) -> None:
     """PyTorch's intra-op threads for this process (ONNX Runtime gets them per session).
 
-    Its default, one per core, spins on barriers; next to other busy processes, or with several
-    model workers, that makes every call many times slower, which batching then cannot recover.
+    Its default, one per core, makes each call compete with the other model workers and with
+    whatever else runs; workers x threads then says how many cores the server uses.
     """
     try:
         import torch

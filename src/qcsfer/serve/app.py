@@ -100,19 +100,24 @@ def static_text(name: str) -> str:
     return (resources.files("qcsfer.serve") / "static" / name).read_text(encoding="utf-8")
 
 
+def load_recognizer(settings: ServeSettings) -> ExpressionRecognizer:
+    """The model the settings name (ValueError/FileNotFoundError when it cannot be loaded)."""
+    return ExpressionRecognizer(
+        settings.model,
+        backend=settings.backend,
+        device=settings.device,
+        threads=settings.threads,
+        prior=settings.prior,
+        **({"detector": settings.detector} if settings.detector else {}),
+    )
+
+
 def create_app(settings: ServeSettings, recognizer: ExpressionRecognizer | None = None) -> FastAPI:
     """The application; loads the model at start-up unless a recognizer is given (tests)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loaded = recognizer or ExpressionRecognizer(
-            settings.model,
-            backend=settings.backend,
-            device=settings.device,
-            threads=settings.threads,
-            prior=settings.prior,
-            **({"detector": settings.detector} if settings.detector else {}),
-        )
+        loaded = recognizer or load_recognizer(settings)
         service = InferenceService(loaded, settings)
         app.state.service = service
         service.warm_up()
