@@ -18,10 +18,18 @@ from ..data.transforms import Augmentation, Preprocessing, train_transform
 from .device import autocast
 
 
-def average_states(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Element-wise mean of floating-point tensors; counters (integers) from the last state."""
+def average_states(
+    states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float] | None = None
+) -> dict[str, torch.Tensor]:
+    """Element-wise (weighted) mean of floating-point tensors; counters (integers) from the
+    last state. Weights (summing to 1) interpolate, e.g. between a model and its fine-tuned
+    version (WiSE-FT, Wortsman et al. 2022)."""
     if not states:
         raise ValueError("nothing to average")
+    if weights is None:
+        weights = [1 / len(states)] * len(states)
+    if len(weights) != len(states) or abs(sum(weights) - 1) > 1e-6:
+        raise ValueError("one weight per state, summing to 1")
     keys = states[0].keys()
     for state in states[1:]:
         if state.keys() != keys:
@@ -29,7 +37,8 @@ def average_states(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch
     averaged = {}
     for key, last in states[-1].items():
         if last.is_floating_point():
-            averaged[key] = torch.stack([s[key].float() for s in states]).mean(0).to(last.dtype)
+            mixed = sum(w * s[key].double() for w, s in zip(weights, states, strict=True))
+            averaged[key] = mixed.to(last.dtype)
         else:
             averaged[key] = last.clone()
     return averaged
