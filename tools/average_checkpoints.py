@@ -13,11 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from qcsfer.data.splits import load_splits
-from qcsfer.engine.averaging import average_states, recompute_batchnorm
+from qcsfer.engine.averaging import average_states, recompute_batchnorm, validation_accuracy
 from qcsfer.engine.checkpoint import (
     load_checkpoint,
     model_from_checkpoint,
@@ -25,7 +22,6 @@ from qcsfer.engine.checkpoint import (
     save_checkpoint,
     weights_only,
 )
-from qcsfer.engine.evaluate import predict_logits
 
 
 def main() -> None:
@@ -43,19 +39,10 @@ def main() -> None:
     train_split, val_split, _ = load_splits(config, None)
 
     def report(name: str) -> None:
-        accuracies = []
-        for flip in (False, True):
-            logits = predict_logits(
-                model.base,
-                val_split.images.images,
-                config.preprocessing,
-                torch.device("cpu"),
-                flip=flip,
-            )
-            accuracies.append(np.mean(logits.argmax(1).numpy() == val_split.records.labels))
-        print(
-            f"{name}: Valid {100 * accuracies[0]:.2f}% single view, {100 * accuracies[1]:.2f}% flip"
+        single, flip = validation_accuracy(
+            model.base, val_split.images, val_split.records.labels, config.preprocessing
         )
+        print(f"{name}: Valid {100 * single:.2f}% single view, {100 * flip:.2f}% flip")
 
     for path, checkpoint in zip(args.checkpoints, checkpoints, strict=True):
         model.load_state_dict(checkpoint["model"])

@@ -17,17 +17,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from qcsfer.config import TrainConfig, from_dict
-from qcsfer.engine.averaging import average_states
-from qcsfer.engine.evaluate import predict_logits
-from qcsfer.engine.trainer import load_checkpoint, load_splits, save_atomic
-from qcsfer.models import QCSModel
+from qcsfer.data.splits import load_splits
+from qcsfer.engine.averaging import average_states, validation_accuracy
+from qcsfer.engine.checkpoint import (
+    load_checkpoint,
+    model_from_checkpoint,
+    run_config,
+    save_checkpoint,
+    weights_only,
+)
 from qcsfer.models.weights import load_weights
-
-RESUME_ONLY = ("optimizer", "scheduler", "scaler", "epoch_loss")
 
 
 def main() -> None:
@@ -40,12 +41,12 @@ def main() -> None:
     args = parser.parse_args()
 
     end = load_checkpoint(args.end)
-    config = from_dict(TrainConfig, end["config"])
+    config = run_config(end)
     start, card = load_weights(args.start)
     if card.network != "training" or card.mode != config.mode:
         raise SystemExit(f"{args.start}: not a {config.mode} training graph")
     start_state = start.state_dict()
-    model = QCSModel(config.model_config(len(end["classes"])), config.mode)
+    model = model_from_checkpoint(end)
     _, val_split, _ = load_splits(config, None)
 
     def mix(alpha: float) -> dict[str, torch.Tensor]:
@@ -53,24 +54,13 @@ def main() -> None:
 
     for alpha in sorted({*map(float, args.alphas.split(",")), args.write}):
         model.load_state_dict(mix(alpha))
-        accuracies = []
-        for flip in (False, True):
-            logits = predict_logits(
-                model.base,
-                val_split.images.images,
-                config.preprocessing,
-                torch.device("cpu"),
-                flip=flip,
-            )
-            accuracies.append(np.mean(logits.argmax(1).numpy() == val_split.records.labels))
-        print(
-            f"alpha {alpha:.2f}: Valid {100 * accuracies[0]:.2f}% single, "
-            f"{100 * accuracies[1]:.2f}% flip"
+        single, flip = validation_accuracy(
+            model.base, val_split.images, val_split.records.labels, config.preprocessing
         )
-    mixed = {k: v for k, v in end.items() if k not in RESUME_ONLY}
-    mixed["model"] = mix(args.write)
+        print(f"alpha {alpha:.2f}: Valid {100 * single:.2f}% single view, {100 * flip:.2f}% flip")
+    mixed = weights_only(end, mix(args.write))
     mixed["interpolated"] = {"start": str(args.start), "end": str(args.end), "alpha": args.write}
-    save_atomic(mixed, args.out)
+    save_checkpoint(mixed, args.out)
     print(f"wrote {args.out} (alpha {args.write})")
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..data.images import MemoryImages
 from ..data.transforms import Augmentation, Preprocessing, train_transform
 from .device import autocast
+from .evaluate import predict_logits
 
 
 def average_states(
@@ -77,3 +79,15 @@ def recompute_batchnorm(
         m.momentum = momentum
     network.train(was_training)
     return len(norms)
+
+
+def validation_accuracy(
+    network: nn.Module, images: MemoryImages, labels: np.ndarray, prep: Preprocessing
+) -> tuple[float, float]:
+    """(single view, flip-averaged) accuracy in fp32 on CPU: how averaged or interpolated
+    weights are compared, always on a validation split."""
+    accuracies = []
+    for flip in (False, True):
+        logits = predict_logits(network, images.images, prep, torch.device("cpu"), flip=flip)
+        accuracies.append(float((logits.argmax(1).numpy() == labels).mean()))
+    return accuracies[0], accuracies[1]
