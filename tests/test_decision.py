@@ -100,27 +100,34 @@ def test_recognizer_serves_both_operating_points(tmp_path) -> None:
     the model's; a model without a training prior refuses prior=balanced with a message."""
     import json
     import shutil
+    from pathlib import Path
 
     from qcsfer import ExpressionRecognizer
     from qcsfer.pretrained import resolve_weights
 
     shipped = resolve_weights("default")
-    weights = tmp_path / "model.safetensors"
-    shutil.copyfile(shipped, weights)
     metadata = json.loads(shipped.with_suffix(".json").read_text())
+    metadata.pop("decision", None)
+
+    def model_file(name: str, decision: DecisionRule | None) -> Path:
+        weights = tmp_path / f"{name}.safetensors"
+        shutil.copyfile(shipped, weights)
+        card = dict(metadata, **({"decision": decision.to_dict()} if decision else {}))
+        weights.with_suffix(".json").write_text(json.dumps(card))
+        return weights
+
     prior = [0.34, 0.27, 0.12, 0.14, 0.09, 0.01, 0.02, 0.01]
     rule = DecisionRule(
         tuple(prior),
         {"dataset": OperatingPoint(0.0, 0.8), "balanced": OperatingPoint(0.7, 0.9)},
         "balanced",
     )
-    metadata["decision"] = rule.to_dict()
-    weights.with_suffix(".json").write_text(json.dumps(metadata))
+    weights, without_rule = model_file("with", rule), model_file("without", None)
 
     face = np.full((48, 48, 3), 128, dtype=np.uint8)
     face[14:18, 12:20] = face[14:18, 28:36] = 40  # eyes
     face[32:35, 16:32] = 60  # mouth
-    plain = ExpressionRecognizer(shipped, detect=False)
+    plain = ExpressionRecognizer(without_rule, detect=False)
     assert plain.prior == "dataset"
     raw = np.log(list(plain(face)[0].probabilities.values()))
     for name in ("dataset", "balanced"):
@@ -129,4 +136,4 @@ def test_recognizer_serves_both_operating_points(tmp_path) -> None:
         assert np.allclose(got, rule.probabilities(raw[None], name)[0], atol=1e-5)
     assert ExpressionRecognizer(weights, detect=False).prior == "balanced"
     with pytest.raises(ValueError, match="training prior"):
-        ExpressionRecognizer(shipped, detect=False, prior="balanced")
+        ExpressionRecognizer(without_rule, detect=False, prior="balanced")

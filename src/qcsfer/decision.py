@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import UsageError
+
 PRIORS = ("dataset", "balanced")
 
 
@@ -40,16 +42,16 @@ class DecisionRule:
     def __post_init__(self) -> None:
         for name in (*self.operating_points, self.default):
             if name not in PRIORS:
-                raise ValueError(f"unknown prior {name!r}; choose from {PRIORS}")
+                raise UsageError(f"unknown prior {name!r}; choose from {PRIORS}")
         if self.training_prior is not None and min(self.training_prior) <= 0:
-            raise ValueError("the training prior must be positive for every class")
+            raise UsageError("the training prior must be positive for every class")
 
     def point(self, prior: str | None) -> OperatingPoint:
         name = prior or self.default
         if name not in PRIORS:
-            raise ValueError(f"unknown prior {name!r}; choose from {PRIORS}")
+            raise UsageError(f"unknown prior {name!r}; choose from {PRIORS}")
         if name == "balanced" and self.training_prior is None:
-            raise ValueError(
+            raise UsageError(
                 "prior=balanced needs the model's training prior, which this model does not "
                 "record; calibrate it (python tools/calibrate.py) or use prior=dataset"
             )
