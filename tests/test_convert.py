@@ -29,8 +29,8 @@ from qcsfer.engine.warm_start import initialize
 from qcsfer.models import QCSModel, get_config
 from qcsfer.models.backbone import IRBackbone
 from qcsfer.models.convert import load_ir50_backbone, load_reference_checkpoint
-from qcsfer.models.reference import FAMILIES, ReferenceFamily, source_sha256
-from qcsfer.models.weights import WeightsError, load_weights
+from qcsfer.models.reference import FAMILIES, ReferenceFamily
+from qcsfer.models.weights import WeightsError, file_sha256, load_weights
 
 from .conftest import REPO, SHARED
 
@@ -457,7 +457,7 @@ def test_convert_writes_our_format_with_classes_and_provenance(
     assert card.mode == "qcs" and card.network == "training"
     assert card.metrics["published_test"]["accuracy"] == pytest.approx(0.925)
     assert card.provenance["source_file"] == path.name
-    assert card.provenance["source_sha256"] == source_sha256(path)
+    assert card.provenance["source_sha256"] == file_sha256(path)
     images = torch.randn(2, 3, 48, 48)
     with torch.no_grad():
         assert torch.equal(converted.base(images)[0], model.base(images)[0])

@@ -14,7 +14,6 @@ wrote it (method doc, sections 5-7, and the reference's own class lists):
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from ..preprocessing import Preprocessing
 from .configs import ModelConfig, get_config
 from .convert import LoadReport, load_reference_checkpoint
 from .qcs import QCSModel
-from .weights import WeightsError, save_weights
+from .weights import WeightsError, file_sha256, save_weights
 
 ReferenceMode = Literal["qcs", "dcs"]
 PREPROCESSING = Preprocessing(image_size=224, load_size=224, grayscale=False)
@@ -77,15 +76,6 @@ def family(dataset: str) -> ReferenceFamily:
     return FAMILIES[dataset]
 
 
-def source_sha256(path: Path) -> str:
-    """The checksum recorded as provenance, so a converted file names the exact original."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def convert_reference(
     source: str | os.PathLike[str],
     dataset: str,
@@ -112,7 +102,7 @@ def convert_reference(
     provenance = {
         "source": "the authors' reference checkpoint (QCS, AAAI 2025)",
         "source_file": source.name,
-        "source_sha256": source_sha256(source),
+        "source_sha256": file_sha256(source),
         "dataset": chosen.title,
         "mode": mode,
         "metrics_source": "published_test: the paper's top-1 for the released checkpoint "
@@ -138,7 +128,7 @@ def converted_path(
     source: str | os.PathLike[str], dataset: str, mode: ReferenceMode, cache: Path
 ) -> Path:
     """A converted copy of `source` in `cache` (made once per file contents, dataset and mode)."""
-    digest = source_sha256(Path(source))[:16]
+    digest = file_sha256(Path(source))[:16]
     path = cache / f"{digest}-{dataset}-{mode}.safetensors"
     if not (path.is_file() and path.with_suffix(".json").is_file()):
         cache.mkdir(parents=True, exist_ok=True)

@@ -52,7 +52,8 @@ def unwrap_module(model: nn.Module) -> nn.Module:
     return model
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 4 MiB chunks."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -120,7 +121,7 @@ def save_weights(
     card = card.replace(
         tensors={
             "file": tensor_path.name,
-            "sha256": _sha256(tensor_path),
+            "sha256": file_sha256(tensor_path),
             "id": pair_id,
             "count": len(tensors),
             "parameters": sum(p.numel() for p in model.parameters()),
@@ -155,7 +156,7 @@ def _read_tensors(tensor_path: Path, card: ModelCard, prefix: str) -> dict[str, 
         "({}): the pair was not saved together"
     )
     expected_id, expected_hash = card.tensors.get("id"), card.tensors.get("sha256")
-    if expected_hash and not (prefix and expected_id) and _sha256(tensor_path) != expected_hash:
+    if expected_hash and not (prefix and expected_id) and file_sha256(tensor_path) != expected_hash:
         raise WeightsError(mismatch.format("sha256 mismatch"))
     try:
         with safe_open(tensor_path, framework="pt") as f:
