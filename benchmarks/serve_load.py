@@ -194,9 +194,14 @@ def main() -> int:
         for mode, (process, _) in servers.items():
             memory[mode]["rss_after_mb"] = rss_mb(process.pid)
     finally:
-        for process, _ in servers.values():
+        for mode, (process, _) in servers.items():
             process.terminate()
-            process.wait(timeout=30)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # reported: a server that ignores SIGTERM
+                memory[mode]["stop"] = "no exit 30 s after SIGTERM; killed"
+                process.kill()
+                process.wait()
     report = {
         "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -229,7 +234,7 @@ def markdown(report: dict) -> str:
     for mode, m in report["memory"].items():
         lines.append(
             f"\n{mode}: server RSS {m['rss_before_mb']:.0f} MB before, "
-            f"{m['rss_after_mb']:.0f} MB after"
+            f"{m.get('rss_after_mb', float('nan')):.0f} MB after; {m.get('stop', 'stopped')}"
         )
     ratios = ", ".join(f"{n} clients {v:.2f}x" for n, v in report["batched_over_single"].items())
     lines.append(f"\nbatched / one-at-a-time requests/s: {ratios}")
