@@ -24,6 +24,7 @@ import platform
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -105,11 +106,16 @@ def start_server(extra: list[str], workers: int, max_pending: int) -> tuple[subp
     command = [sys.executable, "-m", "qcsfer", "-q", "serve", "--host", HOST, "--port", str(port)]
     command += ["--workers", str(workers), "--max-pending", str(max_pending), *extra]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), *sys.path])}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # The server's log goes to a file: an undrained pipe fills (64 KB, some 250 access-log
+    # lines) and then blocks the server's event loop on its next log line.
+    with tempfile.NamedTemporaryFile(
+        "w", prefix="qcsfer-serve-", suffix=".log", delete=False
+    ) as log:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited: {process.stderr.read().decode()[-2000:]}")
+            raise RuntimeError(f"server exited: {Path(log.name).read_text()[-2000:]}")
         try:
             with urllib.request.urlopen(f"http://{HOST}:{port}/readyz", timeout=5) as response:
                 if response.status == 200:
