@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .exits import run_until_stopped
 
 
 def _data(args: argparse.Namespace) -> int:
@@ -69,6 +70,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         out_dir=args.out,
         prior=args.prior,
+        cache=not args.no_cache,
     )
     print(evaluation.metrics.table())
     print(f"\noperating points (prior: {args.prior} above):")
@@ -131,8 +133,11 @@ def _recognizer_options(p: argparse.ArgumentParser) -> None:
 
 
 def _boxes(args: argparse.Namespace) -> list[tuple[float, float, float, float]] | None:
+    """The --box options; also refuses --align where it would silently do nothing."""
     from .inference.faces import parse_box
 
+    if args.align and (args.detector != "mtcnn" or args.no_detect or args.box):
+        raise ValueError("--align needs faces found by --detector mtcnn (it places the eyes)")
     return [parse_box(text) for text in args.box] if args.box else None
 
 
@@ -174,8 +179,9 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from .inference.export import export_weights
+    from .outputs import check_output_file
 
-    out = Path(args.out) if args.out else Path(Path(args.weights).stem + ".onnx")
+    out = check_output_file(args.out or Path(args.weights).stem + ".onnx")
     try:
         report = export_weights(args.weights, args.format, out, opset=args.opset)
     except ImportError as exc:  # onnx / onnxruntime missing
@@ -190,7 +196,15 @@ def _export(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     from .inference.explain import explain
     from .inference.recognizer import ExpressionRecognizer
+    from .outputs import check_output_folder
 
+    check_output_folder(args.out)
+    if str(args.model).lower().endswith(".onnx"):
+        raise ValueError(
+            f"{args.model}: explain reads the attention of the PyTorch model; give its weights "
+            "file, run directory or 'default' (an exported .onnx file cannot be explained)"
+        )
+    boxes = _boxes(args)
     recognizer = ExpressionRecognizer(
         args.model,
         backend="torch",
@@ -213,7 +227,7 @@ def _explain(args: argparse.Namespace) -> int:
             )
         path = explain_csa(recognizer, model, args.image, args.reference, args.out)
         print(f"CSA maps: {path}")
-    written = explain(recognizer, args.image, args.out, boxes=_boxes(args))
+    written = explain(recognizer, args.image, args.out, boxes=boxes)
     if not written:
         print(f"{args.image}: no face found (for pre-cropped faces use --no-detect)")
         return 1
@@ -321,6 +335,34 @@ def _key_values(items: list[str], typed: bool) -> dict[str, object]:
     return out
 
 
+def _positive(text: str) -> int:
+    """An integer option that must be at least 1 (a batch size, a frame step)."""
+    return _integer_from(text, 1)
+
+
+def _at_least_zero(text: str) -> int:
+    return _integer_from(text, 0)
+
+
+def _integer_from(text: str, least: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+    return value
+
+
+def _opset(text: str) -> int:
+    """The ONNX opsets our network exports with: from 11 (first tested) to 20 (torch's
+    TorchScript-based exporter's last)."""
+    value = _integer_from(text, 11)
+    if value > 20:
+        raise argparse.ArgumentTypeError(f"must be at most 20, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qcsfer", description="QCS facial expression recognition: train, evaluate, predict."
@@ -339,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", nargs="+", help="splits to read (default: the format's usual ones)")
     p.add_argument(
         "--check",
-        type=int,
+        type=_at_least_zero,
         default=500,
         metavar="N",
         help="decode N random images per split to report sizes and unreadable files",
@@ -391,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--flip", action="store_true", help="average with the mirrored image (TTA)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=_positive, default=256)
     p.add_argument("--out", default="evaluation", help="folder for metrics.json and the PNG")
     p.add_argument(
         "--prior",
@@ -401,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(balanced); both are reported",
     )
     _reference_options(p, "weights")
+    p.add_argument(
+        "--no-cache", action="store_true", help="decode without the image cache (QCSFER_CACHE)"
+    )
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("info", help="a model's card, or the size and cost of a configuration")
@@ -428,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
         "tracks.csv/.json, timelines/ and annotated.mp4",
     )
     p.add_argument("--format", default="table", choices=["table", "json", "csv"])
-    p.add_argument("--every", type=int, default=1, metavar="N", help="video: every Nth frame")
+    p.add_argument("--every", type=_positive, default=1, metavar="N", help="video: every Nth frame")
     p.add_argument("--fps", type=float, metavar="F", help="video: F frames per second instead")
     p.add_argument("--start", type=float, default=0.0, metavar="S", help="video: from S seconds")
     p.add_argument("--end", type=float, metavar="S", help="video: up to S seconds")
@@ -439,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="video: time constant of each face's expression smoothing (0: off)",
     )
-    p.add_argument("--batch-size", type=int, default=64, help="faces per forward pass")
+    p.add_argument("--batch-size", type=_positive, default=64, help="faces per forward pass")
     _reference_options(p, "model")
     p.set_defaults(func=_predict)
 
@@ -447,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("weights", help="weights file, run directory or 'default'")
     p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("--out", help="output file (default: WEIGHTS name + .onnx)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    p.add_argument("--opset", type=_opset, default=17, help="ONNX opset (11 to 20)")
     _reference_options(p, "weights")
     p.set_defaults(func=_export)
 
@@ -526,12 +571,21 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
+    if hasattr(sys.stdout, "reconfigure"):  # file names as the OS gives them, even undecodable
+        sys.stdout.reconfigure(errors="surrogateescape")
     try:
         _resolve_reference(args)
-        return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"qcsfer {args.command}: error: {exc}", file=sys.stderr)
+        return run_until_stopped(lambda: args.func(args), args.command)
+    except (ValueError, OSError, RuntimeError) as exc:
+        print(f"qcsfer {args.command}: error: {_message(exc)}", file=sys.stderr)
         return 2
+
+
+def _message(exc: Exception) -> str:
+    """An OSError as 'FILE: reason' (which file and why); anything else as its own message."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc)
 
 
 if __name__ == "__main__":

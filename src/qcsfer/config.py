@@ -126,6 +126,23 @@ class TrainConfig:
         ):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1 (or null), got {value}")
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        """Values that would otherwise be clamped, ignored or silently replaced by a default."""
+        a, warmup = self.augmentation, self.schedule.warmup_epochs
+        anchors = self.sampler.anchors_per_epoch
+        probability = "is a probability (0 to 1)"
+        checks = [  # name, value, whether it is acceptable, the rule
+            ("augmentation.zoom", list(a.zoom), 0 < a.zoom[0] <= a.zoom[1], "needs 0 < low <= hi"),
+            ("augmentation.erasing", a.erasing, 0 <= a.erasing <= 1, probability),
+            ("augmentation.hflip", a.hflip, 0 <= a.hflip <= 1, probability),
+            ("schedule.warmup_epochs", warmup, warmup >= 0, "must be 0 or more"),
+            ("sampler.anchors_per_epoch", anchors, anchors is None or anchors >= 1, "must be >= 1"),
+        ]
+        for name, value, ok, rule in checks:
+            if not ok:
+                raise ValueError(f"{name} {rule}, got {value}")
 
     def model_config(self, num_classes: int) -> ModelConfig:
         overrides = {**self.model_overrides, "num_classes": num_classes}

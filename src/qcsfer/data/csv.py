@@ -2,7 +2,9 @@
 
 `root` is the list file itself; a `{split}` in it is replaced by the split name, so
 `lists/{split}.csv` serves train and validation from one setting. The delimiter is sniffed
-(tab, comma or semicolon, whichever every leading row uses consistently). A first row whose
+(tab, comma or semicolon, whichever every leading row uses consistently). Bytes that are not
+UTF-8 are kept as the OS would give them (surrogate escapes), so such file names still open.
+A first row whose
 path has no image suffix and whose label is not an integer is a header (or force it with
 `header=True/False`); a header may name the path/label columns among others.
 
@@ -35,23 +37,25 @@ LABEL_NAMES = frozenset(
 
 def sniff_delimiter(list_file: Path) -> str:
     """The delimiter every leading row uses the same number of times (else: one they all use)."""
-    with list_file.open(encoding="utf-8-sig") as f:
-        sample = []
-        for line in f:
+    with list_file.open(encoding="utf-8-sig", errors="surrogateescape") as f:
+        sample = []  # (line number, text)
+        for number, line in enumerate(f, start=1):
             if line.strip():
-                sample.append(line)
+                sample.append((number, line))
                 if len(sample) == SNIFF_ROWS:
                     break
     if not sample:
         raise DatasetError(f"{list_file}: the list file is empty")
-    counts = {d: [line.count(d) for line in sample] for d in DELIMITERS}
+    counts = {d: [line.count(d) for _, line in sample] for d in DELIMITERS}
     for d in DELIMITERS:
         if min(counts[d]) >= 1 and len(set(counts[d])) == 1:
             return d
     for d in DELIMITERS:
         if min(counts[d]) >= 1:
             return d
-    raise DatasetError(f"{list_file}:1: no tab, comma or semicolon between path and label")
+    common = max(DELIMITERS, key=lambda d: sum(c >= 1 for c in counts[d]))
+    number = next(n for n, line in sample if common not in line)  # the row that breaks it
+    raise DatasetError(f"{list_file}:{number}: no tab, comma or semicolon between path and label")
 
 
 def _is_int(text: str) -> bool:
@@ -98,7 +102,7 @@ def read_csv_list(
             raise DatasetError(f"CSV dataset {list_file}: image_root {base} does not exist")
 
     rows: list[tuple[int, str, str]] = []  # line number, path, raw label
-    with list_file.open(encoding="utf-8-sig", newline="") as f:
+    with list_file.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         reader = _csv.reader(f, delimiter=sniff_delimiter(list_file))
         columns, width = (0, 1), 2
         first = True

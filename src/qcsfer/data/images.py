@@ -3,7 +3,9 @@
 Decoding (`qcsfer.imaging`) never crashes a long run: unreadable, truncated or oversized files
 are skipped and counted. The store is a uint8 tensor (N x C x S x S) decoded once in parallel
 and cached on disk, so epochs cost only the model, not PNG decoding; a cache file that does not
-hold what is expected is ignored (logged) and rewritten.
+hold what is expected is ignored (logged) and rewritten. The cache is only ever a shortcut: a
+cache folder that cannot be written (read-only, full) means decoding without one, with a
+warning; QCSFER_CACHE=off turns it off.
 """
 
 from __future__ import annotations
@@ -72,18 +74,25 @@ class ImageStore:
 
 
 def cache_key(paths: Sequence[Path], size: int, grayscale: bool, framing: float = 1.0) -> str:
+    """Names as the OS gives them (os.fsencode: bytes that are not UTF-8 are kept as they are)."""
     tag = f"{size}:{grayscale}" if framing == 1.0 else f"{size}:{grayscale}:{framing}"
     digest = hashlib.sha1(tag.encode())
     for p in paths:
         stat = p.stat() if p.exists() else None
-        digest.update(
-            f"{p}:{stat.st_size if stat else -1}:{stat.st_mtime_ns if stat else -1}\n".encode()
-        )
+        nbytes, mtime = (stat.st_size, stat.st_mtime_ns) if stat else (-1, -1)
+        digest.update(os.fsencode(p) + f":{nbytes}:{mtime}\n".encode())
     return digest.hexdigest()[:20]
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("QCSFER_CACHE", Path.home() / ".cache" / "qcsfer"))
+CACHE_OFF = frozenset({"off", "none", "no", "0", ""})
+
+
+def default_cache_dir() -> Path | None:
+    """$QCSFER_CACHE, else ~/.cache/qcsfer; None (no cache) when QCSFER_CACHE=off."""
+    setting = os.environ.get("QCSFER_CACHE")
+    if setting is not None and setting.strip().lower() in CACHE_OFF:
+        return None
+    return Path(setting) if setting is not None else Path.home() / ".cache" / "qcsfer"
 
 
 def _workers(workers: int | None) -> int:
@@ -158,7 +167,15 @@ def load_images(
             with temporary.open("wb") as f:  # a file object: np.savez would add .npz to a name
                 np.savez(f, images=images, valid=valid)
 
-        atomic_write(cache_file, write)
+        try:
+            atomic_write(cache_file, write)
+        except OSError as exc:  # read-only, full, or a file where the folder should be
+            log.warning(
+                "image cache %s cannot be written (%s): continuing without a cache "
+                "(QCSFER_CACHE=off turns it off, QCSFER_CACHE=FOLDER moves it)",
+                cache_file.parent,
+                exc.strerror or exc,
+            )
     return ImageStore(torch.from_numpy(images), valid)
 
 

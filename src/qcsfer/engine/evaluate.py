@@ -20,7 +20,9 @@ from ..data.images import default_cache_dir, load_images
 from ..data.records import DatasetError, LabeledImages
 from ..data.splits import Split
 from ..data.transforms import Preprocessing, eval_transform
+from ..io import atomic_write
 from ..models.base import BaseNetwork
+from ..outputs import check_output_folder, writing
 from ..pretrained import load_model
 from .calibration import PointReport, measure_operating_points
 from .device import autocast, select_device
@@ -146,17 +148,31 @@ def split_logits(
     flip: bool = False,
     device: str = "auto",
     batch_size: int = 256,
+    cache: bool = True,
 ) -> SplitLogits:
+    """Logits of the readable images; refuses a split with no readable image to score."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
     model, card = load_model(weights)
     classes, prep = card.classes, card.preprocessing
     data = read_dataset(data_format, root, split, **dict(options or {}))
     kept, labels = map_labels(data, classes, mapping)
+    if not len(kept):
+        raise DatasetError(f"{data.name}/{split}: no images to evaluate (after the class mapping)")
     store = load_images(
-        [data.paths[i] for i in kept], prep.load_size, prep.grayscale, default_cache_dir()
+        [data.paths[i] for i in kept],
+        prep.load_size,
+        prep.grayscale,
+        default_cache_dir() if cache else None,
     )
     if store.skipped:
         log.warning("%d unreadable images skipped", store.skipped)
     valid = np.flatnonzero(store.valid)
+    if not len(valid):
+        raise DatasetError(
+            f"{data.name}/{split}: none of its {len(kept)} images could be read (see the "
+            "warnings above); nothing to evaluate"
+        )
     target = select_device(device)
     model = model.to(target)
     logits = predict_logits(
@@ -188,8 +204,11 @@ def evaluate(
     batch_size: int = 256,
     out_dir: str | Path | None = None,
     prior: str = "dataset",
+    cache: bool = True,
 ) -> Evaluation:
     """Evaluate at `prior` ('dataset': the logits as trained; 'balanced': prior-corrected)."""
+    if out_dir is not None:
+        check_output_folder(out_dir)  # before the work, not after it
     result = split_logits(
         weights,
         data_format,
@@ -200,6 +219,7 @@ def evaluate(
         flip=flip,
         device=device,
         batch_size=batch_size,
+        cache=cache,
     )
     rule = result.card.decision
     rule.point(prior)  # an unknown prior or a missing training prior fails before any work
@@ -209,7 +229,6 @@ def evaluate(
     )
     if out_dir is not None:
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         report = {
             **metrics.to_dict(),
             "prior": prior,
@@ -220,6 +239,9 @@ def evaluate(
             "skipped_images": result.skipped,
             "excluded_by_mapping": result.excluded,
         }
-        (out / "metrics.json").write_text(json.dumps(report, indent=2))
-        plot_confusion(metrics, out / "confusion_matrix.png", title=f"{data_format} {split}")
+        text = json.dumps(report, indent=2)
+        with writing(out / "metrics.json"):
+            atomic_write(out / "metrics.json", lambda tmp: tmp.write_text(text))
+        with writing(out / "confusion_matrix.png"):
+            plot_confusion(metrics, out / "confusion_matrix.png", title=f"{data_format} {split}")
     return Evaluation(metrics, points)

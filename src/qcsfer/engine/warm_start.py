@@ -10,6 +10,7 @@ from ..errors import TrainingError
 from ..models.convert import load_ir50_backbone, load_reference_checkpoint
 from ..models.qcs import QCSModel
 from ..models.weights import load_weights
+from ..pretrained import resolve_weights
 
 log = logging.getLogger("qcsfer.train")
 
@@ -24,11 +25,11 @@ def initialize(model: QCSModel, init: InitConfig) -> None:
         model.load_state_dict(state, strict=parts == "all")  # every requested key is in state
         log.info(report.summary())
     if init.backbone_from:
-        source, _ = load_weights(init.backbone_from, base_only=True)
+        source, _ = load_weights(resolve_weights(init.backbone_from), base_only=True)
         model.base.backbone.load_state_dict(source.backbone.state_dict())
         log.info("backbone initialised from %s", init.backbone_from)
     if init.weights:
-        source, card = load_weights(init.weights)
+        source, card = load_weights(resolve_weights(init.weights))  # 'default', a run dir
         if card.network == "base":
             model.base.load_state_dict(source.state_dict())
         elif card.mode == model.mode:

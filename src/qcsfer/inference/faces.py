@@ -139,9 +139,12 @@ class FaceDetector:
             raise FileNotFoundError(
                 f"no Haar cascade {cascade!r}: give one of {sorted(CASCADES)} or an XML file"
             )
-        self._classifier = cv2.CascadeClassifier(str(path))
-        if self._classifier.empty():
-            raise ValueError(f"{path}: not a loadable OpenCV cascade")
+        try:  # OpenCV raises SystemError (not cv2.error) for files that are not XML at all
+            self._classifier = cv2.CascadeClassifier(str(path))
+        except (cv2.error, SystemError):
+            self._classifier = None
+        if self._classifier is None or self._classifier.empty():
+            raise ValueError(f"{path}: not a loadable OpenCV Haar cascade (an XML file)")
         if scale_factor <= 1 or min_neighbors < 0 or min_size < 1 or max_side < 32:
             raise ValueError(
                 "need scale_factor > 1, min_neighbors >= 0, min_size >= 1, max_side >= 32"

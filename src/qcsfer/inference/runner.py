@@ -19,6 +19,8 @@ from typing import IO, Any, Literal
 from PIL import Image
 
 from ..imaging import IMAGE_SUFFIXES
+from ..io import atomic_write
+from ..outputs import check_output_folder, writing
 from .annotate import annotate
 from .recognizer import ExpressionRecognizer, ImageResult
 from .video import VIDEO_SUFFIXES, WEBCAM, TrackedPrediction, VideoAnalysis, is_video
@@ -36,8 +38,17 @@ class Input:
     kind: Literal["image", "video", "missing"]
 
 
-def expand_inputs(items: Sequence[str]) -> list[Input]:
-    """Files as given; folders recursively (images and videos, sorted); glob patterns expanded."""
+def expand_inputs(items: Sequence[str], exclude: Path | None = None) -> list[Input]:
+    """Files as given; folders recursively (images and videos, sorted); glob patterns expanded.
+
+    Folders and patterns skip what lies under `exclude` (the output folder: annotated images
+    written inside an input folder are not read back as inputs on the next run).
+    """
+    skip = exclude.resolve() if exclude is not None else None
+
+    def wanted(found: Path) -> bool:
+        return skip is None or not found.resolve().is_relative_to(skip)
+
     out: list[Input] = []
     for item in items:
         path = Path(item)
@@ -47,13 +58,15 @@ def expand_inputs(items: Sequence[str]) -> list[Input]:
             found = sorted(
                 p
                 for p in path.rglob("*")
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES and wanted(p)
             )
             out += [_classify(str(p)) for p in found]
         elif path.exists():
             out.append(_classify(item))
         elif glob.has_magic(item):
-            matches = sorted(m for m in glob.glob(item, recursive=True) if os.path.isfile(m))
+            matches = sorted(
+                m for m in glob.glob(item, recursive=True) if os.path.isfile(m) and wanted(Path(m))
+            )
             out += [_classify(m) for m in matches] or [Input(item, "missing")]
         else:
             out.append(Input(item, "missing"))
@@ -264,16 +277,17 @@ def run_predict(
     stderr = stderr or sys.stderr
     if every < 1:
         raise ValueError("--every must be >= 1")
-    inputs = expand_inputs(items)
+    out = check_output_folder(out_dir) if out_dir is not None else None
+    inputs = expand_inputs(items, exclude=out)
     if not inputs:
         raise ValueError(f"no images or videos found in {', '.join(items)}")
     has_video = any(i.kind == "video" for i in inputs)
     reporter = Reporter(fmt, recognizer.classes, stdout, show_frame=has_video)
     meter = Progress(len(inputs), progress and (len(inputs) > 10 or has_video), stderr)
     summary = Summary()
-    out = Path(out_dir) if out_dir is not None else None
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+        with writing(out):
+            out.mkdir(parents=True, exist_ok=True)
     names = _Names()
     options = {"every": every, "boxes": boxes, **(video or {})}
 
@@ -296,7 +310,9 @@ def run_predict(
                 summary.no_face += not result.predictions
                 if out is not None and result.image is not None and result.frame is None:
                     target = out / names(result.source, ".png")
-                    Image.fromarray(annotate(result.image, result.predictions)).save(target)
+                    drawn = Image.fromarray(annotate(result.image, result.predictions))
+                    with writing(target):
+                        atomic_write(target, lambda tmp, d=drawn: d.save(tmp, format="PNG"))
                     summary.annotated.append(target)
             meter.clear()
             reporter.add(result)
