@@ -418,3 +418,14 @@ def test_init_weights_takes_a_run_directory_and_default(weights: Path, tmp_path:
     model = QCSModel(shipped.config, "qcs")
     initialize(model, InitConfig(backbone_from="default", weights="default"))
     assert all(torch.equal(v, shipped.state_dict()[k]) for k, v in model.base.state_dict().items())
+
+
+def test_a_relative_data_root_that_is_not_found_says_where_it_was_looked_for(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("data:\n  root: ../no-such-folder/ferplus\n")
+    with caplog.at_level(logging.WARNING):
+        config = load_config(recipe)
+    assert config.data.root == "../no-such-folder/ferplus"
+    assert "is relative to the current folder" in caplog.text and str(recipe) in caplog.text

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from .data.sampling import SamplerConfig
 from .data.sources import SourceConfig
 from .data.transforms import Augmentation, Preprocessing
 from .models.configs import CSAConfig, ModelConfig, get_config
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -249,12 +252,36 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: the top level must be a mapping")
-    for item in overrides or []:
+        _warn_relative_root(data, path)
+    apply_overrides(data, overrides or [])
+    return from_dict(TrainConfig, data)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> list[str]:
+    """`key.sub=value` items (values parsed as YAML) set into `data`; returns the keys set."""
+    keys = []
+    for item in overrides:
         if "=" not in item:
             raise ValueError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
         _set_path(data, key.strip(), yaml.safe_load(raw))
-    return from_dict(TrainConfig, data)
+        keys.append(key.strip())
+    return keys
+
+
+def _warn_relative_root(data: dict[str, Any], path: Path) -> None:
+    """A relative data.root is read from the current folder, not the config file's: say so
+    when it is not found there (the shipped recipes expect the repository root)."""
+    root = (data.get("data") or {}).get("root")
+    if isinstance(root, str) and not Path(root).is_absolute() and not Path(root).exists():
+        log.warning(
+            "data.root %r in %s is relative to the current folder (%s), where it does not "
+            "exist; run from the folder it is meant for (the repository root for the shipped "
+            "recipes) or pass --set data.root=PATH",
+            root,
+            path,
+            Path.cwd(),
+        )
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
