@@ -231,7 +231,7 @@ def test_predict_prints_names_that_are_not_utf8(weights: Path, faces: Path) -> N
         [sys.executable, "-m", "qcsfer", "-q", "predict", odd, faces / "sadness" / "2.png", *CSV],
         capture_output=True,
         env=subprocess_env(PYTHONIOENCODING="utf-8"),
-        timeout=120,
+        timeout=900,
     )
     assert run.returncode == 0, run.stderr.decode(errors="replace")
     assert os.fsencode(odd) in run.stdout and b"2.png" in run.stdout  # the bytes as given
