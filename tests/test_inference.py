@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 import subprocess
@@ -37,7 +38,7 @@ from qcsfer.inference.explain import (
     explain,
 )
 from qcsfer.inference.export import export_onnx, onnx_model_bytes
-from qcsfer.inference.faces import crop_box, crop_face, sort_faces
+from qcsfer.inference.faces import crop_box, crop_face, make_detector, sort_faces
 from qcsfer.inference.mtcnn import MTCNNDetector
 from qcsfer.inference.preprocess import numpy_eval_transform, stack_crops
 from qcsfer.inference.recognizer import Prediction
@@ -224,6 +225,32 @@ def test_recognizer_with_mtcnn_and_alignment_reports_landmarks(weights: Path) ->
     assert rec(COFFEE) == []
     x, y = (round(v) for v in prediction.landmarks[2])  # the nose tip, drawn as a dot
     assert tuple(annotate(read_image(ASTRONAUT), [prediction])[y, x]) == LANDMARK_COLOR
+
+
+def test_auto_detector_is_mtcnn_when_installed_else_haar_with_a_notice(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert isinstance(make_detector("auto"), MTCNNDetector)  # `make setup` installs its weights
+    monkeypatch.setattr(mtcnn_module.importlib.util, "find_spec", lambda name: None)
+    with caplog.at_level(logging.WARNING):
+        detector = make_detector("auto")
+    assert isinstance(detector, FaceDetector) and detector.name == "alt2"
+    (notice,) = [r.getMessage() for r in caplog.records]
+    assert "pip install --no-deps facenet-pytorch" in notice and "\n" not in notice
+
+
+def test_recognizer_crops_with_its_detectors_own_margin(weights: Path) -> None:
+    haar = ExpressionRecognizer(weights, detector="alt2")
+    assert haar.margin == FaceDetector.margin
+    assert ExpressionRecognizer(weights, detector="mtcnn").margin == MTCNNDetector.margin
+    assert ExpressionRecognizer(weights, detector="mtcnn", margin=0.3).margin == 0.3
+    (face,) = haar.find_faces(read_image(ASTRONAUT))
+    (crop,) = haar.crops(read_image(ASTRONAUT), [face])
+    assert crop.shape[0] == round(face.width * (1 + 2 * FaceDetector.margin))
+    with pytest.raises(ValueError, match="margin must be"):
+        ExpressionRecognizer(weights, margin=-0.5)
+    haar.detector = make_detector("mtcnn")  # swapped in, as `qcsfer serve` does per request
+    assert haar.margin == MTCNNDetector.margin
 
 
 def test_crops_are_square_centred_and_edge_padded() -> None:

@@ -79,7 +79,7 @@ def test_synthetic_run_end_to_end(bench, tmp_path: Path) -> None:
             "--detectors",
             "alt2",
             "--margins",
-            "0,0.1",
+            "0,0.02",
             "--out",
             str(tmp_path),
         ]
@@ -111,7 +111,8 @@ def test_synthetic_run_end_to_end(bench, tmp_path: Path) -> None:
     assert photo["detection_rate"] == 1.0 and photo["false_alarms"] == 0
     assert photo["direct_crop_same_faces"]["accuracy"] == rows["clean"]["accuracy"]
     assert photo["all_faces"]["accuracy"] == photo["detected_faces"]["accuracy"]
-    assert set(photo["margins"]) == {"0", "0.1"}
+    assert set(photo["margins"]) == {"0", "0.02"} and photo["margin"] == 0.02  # alt2's own
+    assert photo["margins"]["0.02"] == photo["detected_faces"]  # the sweep crops as predict does
     assert 0.8 < photo["framing"]["true_side_over_box_side"] < 1.25
 
 

@@ -117,9 +117,9 @@ def _recognizer_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--detector",
-        default="alt2",
-        help="mtcnn (needs: pip install --no-deps facenet-pytorch==2.6.0) or a Haar cascade: "
-        "alt2, alt, default, alt_tree or an XML path",
+        default="auto",
+        help="auto (mtcnn if installed, else alt2), mtcnn (needs: pip install --no-deps "
+        "facenet-pytorch==2.6.0) or a Haar cascade: alt2, alt, default, alt_tree or an XML path",
     )
     p.add_argument(
         "--align", action="store_true", help="level the eyes before classifying (mtcnn only)"

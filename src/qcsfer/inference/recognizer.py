@@ -107,12 +107,14 @@ class ExpressionRecognizer:
 
     model: "default" (the shipped model), a weights file, a run directory or an exported .onnx
     file. backend: "torch", "onnx" or "auto" (ONNX Runtime for .onnx files, else PyTorch).
-    detect=False treats each whole image as one face (like FERPlus crops). detector: "mtcnn", a
-    Haar cascade name, or a detector object; align: level the eyes of faces with landmarks
-    (MTCNN) before classifying them; margin: added around detected or given boxes on each side,
-    as a fraction of the box; threads: ONNX Runtime threads (None: its default). prior:
-    "dataset" (the training set's class prior kept) or "balanced" (every class weighted
-    equally); None: the model's default operating point (`qcsfer.decision`).
+    detect=False treats each whole image as one face (like FERPlus crops). detector: "auto"
+    (MTCNN if its weights are installed, else Haar alt2), "mtcnn", a Haar cascade name, or a
+    detector object; align: level the eyes of faces with landmarks (MTCNN) before classifying
+    them; margin: added around detected or given boxes on each side, as a fraction of the box
+    (None: the detector's own `margin`, measured to match the training faces' framing);
+    threads: ONNX Runtime threads (None: its default). prior: "dataset" (the training set's
+    class prior kept) or "balanced" (every class weighted equally); None: the model's default
+    operating point (`qcsfer.decision`).
     """
 
     def __init__(
@@ -122,17 +124,17 @@ class ExpressionRecognizer:
         device: str = "cpu",
         detect: bool = True,
         *,
-        detector: str | Detector = "alt2",
+        detector: str | Detector = "auto",
         align: bool = False,
-        margin: float = DEFAULT_MARGIN,
+        margin: float | None = None,
         batch_size: int = 64,
         threads: int | None = None,
         prior: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        if margin < 0:
-            raise ValueError("margin must be >= 0")
+        if margin is not None and margin <= -0.5:
+            raise ValueError("margin must be > -0.5 (a negative margin trims the box)")
         loaded = load_backend(model, backend, device, threads)
         self.backend = loaded.backend
         self.card: ModelCard = loaded.card  # classes, preprocessing, decision rule, metrics
@@ -145,8 +147,17 @@ class ExpressionRecognizer:
         if detect:
             self.detector = make_detector(detector) if isinstance(detector, str) else detector
         self.align = align
-        self.margin = margin
+        self._margin = margin
         self.batch_size = batch_size
+
+    @property
+    def margin(self) -> float:
+        """The margin given, else the detector's own (it follows a detector swapped in later)."""
+        return (
+            getattr(self.detector, "margin", DEFAULT_MARGIN)
+            if self._margin is None
+            else self._margin
+        )
 
     @property
     def preprocessing(self) -> Preprocessing:
