@@ -184,9 +184,9 @@ class FrameReader:
                 ok = ok and frame is not None and frame.size > 0
             if not ok:
                 at_end = stats.declared is not None and stats.position >= stats.declared
-                bad_run += 1
-                if at_end or bad_run > MAX_BAD_RUN:
+                if at_end or bad_run >= MAX_BAD_RUN:
                     break
+                bad_run += 1  # counted with the position it moves past
                 stats.position += 1
                 continue
             if bad_run:  # a run of bad frames with good ones after it: corrupt, not the end
