@@ -32,7 +32,6 @@ from qcsfer.inference import mtcnn as mtcnn_module
 from qcsfer.inference.annotate import LANDMARK_COLOR, annotate
 from qcsfer.inference.contract import card_from_embedded
 from qcsfer.inference.explain import (
-    attention_weights,
     class_token_attention,
     csa_maps,
     explain,
@@ -706,7 +705,7 @@ def test_attention_is_recomputed_exactly(weights: Path) -> None:
     for hook in hooks:
         hook.remove()
     with torch.no_grad():
-        weights_ = attention_weights(attn, seen["in"])
+        weights_ = attn.attention_weights(seen["in"])
         b, n, c = seen["in"].shape
         v = attn.qkv(seen["in"]).view(b, n, 3, attn.heads, c // attn.heads)[:, :, 2]
         rebuilt = attn.proj((weights_ @ v.transpose(1, 2)).transpose(1, 2).reshape(b, n, c))

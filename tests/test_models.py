@@ -501,3 +501,21 @@ def test_init_weights_continues_from_a_training_graph_or_a_base(tmp_path: Path) 
         assert all(torch.equal(loaded[k], v) for k, v in expected.items())
     with pytest.raises(TrainingError, match="qcs training graph cannot start a dcs run"):
         initialize(_tiny(mode="dcs"), InitConfig(weights=str(whole)))
+
+
+def test_attention_path_is_chosen_once_and_both_agree() -> None:
+    """The fused kernel and the explicit softmax(q k^T / sqrt(d)) v give the same attention;
+    which one runs is set on the module (not read from the input's device per call)."""
+    from qcsfer.models.vit import Attention, use_fused_attention
+
+    torch.manual_seed(0)
+    base = BaseNetwork(get_config("tiny", num_classes=3)).eval()
+    x = torch.randn(2, 3, 48, 48)
+    attention = [m for m in base.modules() if isinstance(m, Attention)]
+    assert attention and not any(m.fused for m in attention)
+    with torch.no_grad():
+        explicit = base(x)[0]
+        use_fused_attention(base, True)
+        assert all(m.fused for m in attention)
+        fused = base(x)[0]
+    assert torch.allclose(explicit, fused, atol=1e-5)

@@ -22,6 +22,7 @@ from ..data.splits import Split
 from ..data.transforms import Preprocessing, eval_transform
 from ..io import atomic_write
 from ..models.base import BaseNetwork
+from ..models.vit import use_fused_attention
 from ..outputs import check_output_folder, writing
 from ..pretrained import load_model
 from .calibration import PointReport, measure_operating_points
@@ -174,7 +175,7 @@ def split_logits(
             "warnings above); nothing to evaluate"
         )
     target = select_device(device)
-    model = model.to(target)
+    model = use_fused_attention(model.to(target), target.type == "cuda")
     logits = predict_logits(
         model, store.images[torch.from_numpy(valid)], prep, target, "fp32", flip, batch_size
     )

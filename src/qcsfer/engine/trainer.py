@@ -24,6 +24,7 @@ from ..data.sampling import BranchSampler
 from ..data.splits import iterate_batches, load_splits
 from ..errors import TrainingError
 from ..models.qcs import QCSModel, branch_loss
+from ..models.vit import use_fused_attention
 from .checkpoint import Checkpointer, RunState, load_checkpoint, run_config
 from .distributed import GracefulStop, process_group, start_processes, step_seed
 from .evaluate import evaluate_split
@@ -62,6 +63,7 @@ def train(
     train_split, val_split, held_out = load_splits(config, run_dir if dd.is_main else None)
     classes = train_split.records.classes
     model = QCSModel(config.model_config(len(classes)), config.mode).to(device)
+    use_fused_attention(model, device.type == "cuda")
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if checkpoint is None:

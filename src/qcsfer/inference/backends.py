@@ -41,10 +41,11 @@ class TorchBackend:
 
     def __init__(self, model: Any, preprocessing: Preprocessing, device: str = "cpu") -> None:
         from ..engine.device import select_device
+        from ..models.vit import use_fused_attention
 
         self.preprocessing = preprocessing
         self.device = select_device(device)
-        self.model = model.to(self.device).eval()
+        self.model = use_fused_attention(model.to(self.device).eval(), self.device.type == "cuda")
 
     def inputs(self, batch: np.ndarray) -> Any:
         """uint8 B x C x L x L -> the normalised tensor the network takes, on its device."""

@@ -1,10 +1,9 @@
 """Where the classifier looks: class-token attention of the base ViT's last block.
 
 The base network's tokens are three scales of `grid x grid` tokens (backbone stages 1-3, in
-that order). A forward pre-hook captures the last block's attention input; the attention
-weights are recomputed from that block's own `qkv` layer (the same formula as its CPU path), so
-vit.py stays untouched. The class token's row, averaged over heads, is split into the three
-scales and each is reshaped to its grid and drawn over the face.
+that order). A forward pre-hook captures the last block's attention input, and that block's
+`vit.Attention.attention_weights` gives its weights. The class token's row, averaged over
+heads, is split into the three scales and each is reshaped to its grid and drawn over the face.
 
 With reference images (a face of the same class, one of another class), `explain_csa` draws
 the CSA maps of the training topology, per scale and per branch, as the paper's figures do; it
@@ -23,6 +22,7 @@ import torch
 from PIL import Image
 
 from ..data.transforms import eval_transform
+from ..errors import ImageError, UsageError
 from ..imaging import ImageInput, describe, to_rgb_array
 from ..models.qcs import QCSModel
 from .backends import TorchBackend
@@ -57,21 +57,13 @@ def class_token_attention(
     try:
         with torch.inference_mode():
             logits, _ = base(images)
-            weights = attention_weights(block.attn, captured["x"])
+            weights = block.attn.attention_weights(captured["x"])
     finally:
         handle.remove()
     grid = base.config.token_grid
     row = weights.mean(dim=1)[:, 0]  # B x (1 + 3N): the class token's row, head mean
     maps = row[:, 1:].reshape(-1, 3, grid, grid).float().cpu().numpy()
     return logits, [Attention(m, float(r[0])) for m, r in zip(maps, row.cpu(), strict=True)]
-
-
-def attention_weights(attn: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) of a vit.Attention module on its input x: B x heads x N x N."""
-    b, n, c = x.shape
-    head_dim = c // attn.heads
-    q, k, _ = attn.qkv(x).view(b, n, 3, attn.heads, head_dim).permute(2, 0, 3, 1, 4)
-    return (q @ k.transpose(-1, -2) * head_dim**-0.5).softmax(dim=-1)
 
 
 def _figure_module() -> Any:
@@ -135,7 +127,7 @@ def explain(
     """One PNG per face in `out_dir`: `<stem>_face<i>_attention.png`; [] when no face."""
     backend = recognizer.backend
     if not isinstance(backend, TorchBackend):
-        raise ValueError("explain needs a PyTorch model (a weights file), not an ONNX one")
+        raise UsageError("explain needs a PyTorch model (a weights file), not an ONNX one")
     _figure_module()  # fail before any work when matplotlib is missing
     rgb = to_rgb_array(image)
     faces = recognizer.find_faces(rgb, boxes)
@@ -185,7 +177,7 @@ def csa_maps(model: QCSModel, images: torch.Tensor) -> np.ndarray:
     """The CSA position maps A_i of every scale and branch: 3 x G x grid x grid.
 
     images: G x 1 x 3 x S x S (one example per branch, normalised). These are the maps that
-    gate each image's own values (softmax of S_i + k D_i), computed by the model's own modules.
+    gate each image's own values (softmax of S_i + k D_i), from the CSA modules themselves.
     """
     model.eval()
     _, tokens = model.base(images.flatten(0, 1))
@@ -195,8 +187,7 @@ def csa_maps(model: QCSModel, images: torch.Tensor) -> np.ndarray:
     for csa, scale in zip(
         model.csa, tokens.split(model.config.tokens_per_scale, dim=2), strict=True
     ):
-        q, _ = csa.proj(csa.norm1(scale)).chunk(2, dim=-1)
-        maps.append(csa.attention_map(q, model.pairs)[:, 0])  # G x N
+        maps.append(csa.position_maps(scale, model.pairs)[:, 0])  # G x N
     return torch.stack(maps).reshape(3, images.shape[0], grid, grid).float().cpu().numpy()
 
 
@@ -211,21 +202,22 @@ def explain_csa(
     under its CSA map. QCS takes references [same class, other class, (second other class)];
     DCS takes [same class]. The first face found in each image is used."""
     if model.mode == "baseline" or model.config.csa.attention != "csa":
-        raise ValueError("CSA maps need a DCS or QCS model trained with CSA attention")
+        raise UsageError("CSA maps need a DCS or QCS model trained with CSA attention")
     needed = model.branches - 1
     if model.mode == "qcs" and len(references) == 2:
         references = [*references, references[1]]  # negative2 defaults to the negative itself
     if len(references) != needed:
-        raise ValueError(f"a {model.mode.upper()} model needs {needed} reference image(s)")
+        raise UsageError(f"a {model.mode.upper()} model needs {needed} reference image(s)")
     prep = recognizer.preprocessing
     crops = []
     for item in [image, *references]:
         rgb = to_rgb_array(item)
         faces = recognizer.find_faces(rgb, None)
         if not faces:
-            raise ValueError(f"{describe(item)}: no face found")
+            raise ImageError(f"{describe(item)}: no face found")
         crops.append(recognizer.crops(rgb, faces[:1], False)[0])
-    inputs = eval_transform(torch.from_numpy(stack_crops(crops, prep)), prep).unsqueeze(1)
+    images = torch.from_numpy(stack_crops(crops, prep)).to(next(model.parameters()).device)
+    inputs = eval_transform(images, prep).unsqueeze(1)
     maps = csa_maps(model, inputs)
     figure_class = _figure_module()
     g = model.branches

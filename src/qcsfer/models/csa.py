@@ -89,6 +89,11 @@ class CrossSimilarityAttention(nn.Module):
         z = self.norm2(h + gated)  # the residual runs through the LayerNorms
         return z + self.mlp(z)
 
+    def position_maps(self, x: torch.Tensor, pairs: Sequence[Pair]) -> torch.Tensor:
+        """The maps A_i that `forward` gates each image's values with, for its input x."""
+        q, _ = self.proj(self.norm1(x)).chunk(2, dim=-1)
+        return self.attention_map(q, pairs)
+
     def attention_map(self, q: torch.Tensor, pairs: Sequence[Pair]) -> torch.Tensor:
         """A_i = softmax over positions of (S_i + k D_i): G x B x N, sums to 1 over N."""
         pairs = [p for p in pairs if p.relation in self.relations]
