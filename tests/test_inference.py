@@ -659,6 +659,7 @@ def test_cli_video_every_second_frame(
     assert code == 0, err
     video_result, photo_result = json.loads(out)["results"]
     assert "does not overlap" in video_result["error"] and f"skipped {video}" in err
+    assert "truncated" not in err  # stopped by the error, not cut short
     assert photo_result["error"] is None and len(photo_result["faces"]) == 1
 
 

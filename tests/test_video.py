@@ -235,7 +235,7 @@ def crossing(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_recognizer_video_api_tracks_and_summaries(weights: Path, crossing: Path) -> None:
-    recognizer = ExpressionRecognizer(weights)
+    recognizer = ExpressionRecognizer(weights, detector="alt2")
     frames = list(recognizer.video(crossing, every=2, tau=1.0))
     assert [f.frame for f in frames] == list(range(0, 40, 2))
     assert [f.time for f in frames] == pytest.approx([i / FPS for i in range(0, 40, 2)])
@@ -255,6 +255,7 @@ def test_recognizer_video_api_tracks_and_summaries(weights: Path, crossing: Path
 def test_cli_video_outputs(weights: Path, crossing: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
     args = ["-q", "predict", str(crossing), "--model", str(weights), "--out", str(out)]
+    args += ["--detector", "alt2"]  # the one the tracking tests above use
     code = main([*args, "--every", "2", "--format", "json"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -286,7 +287,7 @@ def test_cli_video_outputs(weights: Path, crossing: Path, tmp_path: Path, capsys
 def test_an_interrupted_run_leaves_valid_outputs(
     weights: Path, crossing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    recognizer = ExpressionRecognizer(weights)
+    recognizer = ExpressionRecognizer(weights, detector="alt2")
     forward = recognizer.probabilities
     calls = []
 

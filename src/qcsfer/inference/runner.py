@@ -377,6 +377,7 @@ def _results(
             yield from with_outputs(analysis, folder, summary.annotated)
         except ValueError as exc:  # unreadable (ImageError) or a --box outside the frame
             yield ImageResult(item.path, error=str(exc))
+            continue  # stopped by the error: not a truncated file
         summary.corrupt_frames += analysis.stats.corrupt
         if analysis.stats.truncated:
             summary.truncated.append(item.path)
