@@ -30,7 +30,8 @@ import torch
 from PIL import Image
 
 from qcsfer.imaging import read_image
-from qcsfer.inference.faces import Detector, Face, FaceDetector
+from qcsfer.inference.faces import Detector, Face
+from qcsfer.inference.haar import HaarDetector
 from qcsfer.inference.mtcnn import MTCNNDetector
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,10 +161,10 @@ def main() -> None:
     scenes = make_scenes(args.scenes, args.seed)
     total = sum(len(s.faces) for s in scenes)
     configs: list[tuple[str, str, Detector]] = [
-        ("alt2", "minNeighbors 5", FaceDetector("alt2", min_neighbors=5)),
-        ("alt2", "minNeighbors 3", FaceDetector("alt2", min_neighbors=3)),
-        ("default", "minNeighbors 5", FaceDetector("default", min_neighbors=5)),
-        ("default", "minNeighbors 3", FaceDetector("default", min_neighbors=3)),
+        ("alt2", "minNeighbors 5", HaarDetector("alt2", min_neighbors=5)),
+        ("alt2", "minNeighbors 3", HaarDetector("alt2", min_neighbors=3)),
+        ("default", "minNeighbors 5", HaarDetector("default", min_neighbors=5)),
+        ("default", "minNeighbors 3", HaarDetector("default", min_neighbors=3)),
         ("mtcnn", "thresholds 0.6/0.7/0.7", MTCNNDetector(thresholds=(0.6, 0.7, 0.7))),
         ("mtcnn", "thresholds 0.6/0.7/0.8 (default)", MTCNNDetector()),
         ("mtcnn", "thresholds 0.6/0.7/0.95", MTCNNDetector(thresholds=(0.6, 0.7, 0.95))),

@@ -27,17 +27,18 @@ from qcsfer.cli import main
 from qcsfer.data.images import load_images
 from qcsfer.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, eval_transform
 from qcsfer.imaging import read_image
-from qcsfer.inference import ExpressionRecognizer, Face, FaceDetector, ImageError
+from qcsfer.inference import ExpressionRecognizer, Face, HaarDetector, ImageError
 from qcsfer.inference import mtcnn as mtcnn_module
 from qcsfer.inference.annotate import LANDMARK_COLOR, annotate
 from qcsfer.inference.contract import card_from_embedded
+from qcsfer.inference.detectors import make_detector
 from qcsfer.inference.explain import (
     class_token_attention,
     csa_maps,
     explain,
 )
 from qcsfer.inference.export import export_onnx, onnx_model_bytes
-from qcsfer.inference.faces import crop_box, crop_face, make_detector, sort_faces
+from qcsfer.inference.faces import crop_box, crop_face, sort_faces
 from qcsfer.inference.mtcnn import MTCNNDetector
 from qcsfer.inference.preprocess import numpy_eval_transform, stack_crops
 from qcsfer.inference.recognizer import Prediction
@@ -132,7 +133,7 @@ def probs_close(a: dict[str, float], b: dict[str, float], tol: float) -> bool:
 
 
 def test_detector_finds_the_astronaut_and_nothing_in_the_coffee() -> None:
-    detector = FaceDetector()
+    detector = HaarDetector()
     faces = detector.detect(read_image(ASTRONAUT))
     assert len(faces) == 1
     face = faces[0]
@@ -158,11 +159,11 @@ def test_three_faces_in_stable_left_to_right_order(
 def test_huge_images_are_detected_downscaled_with_boxes_in_original_pixels() -> None:
     small = read_image(ASTRONAUT)
     big = np.asarray(Image.fromarray(small).resize((1536, 1536), Image.BICUBIC))
-    (reference,) = FaceDetector().detect(small)
-    (face,) = FaceDetector(max_side=512).detect(big)  # detection runs at 512 px
+    (reference,) = HaarDetector().detect(small)
+    (face,) = HaarDetector(max_side=512).detect(big)  # detection runs at 512 px
     for ours, theirs in zip(face.box, reference.box, strict=True):
         assert abs(ours - 3 * theirs) <= 6
-    assert FaceDetector(max_side=512).detect(big[:20, :20]) == []  # below the minimum face size
+    assert HaarDetector(max_side=512).detect(big[:20, :20]) == []  # below the minimum face size
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +182,7 @@ def test_mtcnn_finds_the_astronaut_with_landmarks_and_nothing_in_the_coffee(
     mtcnn: MTCNNDetector,
 ) -> None:
     (face,) = mtcnn.detect(read_image(ASTRONAUT))
-    (haar,) = FaceDetector().detect(read_image(ASTRONAUT))
+    (haar,) = HaarDetector().detect(read_image(ASTRONAUT))
     assert abs(face.x0 - haar.x0) < 25 and abs(face.x1 - haar.x1) < 25
     assert face.score is not None and 0.9 < face.score <= 1
     assert face.landmarks is not None and len(face.landmarks) == 5
@@ -233,19 +234,19 @@ def test_auto_detector_is_mtcnn_when_installed_else_haar_with_a_notice(
     monkeypatch.setattr(mtcnn_module.importlib.util, "find_spec", lambda name: None)
     with caplog.at_level(logging.WARNING):
         detector = make_detector("auto")
-    assert isinstance(detector, FaceDetector) and detector.name == "alt2"
+    assert isinstance(detector, HaarDetector) and detector.name == "alt2"
     (notice,) = [r.getMessage() for r in caplog.records]
     assert "pip install --no-deps facenet-pytorch" in notice and "\n" not in notice
 
 
 def test_recognizer_crops_with_its_detectors_own_margin(weights: Path) -> None:
     haar = ExpressionRecognizer(weights, detector="alt2")
-    assert haar.margin == FaceDetector.margin
+    assert haar.margin == HaarDetector.margin
     assert ExpressionRecognizer(weights, detector="mtcnn").margin == MTCNNDetector.margin
     assert ExpressionRecognizer(weights, detector="mtcnn", margin=0.3).margin == 0.3
     (face,) = haar.find_faces(read_image(ASTRONAUT))
     (crop,) = haar.crops(read_image(ASTRONAUT), [face])
-    assert crop.shape[0] == round(face.width * (1 + 2 * FaceDetector.margin))
+    assert crop.shape[0] == round(face.width * (1 + 2 * HaarDetector.margin))
     with pytest.raises(ValueError, match="margin must be"):
         ExpressionRecognizer(weights, margin=-0.5)
     haar.detector = make_detector("mtcnn")  # swapped in, as `qcsfer serve` does per request
@@ -424,7 +425,7 @@ def test_prediction_from_probabilities() -> None:
 
 def real_inputs(prep: Preprocessing, three_faces: Path) -> torch.Tensor:
     rgb = read_image(three_faces)
-    crops = [crop_face(rgb, face) for face in FaceDetector().detect(rgb)]
+    crops = [crop_face(rgb, face) for face in HaarDetector().detect(rgb)]
     crops += [read_image(p) for p in fer_faces()]
     return torch.from_numpy(numpy_eval_transform(stack_crops(crops, prep), prep))
 

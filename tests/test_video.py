@@ -19,7 +19,8 @@ import pytest
 
 from qcsfer.cli import main
 from qcsfer.inference import ExpressionRecognizer, ImageError
-from qcsfer.inference.faces import Face, FaceDetector
+from qcsfer.inference.faces import Face
+from qcsfer.inference.haar import HaarDetector
 from qcsfer.inference.runner import run_predict
 from qcsfer.inference.smoothing import ProbabilitySmoother
 from qcsfer.inference.track_summary import summarize_tracks
@@ -66,7 +67,7 @@ def crossing_frames(n: int = 40) -> list[np.ndarray]:
 
 def track_video(path: Path, tracker: Tracker, every: int = 1) -> list[list[tuple[int, int]]]:
     """(track id, box centre x) of each face in every `every`th frame of a video file."""
-    detector = FaceDetector()
+    detector = HaarDetector()
     capture = cv2.VideoCapture(str(path))
     out, index = [], 0
     while True:

@@ -5,13 +5,14 @@ when a model is loaded.
 """
 
 from ..imaging import ImageError
-from .faces import Face, FaceDetector
+from .faces import Face
+from .haar import HaarDetector
 from .recognizer import ExpressionRecognizer, ImageResult, Prediction
 
 __all__ = [
     "ExpressionRecognizer",
     "Face",
-    "FaceDetector",
+    "HaarDetector",
     "ImageError",
     "ImageResult",
     "Prediction",

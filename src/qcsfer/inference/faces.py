@@ -1,26 +1,17 @@
-"""Face detection (OpenCV Haar cascades, or MTCNN) and square face crops like the training faces.
+"""Faces: the `Face` every detector returns, the `Detector` contract, and square face crops.
 
-Haar cascades ship inside `opencv-python-headless` 4.x (not 5.x), need no weights download and
-run in a few milliseconds per image on a CPU. `haarcascade_frontalface_alt2` is the cascade we
-use: on our composed test set it gave no false alarms where `..._default` did
-(benchmarks/detectors.py). The default detector, "auto", is MTCNN when its weights are
-installed (more faces found, no false alarms there) and alt2 otherwise.
-
-Detection runs on a copy downscaled to at most `max_side` pixels (Haar cost grows with the pixel
-count and faces in huge photos are large anyway); boxes are mapped back to original pixels and
-the crop is taken from the full-resolution image. MTCNN (`qcsfer.inference.mtcnn`, weights
-from an optional install) finds more faces and places eye landmarks, which `align=True` uses to
-level the eyes. Alignment is off by default: FER2013/FERPlus training faces are not
+Detectors implement the contract elsewhere (`haar.py`, `mtcnn.py`; `detectors.py` picks one by
+name), so this module imports none of them. Crops are taken from the full-resolution image,
+square and with a small margin, like the training faces; `align=True` levels the eyes of faces
+with landmarks (MTCNN). Alignment is off by default: FER2013/FERPlus training faces are not
 eye-aligned, so rotating test faces moves them away from what the shipped model saw.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -31,15 +22,6 @@ import numpy as np
 # to 0.05 (89.9-91.3% of 288, their direct crops 89.6%), so 0.02 (1.04x measured before) stays.
 HAAR_MARGIN = 0.02
 DEFAULT_MARGIN = HAAR_MARGIN  # for given boxes and detectors without a margin of their own
-
-log = logging.getLogger(__name__)
-
-CASCADES = {
-    "alt2": "haarcascade_frontalface_alt2.xml",
-    "alt": "haarcascade_frontalface_alt.xml",
-    "default": "haarcascade_frontalface_default.xml",
-    "alt_tree": "haarcascade_frontalface_alt_tree.xml",
-}
 
 
 @dataclass(frozen=True, order=True)
@@ -115,92 +97,6 @@ class Detector(Protocol):
     name: str
 
     def detect(self, image: np.ndarray) -> list[Face]: ...
-
-
-def make_detector(name: str = "auto") -> Detector:
-    """ "auto" (MTCNN if its weights are installed, else Haar alt2), "mtcnn", or a Haar cascade:
-    one of CASCADES or an XML file."""
-    if name == "auto":
-        try:
-            return make_detector("mtcnn")
-        except (ImportError, FileNotFoundError) as exc:  # its weights (or torch) not installed
-            log.warning("face detector: Haar cascade alt2, because %s", exc)
-            return FaceDetector("alt2")
-    if name == "mtcnn":
-        from .mtcnn import MTCNNDetector
-
-        return MTCNNDetector()
-    return FaceDetector(name)
-
-
-class FaceDetector:
-    """Haar-cascade face detector on RGB (or gray) uint8 arrays."""
-
-    margin = HAAR_MARGIN  # the crop margin that frames its boxes like the training faces
-
-    def __init__(
-        self,
-        cascade: str = "alt2",
-        *,
-        scale_factor: float = 1.1,
-        min_neighbors: int = 5,
-        min_size: int = 24,
-        max_side: int = 1280,
-    ) -> None:
-        import cv2
-
-        path = Path(cascade)
-        if cascade in CASCADES:
-            path = Path(cv2.data.haarcascades) / CASCADES[cascade]
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"no Haar cascade {cascade!r}: give one of {sorted(CASCADES)} or an XML file"
-            )
-        try:  # OpenCV raises SystemError (not cv2.error) for files that are not XML at all
-            self._classifier = cv2.CascadeClassifier(str(path))
-        except (cv2.error, SystemError):
-            self._classifier = None
-        if self._classifier is None or self._classifier.empty():
-            raise ValueError(f"{path}: not a loadable OpenCV Haar cascade (an XML file)")
-        if scale_factor <= 1 or min_neighbors < 0 or min_size < 1 or max_side < 32:
-            raise ValueError(
-                "need scale_factor > 1, min_neighbors >= 0, min_size >= 1, max_side >= 32"
-            )
-        self.name = cascade
-        self.scale_factor = scale_factor
-        self.min_neighbors = min_neighbors
-        self.min_size = min_size
-        self.max_side = max_side
-
-    def detect(self, image: np.ndarray) -> list[Face]:
-        """Faces in an H x W x 3 RGB (or H x W gray) uint8 image, in reading order."""
-        import cv2
-
-        if image.ndim == 3:
-            gray = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
-        else:
-            gray = np.ascontiguousarray(image)
-        height, width = gray.shape
-        scale = min(1.0, self.max_side / max(height, width))
-        if scale < 1.0:
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
-        if min(gray.shape) < self.min_size:
-            return []
-        gray = cv2.equalizeHist(gray)
-        boxes, votes = self._classifier.detectMultiScale2(
-            gray,
-            scaleFactor=self.scale_factor,
-            minNeighbors=self.min_neighbors,
-            minSize=(self.min_size, self.min_size),
-        )
-        faces = []
-        for (x, y, w, h), n in zip(np.asarray(boxes).reshape(-1, 4), np.ravel(votes), strict=True):
-            x0, y0 = round(x / scale), round(y / scale)
-            x1, y1 = min(width, round((x + w) / scale)), min(height, round((y + h) / scale))
-            if x1 > x0 and y1 > y0:
-                faces.append(Face(max(0, x0), max(0, y0), x1, y1, float(n)))
-        return sort_faces(faces)
 
 
 def crop_box(face: Face, margin: float = DEFAULT_MARGIN) -> tuple[int, int, int, int]:

@@ -20,7 +20,8 @@ from ..card import ModelCard
 from ..imaging import Color, ImageInput, describe, to_rgb_array
 from ..preprocessing import Preprocessing
 from .backends import load_backend
-from .faces import DEFAULT_MARGIN, Detector, Face, crop_face, given_box, make_detector, whole_image
+from .detectors import make_detector
+from .faces import DEFAULT_MARGIN, Detector, Face, crop_face, given_box, whole_image
 from .preprocess import stack_crops
 
 if TYPE_CHECKING:

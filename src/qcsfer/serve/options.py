@@ -7,7 +7,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..decision import PRIORS
-from ..inference.faces import CASCADES, parse_box
+from ..inference.faces import parse_box
+from ..inference.haar import CASCADES
 from .errors import ApiError
 
 # Detectors a client may choose by name; never a path (no endpoint reads server files).

@@ -22,7 +22,8 @@ import numpy as np
 
 from ..decision import PRIORS
 from ..imaging import ImageError, ImageTooLarge, decode_image
-from ..inference.faces import Face, make_detector
+from ..inference.detectors import make_detector
+from ..inference.faces import Face
 from ..inference.preprocess import stack_crops
 from ..inference.recognizer import ExpressionRecognizer, ImageResult, Prediction
 from .batching import BatchInfo, FaceBatcher
