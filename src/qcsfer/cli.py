@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .errors import MissingDependencyError, QcsferError
 from .exits import run_until_stopped
 
 
@@ -160,7 +161,7 @@ def _predict(args: argparse.Namespace) -> int:
             prior=args.prior,
         )
     except ImportError as exc:  # onnxruntime missing for an .onnx model
-        raise RuntimeError(str(exc)) from exc
+        raise MissingDependencyError(str(exc)) from exc
     summary = run_predict(
         recognizer,
         args.inputs,
@@ -185,7 +186,7 @@ def _export(args: argparse.Namespace) -> int:
     try:
         report = export_weights(args.weights, args.format, out, opset=args.opset)
     except ImportError as exc:  # onnx / onnxruntime missing
-        raise RuntimeError(str(exc)) from exc
+        raise MissingDependencyError(str(exc)) from exc
     print(
         f"wrote {report.path} ({report.format}); max |logit difference| vs PyTorch "
         f"{report.max_abs_diff:.2g} on batch sizes {', '.join(map(str, report.batch_sizes))}"
@@ -241,7 +242,9 @@ def _serve(args: argparse.Namespace) -> int:
         import fastapi  # noqa: F401 - the optional extra, checked before loading the model
         import uvicorn  # noqa: F401
     except ImportError as exc:
-        raise RuntimeError(f"{exc}; install it with: pip install 'qcsfer[serve]'") from exc
+        raise MissingDependencyError(
+            f"{exc}; install it with: pip install 'qcsfer[serve]'"
+        ) from exc
     from .serve import ServeSettings, serve
     from .serve.settings import token_from
 
@@ -369,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"qcsfer {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an error, not one line"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("data", help="read a dataset and print its class counts")
@@ -576,7 +582,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _resolve_reference(args)
         return run_until_stopped(lambda: args.func(args), args.command)
-    except (ValueError, OSError, RuntimeError) as exc:
+    except (QcsferError, ValueError, OSError) as exc:  # not RuntimeError: torch's own errors
+        if args.debug:
+            raise
         print(f"qcsfer {args.command}: error: {_message(exc)}", file=sys.stderr)
         return 2
 

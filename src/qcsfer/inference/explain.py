@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from ..data.transforms import eval_transform
-from ..errors import ImageError, UsageError
+from ..errors import ImageError, MissingDependencyError, UsageError
 from ..imaging import ImageInput, describe, to_rgb_array
 from ..models.qcs import QCSModel
 from .backends import TorchBackend
@@ -70,7 +70,7 @@ def _figure_module() -> Any:
     try:
         from matplotlib.figure import Figure
     except ImportError as exc:
-        raise RuntimeError(
+        raise MissingDependencyError(
             "qcsfer explain draws with matplotlib, which is not installed: "
             "pip install 'qcsfer[plots]'"
         ) from exc

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import UsageError
 from ..imaging import ImageError
 
 log = logging.getLogger(__name__)
@@ -222,4 +223,4 @@ def open_writer(path: Path, fps: float, size: tuple[int, int]) -> tuple[Any, Pat
         if writer.isOpened():
             return writer, target
         writer.release()
-    raise RuntimeError(f"{path}: OpenCV cannot write video here (neither mp4v nor MJPG)")
+    raise UsageError(f"{path}: OpenCV cannot write video here (neither mp4v nor MJPG)")
