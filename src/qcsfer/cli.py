@@ -206,8 +206,23 @@ def _explain(args: argparse.Namespace) -> int:
             "file, run directory or 'default' (an exported .onnx file cannot be explained)"
         )
     boxes = _boxes(args)
+    model, network = args.model, None
+    if args.reference:  # the whole training graph, read once; the recognizer runs its base
+        from .inference.backends import LoadedModel, TorchBackend
+        from .models.weights import load_weights
+        from .pretrained import resolve_weights
+
+        network, card = load_weights(resolve_weights(args.model))
+        if not hasattr(network, "csa"):
+            raise ValueError(
+                f"{args.model}: holds no CSA modules (an inference-only or baseline "
+                "model); use a run's best.safetensors from DCS/QCS training"
+            )
+        backend = TorchBackend(network.base, card.preprocessing, args.device)
+        network.to(backend.device)
+        model = LoadedModel(backend, card)
     recognizer = ExpressionRecognizer(
-        args.model,
+        model,
         backend="torch",
         device=args.device,
         detect=not args.no_detect,
@@ -215,18 +230,10 @@ def _explain(args: argparse.Namespace) -> int:
         align=args.align,
         prior=args.prior,
     )
-    if args.reference:
+    if network is not None:
         from .inference.explain import explain_csa
-        from .models.weights import load_weights
-        from .pretrained import resolve_weights
 
-        model, _ = load_weights(resolve_weights(args.model))
-        if not hasattr(model, "csa"):
-            raise ValueError(
-                f"{args.model}: holds no CSA modules (an inference-only or baseline "
-                "model); use a run's best.safetensors from DCS/QCS training"
-            )
-        path = explain_csa(recognizer, model, args.image, args.reference, args.out)
+        path = explain_csa(recognizer, network, args.image, args.reference, args.out)
         print(f"CSA maps: {path}")
     written = explain(recognizer, args.image, args.out, boxes=boxes)
     if not written:

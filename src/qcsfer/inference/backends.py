@@ -81,7 +81,7 @@ def is_onnx_file(model: object) -> bool:
 
 
 def load_backend(
-    model: str | os.PathLike[str] = "default",
+    model: str | os.PathLike[str] | LoadedModel = "default",
     backend: str = "auto",
     device: str = "cpu",
     threads: int | None = None,
@@ -91,6 +91,8 @@ def load_backend(
     backend "auto": ONNX Runtime for .onnx files, PyTorch otherwise. backend "onnx" with a
     weights file exports it to ONNX in memory first (that step needs torch).
     """
+    if isinstance(model, LoadedModel):  # already loaded (for example by `qcsfer explain`)
+        return model
     if backend not in ("auto", "torch", "onnx"):
         raise UsageError(f"backend must be 'auto', 'torch' or 'onnx', got {backend!r}")
     if is_onnx_file(model):

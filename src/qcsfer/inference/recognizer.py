@@ -19,7 +19,7 @@ import numpy as np
 from ..card import ModelCard
 from ..imaging import Color, ImageInput, describe, to_rgb_array
 from ..preprocessing import Preprocessing
-from .backends import load_backend
+from .backends import LoadedModel, load_backend
 from .detectors import make_detector
 from .faces import DEFAULT_MARGIN, Detector, Face, crop_face, given_box, whole_image
 from .preprocess import stack_crops
@@ -120,7 +120,7 @@ class ExpressionRecognizer:
 
     def __init__(
         self,
-        model: str | os.PathLike[str] = "default",
+        model: str | os.PathLike[str] | LoadedModel = "default",
         backend: str = "auto",
         device: str = "cpu",
         detect: bool = True,
