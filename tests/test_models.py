@@ -501,6 +501,10 @@ def test_init_weights_continues_from_a_training_graph_or_a_base(tmp_path: Path) 
         assert all(torch.equal(loaded[k], v) for k, v in expected.items())
     with pytest.raises(TrainingError, match="qcs training graph cannot start a dcs run"):
         initialize(_tiny(mode="dcs"), InitConfig(weights=str(whole)))
+    control = _tiny(mode="baseline")  # a baseline control of a fine-tune: the base network
+    initialize(control, InitConfig(weights=str(whole)))
+    expected = source.base.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in control.base.state_dict().items())
 
 
 def test_attention_path_is_chosen_once_and_both_agree() -> None:

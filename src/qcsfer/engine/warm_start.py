@@ -30,13 +30,16 @@ def initialize(model: QCSModel, init: InitConfig) -> None:
         log.info("backbone initialised from %s", init.backbone_from)
     if init.weights:
         source, card = load_weights(resolve_weights(init.weights))  # 'default', a run dir
-        if card.network == "base":
-            model.base.load_state_dict(source.state_dict())
+        if card.network == "base" or model.mode == "baseline":  # a baseline: the base alone
+            base = source if card.network == "base" else source.base
+            model.base.load_state_dict(base.state_dict())
+            loaded = "base network"
         elif card.mode == model.mode:
             model.load_state_dict(source.state_dict())
+            loaded = "all weights"
         else:
             raise TrainingError(
                 f"{init.weights}: a {card.mode} training graph cannot start a "
                 f"{model.mode} run; use its base network (an inference weights file)"
             )
-        log.info("all weights initialised from %s (%s)", init.weights, card.network)
+        log.info("%s initialised from %s (%s)", loaded, init.weights, card.network)
