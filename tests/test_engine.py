@@ -156,8 +156,10 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(synthetic_root: Path, tmp_pa
         return loss * float("nan") if calls["n"] > 5 else loss
 
     config = synthetic_config(synthetic_root, mode="baseline", checkpoint_every_steps=2, epochs=1)
-    with pytest.raises(TrainingError, match="non-finite loss"):
+    kept = f"the last complete checkpoint {tmp_path / 'nan' / 'last.pt'} is kept"
+    with pytest.raises(TrainingError, match="non-finite loss") as info:
         train(config, tmp_path / "nan", loss=exploding)
+    assert kept in str(info.value)
     checkpoint = load_checkpoint(tmp_path / "nan" / "last.pt")
     assert checkpoint["step"] == 4
     assert all(

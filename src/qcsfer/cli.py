@@ -40,15 +40,24 @@ def _train(args: argparse.Namespace) -> int:
     from .engine.trainer import train
 
     if args.resume:
-        if args.config or args.set or args.run_dir:
+        if args.config or args.run_dir or args.overwrite:
             raise ValueError(
-                "--resume continues a run with its own configuration: "
-                "drop the config file, --set and --run-dir"
+                "--resume continues a run with its own configuration: drop the config file, "
+                "--run-dir and --overwrite (--set is accepted for options safe to change, "
+                "such as epochs)"
             )
-        run_dir = train(None, Path(args.resume), resume=True)
+        run_dir = train(
+            None,
+            Path(args.resume),
+            resume=True,
+            overrides=args.set,
+            allow_data_change=args.allow_data_change,
+        )
     else:
         config = load_config(args.config, args.set)
-        run_dir = train(config, Path(args.run_dir) if args.run_dir else None)
+        run_dir = train(
+            config, Path(args.run_dir) if args.run_dir else None, overwrite=args.overwrite
+        )
     print(f"run directory: {run_dir}")
     return 0
 
@@ -419,6 +428,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--run-dir", help="where to write the run (default runs/<name>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the run already in the run directory"
+    )
+    p.add_argument(
+        "--allow-data-change",
+        action="store_true",
+        help="resume although the data differ from the run's (the difference is logged)",
+    )
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="metrics of a model on a dataset split")

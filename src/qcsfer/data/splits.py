@@ -128,9 +128,17 @@ def load_splits(config: TrainConfig, run_dir: Path | None) -> tuple[Split, Split
         if data.cache_dir is None
         else (default_cache_dir() if data.cache_dir == "default" else Path(data.cache_dir))
     )
+    if not len(val):
+        raise TrainingError(f"{val.name}/{val.split}: the validation split has no images")
     storage = data.storage
     train_split = Split.load(train, config.preprocessing, storage, cache)
     val_split = Split.load(val, config.preprocessing, storage, cache)
+    if not len(val_split.records):
+        raise TrainingError(
+            f"{val.name}/{val.split}: no readable images in the validation split "
+            f"(all {len(val)} unreadable): nothing to select the best model on"
+        )
+    train_split.records.check_classes()  # again: a class may have lost all its images
     if not data.sources:
         return train_split, val_split, {}
     parts, held_out = [train_split], {}

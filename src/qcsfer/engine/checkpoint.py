@@ -20,6 +20,7 @@ from ..config import TrainConfig, from_dict, to_dict
 from ..errors import TrainingError
 from ..io import atomic_write
 from ..models.qcs import QCSModel
+from ..outputs import writing
 
 CHECKPOINT_FORMAT = "qcsfer-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -62,6 +63,7 @@ class Checkpointer:
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         scaler: torch.amp.GradScaler,
+        data: dict[str, Any] | None = None,  # fingerprints of the splits (data/fingerprint.py)
         *,
         writes: bool = True,  # False on every DDP rank but the first
     ) -> None:
@@ -72,6 +74,7 @@ class Checkpointer:
             scheduler,
             scaler,
         )
+        self.data = data
         self.writes = writes
 
     def state_dict(self, state: RunState) -> dict[str, Any]:
@@ -90,6 +93,7 @@ class Checkpointer:
             "history": state.history,
             "best": state.best,
             "epoch_loss": state.epoch_loss,
+            "data": self.data,
         }
 
     def save(self, name: str, state: RunState) -> None:
@@ -97,7 +101,8 @@ class Checkpointer:
         checkpoints/step-N.pt (a byte copy: no second pickling)."""
         if not self.writes:
             return
-        path = save_checkpoint(self.state_dict(state), self.run_dir / name)
+        with writing(self.run_dir / name):  # a full disk: say which file; the old one stays
+            path = save_checkpoint(self.state_dict(state), self.run_dir / name)
         if self.config.keep_checkpoints and name == "last.pt":
             kept = self.run_dir / "checkpoints" / f"step-{state.step:07d}.pt"
             atomic_write(kept, lambda tmp: shutil.copyfile(path, tmp))

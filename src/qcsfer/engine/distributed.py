@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..exits import Terminated
 from .device import select_device
 
 log = logging.getLogger("qcsfer.train")
@@ -97,12 +98,13 @@ class GracefulStop:
     def __init__(self, dd: Distributed) -> None:
         self.dd = dd
         self.flag = False
+        self.signal: int | None = None
         self.previous: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
         if self.flag:
-            raise KeyboardInterrupt
-        self.flag = True
+            raise self.interruption()
+        self.flag, self.signal = True, signum
         log.warning("stop requested: finishing the current step, then saving")
 
     def __enter__(self) -> GracefulStop:
@@ -114,6 +116,10 @@ class GracefulStop:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+
+    def interruption(self) -> KeyboardInterrupt:
+        """What to raise once stopped: Terminated for SIGTERM (exit code 143), else Ctrl-C."""
+        return Terminated() if self.signal == signal.SIGTERM else KeyboardInterrupt()
 
     def requested(self) -> bool:
         """True on every rank once any rank was asked to stop (a collective under DDP)."""

@@ -100,7 +100,9 @@ def epoch_record(
         "val_balanced_accuracy": metrics.balanced_accuracy,
         "val_macro_f1": metrics.macro_f1,
         "k": k,
-        "images_per_second": images / max(seconds, 1e-9),  # training steps, not validation
+        # training steps only, not validation; None when this process trained no step of the
+        # epoch (resumed after its last step): the rate was not measured, it was not zero
+        "images_per_second": images / max(seconds, 1e-9) if images else None,
         "epoch_seconds": seconds,
         "skipped_images": skipped_images,
     }
@@ -132,14 +134,14 @@ class RunLog:
         record = history[-1]
         log.info(
             "epoch %d: loss %.4f, val accuracy %.4f, balanced %.4f, macro F1 %.4f, k %s, "
-            "%.0f img/s, %d unreadable images skipped",
+            "%s img/s, %d unreadable images skipped",
             record["epoch"],
             record["train_loss"],
             record["val_accuracy"],
             record["val_balanced_accuracy"],
             record["val_macro_f1"],
             [round(k, 3) for k in record["k"]],
-            record["images_per_second"],
+            "n/a" if record["images_per_second"] is None else f"{record['images_per_second']:.0f}",
             record["skipped_images"],
         )
         for name, m in record.get("val_sources", {}).items():

@@ -14,21 +14,26 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import TrainConfig
+from ..data.fingerprint import fingerprint
 from ..data.sampling import BranchSampler
 from ..data.splits import iterate_batches, load_splits
 from ..errors import TrainingError
 from ..models.qcs import QCSModel, branch_loss
 from ..models.vit import use_fused_attention
+from ..outputs import OutputError, reason
 from .checkpoint import Checkpointer, RunState, load_checkpoint, run_config
-from .distributed import GracefulStop, process_group, start_processes, step_seed
+from .distributed import Distributed, GracefulStop, process_group, start_processes, step_seed
 from .evaluate import evaluate_split
 from .optim import build_optimization
+from .resume import check_data, keep_edited_config, resumed_config
+from .rundir import RunLock, prepare_new_run, remove_temporaries
 from .runlog import EpochProgress, RunLog, default_run_dir, epoch_record, export_best, open_run_dir
 from .step import LossFunction, TrainStep
 from .warm_start import initialize
@@ -42,10 +47,16 @@ def train(
     resume: bool = False,
     *,
     loss: LossFunction = branch_loss,
+    overwrite: bool = False,
+    overrides: list[str] | None = None,
+    allow_data_change: bool = False,
 ) -> Path:
-    """Train, or with `resume` continue run_dir/last.pt under the run's own configuration.
+    """Train, or with `resume` continue run_dir/last.pt under the run's own configuration
+    (with `overrides` of options that are safe to change, such as epochs).
 
-    Returns the run directory.
+    A new run refuses a directory holding files unless `overwrite`; the directory is locked
+    for the whole run (engine/rundir.py); a resumed run checks its data and config.yaml
+    (engine/resume.py). Returns the run directory.
     """
     checkpoint = None
     if resume:
@@ -55,12 +66,67 @@ def train(
         raise TrainingError("a configuration is needed to start a run")
     dd, device = start_processes(config.device)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
+    created = not run_dir.exists()
+    lock = None
+    if dd.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(run_dir).acquire()
+    try:
+        return _train(
+            config,
+            run_dir,
+            checkpoint,
+            dd,
+            device,
+            loss=loss,
+            overwrite=overwrite,
+            overrides=overrides or [],
+            allow_data_change=allow_data_change,
+        )
+    except BaseException:
+        if dd.is_main and created and not (run_dir / "last.pt").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # a failed start leaves nothing behind
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(
+    config: TrainConfig,
+    run_dir: Path,
+    checkpoint: dict | None,
+    dd: Distributed,
+    device: torch.device,
+    *,
+    loss: LossFunction,
+    overwrite: bool,
+    overrides: list[str],
+    allow_data_change: bool,
+) -> Path:
+    """The run itself, in a directory this process holds (see `train`)."""
+    if dd.is_main:
+        remove_temporaries(run_dir)
+        if checkpoint is None:
+            prepare_new_run(run_dir, overwrite)
+        else:
+            keep_edited_config(run_dir, config)
+    if checkpoint is not None:
+        config = resumed_config(config, overrides, checkpoint["epoch"])
+        if checkpoint["epoch"] >= config.epochs:
+            return _finished(run_dir, f"{checkpoint['epoch']} of {config.epochs} epochs")
     if dd.is_main:
         open_run_dir(run_dir, config)
     torch.manual_seed(config.seed)
 
     # data, model, optimiser
     train_split, val_split, held_out = load_splits(config, run_dir if dd.is_main else None)
+    data = {
+        "train": fingerprint(train_split.records, config.data.root),
+        "val": fingerprint(val_split.records, config.data.root),
+    }
+    if checkpoint is not None:
+        check_data(checkpoint.get("data"), data, allow_data_change)
     classes = train_split.records.classes
     model = QCSModel(config.model_config(len(classes)), config.mode).to(device)
     use_fused_attention(model, device.type == "cuda")
@@ -87,7 +153,7 @@ def train(
         )
     optimizer, scheduler, scaler = build_optimization(model, config, steps_per_epoch, device.type)
     checkpoints = Checkpointer(
-        run_dir, config, classes, model, optimizer, scheduler, scaler, writes=dd.is_main
+        run_dir, config, classes, model, optimizer, scheduler, scaler, data, writes=dd.is_main
     )
     state = RunState()
     if checkpoint is not None:
@@ -121,9 +187,14 @@ def train(
     # the epoch loop: it ends when the epochs are done or the step budget (max_steps) is spent
     max_steps = config.max_steps or config.epochs * steps_per_epoch
     every = config.checkpoint_every_steps
+    if checkpoint is not None and state.step >= max_steps and state.batch < steps_per_epoch:
+        return _finished(run_dir, f"{state.step} of {max_steps} steps")
     try:
         with process_group(dd), GracefulStop(dd) as stop:
-            while state.epoch < config.epochs and state.step < max_steps:
+            # an epoch resumed after its last step (stopped in validation) is still validated
+            while state.epoch < config.epochs and (
+                state.step < max_steps or state.batch == steps_per_epoch
+            ):
                 batches = sampler.epoch(state.epoch)
                 model.train()
                 progress = EpochProgress(steps_per_epoch, state.epoch + 1, state.batch, dd.is_main)
@@ -137,8 +208,8 @@ def train(
                     if not math.isfinite(step_loss):
                         raise TrainingError(
                             f"non-finite loss or gradients ({step_loss}) at epoch "
-                            f"{state.epoch + 1}, step {b}: stopping without applying it; the "
-                            f"last good checkpoint {run_dir / 'last.pt'} is kept"
+                            f"{state.epoch + 1}, step {b}: stopping without applying it; "
+                            + _kept_checkpoint(run_dir)
                         )
                     scheduler.step()
                     state.add_step(step_loss)
@@ -148,7 +219,7 @@ def train(
                     if stopping or (every and state.step % every == 0):
                         checkpoints.save("last.pt", state)
                     if stopping:
-                        raise KeyboardInterrupt
+                        raise stop.interruption()
                 seconds = progress.close()
                 if state.batch < steps_per_epoch:  # the step budget ran out inside the epoch
                     checkpoints.save("last.pt", state)
@@ -180,11 +251,37 @@ def train(
                     export_best(model, config, record, run_dir)
                 checkpoints.save("last.pt", state)
                 if stop.requested():
-                    raise KeyboardInterrupt
+                    raise stop.interruption()
     except KeyboardInterrupt:
         if dd.is_main:
             log.warning("interrupted: resume with qcsfer train --resume %s", run_dir)
         raise
+    except (OSError, OutputError) as exc:  # a full disk, a folder removed under the run
+        where = f"{exc.filename}: " if isinstance(exc, OSError) and exc.filename else ""
+        raise TrainingError(
+            f"{where}{reason(exc) if isinstance(exc, OSError) else exc}; "
+            f"{_kept_checkpoint(run_dir)}: free space (or fix the folder), then "
+            f"`qcsfer train --resume {run_dir}`"
+        ) from exc
+    return run_dir
+
+
+def _kept_checkpoint(run_dir: Path) -> str:
+    last = run_dir / "last.pt"
+    if last.is_file():
+        return f"the last complete checkpoint {last} is kept"
+    return "no checkpoint had been written yet"
+
+
+def _finished(run_dir: Path, done: str) -> Path:
+    """A resumed run with nothing left to do says so, and how to extend it."""
+    log.info(
+        "%s: the run is already finished (%s); to extend it: "
+        "qcsfer train --resume %s --set epochs=N (or max_steps=N)",
+        run_dir,
+        done,
+        run_dir,
+    )
     return run_dir
 
 
