@@ -402,7 +402,9 @@ def test_a_truncated_video_is_reported(
 # ---------------------------------------------------------------------------- 12: init.weights
 
 
-def test_init_weights_takes_a_run_directory_and_default(weights: Path, tmp_path: Path) -> None:
+def test_info_and_init_weights_take_a_run_directory_and_default(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from qcsfer.config import InitConfig
     from qcsfer.engine.warm_start import initialize
     from qcsfer.models import QCSModel, get_config
@@ -412,6 +414,8 @@ def test_init_weights_takes_a_run_directory_and_default(weights: Path, tmp_path:
     run_dir.mkdir()
     shutil.copy(weights, run_dir / "best.safetensors")
     shutil.copy(weights.with_suffix(".json"), run_dir / "best.json")
+    code, out, _ = cli(["info", run_dir], capsys)
+    assert code == 0 and f"classes ({len(CLASSES)})" in out
     model = QCSModel(get_config("tiny", num_classes=len(CLASSES)), "qcs")
     initialize(model, InitConfig(weights=str(run_dir)))
     expected = load_model(weights)[0].state_dict()
