@@ -41,7 +41,7 @@ from qcsfer.inference.export import export_onnx, onnx_model_bytes
 from qcsfer.inference.faces import crop_box, crop_face, sort_faces
 from qcsfer.inference.mtcnn import MTCNNDetector
 from qcsfer.inference.preprocess import numpy_eval_transform, stack_crops
-from qcsfer.inference.recognizer import Prediction
+from qcsfer.inference.results import Prediction
 from qcsfer.inference.runner import Progress
 from qcsfer.models import BaseNetwork, QCSModel, get_config
 from qcsfer.models.weights import save_weights

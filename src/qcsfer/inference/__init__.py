@@ -7,7 +7,8 @@ when a model is loaded.
 from ..imaging import ImageError
 from .faces import Face
 from .haar import HaarDetector
-from .recognizer import ExpressionRecognizer, ImageResult, Prediction
+from .recognizer import ExpressionRecognizer
+from .results import ImageResult, Prediction
 
 __all__ = [
     "ExpressionRecognizer",

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .recognizer import Prediction
+from .results import Prediction
 
 BOX_COLOR = (255, 200, 0)
 TEXT_COLOR = (0, 0, 0)

@@ -27,7 +27,8 @@ from ..imaging import ImageInput, describe, to_rgb_array
 from ..models.qcs import QCSModel
 from .backends import TorchBackend
 from .preprocess import stack_crops
-from .recognizer import ExpressionRecognizer, Prediction
+from .recognizer import ExpressionRecognizer
+from .results import Prediction
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -23,77 +23,8 @@ from .backends import LoadedModel, load_backend
 from .detectors import make_detector
 from .faces import DEFAULT_MARGIN, Detector, Face, crop_face, given_box, whole_image
 from .preprocess import stack_crops
-
-if TYPE_CHECKING:
-    from .video import VideoAnalysis
-
-Box = tuple[int, int, int, int]
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One face: where it is, what expression, how sure, and every class probability."""
-
-    box: Box  # x0, y0, x1, y1 in original image pixels (x1, y1 exclusive)
-    label: str
-    confidence: float  # probability of `label`
-    probabilities: dict[str, float]
-    detector_score: float | None  # Haar: windows merged; MTCNN: probability; None: not detected
-    landmarks: tuple[tuple[float, float], ...] | None = None  # MTCNN: eyes, nose, mouth corners
-
-    @classmethod
-    def from_probabilities(
-        cls, face: Face, probabilities: np.ndarray, classes: Sequence[str]
-    ) -> Prediction:
-        """The prediction for `face` from its class probabilities (in `classes` order)."""
-        if len(probabilities) != len(classes):
-            raise ValueError(f"{len(probabilities)} probabilities for {len(classes)} classes")
-        best = int(np.argmax(probabilities))
-        return cls(
-            box=face.box,
-            label=classes[best],
-            confidence=float(probabilities[best]),
-            probabilities={c: float(p) for c, p in zip(classes, probabilities, strict=True)},
-            detector_score=face.score,
-            landmarks=face.landmarks,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "box": list(self.box),
-            "label": self.label,
-            "confidence": self.confidence,
-            "probabilities": dict(self.probabilities),
-            "detector_score": self.detector_score,
-            "landmarks": None if self.landmarks is None else [list(p) for p in self.landmarks],
-        }
-
-
-@dataclass
-class ImageResult:
-    """Everything about one input image (or video frame), including why it failed."""
-
-    source: str
-    predictions: list[Prediction] = field(default_factory=list)
-    width: int | None = None
-    height: int | None = None
-    frame: int | None = None
-    error: str | None = None
-    image: np.ndarray | None = field(default=None, repr=False)  # RGB, only when asked to keep
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "file": self.source,
-            "frame": self.frame,
-            "width": self.width,
-            "height": self.height,
-            "error": self.error,
-            "faces": [p.to_dict() for p in self.predictions],
-        }
+from .results import ImageResult, Prediction
+from .video import VideoAnalysis
 
 
 @dataclass
@@ -241,8 +172,6 @@ class ExpressionRecognizer:
         """Tracked faces with smoothed expressions, frame by frame, in a video file or a camera
         ("webcam:0"): iterate to get VideoFrames. Options (every, fps, start, end, tau, ...) as
         for VideoAnalysis."""
-        from .video import VideoAnalysis
-
         return VideoAnalysis(self, source, **options)
 
     # -- steps -------------------------------------------------------------------------------

@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from .faces import Face
+from ..preprocessing import Preprocessing
+from .faces import Detector, Face
 from .preprocess import stack_crops
-from .recognizer import ExpressionRecognizer, ImageResult, Prediction
+from .results import ImageResult, Prediction
 from .smoothing import ProbabilitySmoother
 from .tracking import Tracker, distinct
 from .video_io import VIDEO_SUFFIXES, WEBCAM, FrameReader, ReadStats, Sampled, is_video
@@ -32,6 +33,29 @@ __all__ = [
 ]
 
 DETECT_SIDE = 640  # detection runs on frames downscaled to at most this many pixels
+
+
+class FrameRecognizer(Protocol):
+    """The steps of a recognizer that a video runs on each frame (`ExpressionRecognizer`'s):
+    the recognizer offers `video()` and this module needs only these, so neither imports
+    the other."""
+
+    classes: list[str]
+    batch_size: int
+    detector: Detector | None
+
+    @property
+    def preprocessing(self) -> Preprocessing: ...
+
+    def find_faces(
+        self, rgb: np.ndarray, boxes: Sequence[Sequence[float]] | None = None
+    ) -> list[Face]: ...
+
+    def crops(
+        self, rgb: np.ndarray, faces: list[Face], given: bool = False
+    ) -> list[np.ndarray]: ...
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -88,7 +112,7 @@ class VideoAnalysis:
 
     def __init__(
         self,
-        recognizer: ExpressionRecognizer,
+        recognizer: FrameRecognizer,
         source: str | os.PathLike[str],
         *,
         every: int = 1,

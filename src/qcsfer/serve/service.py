@@ -25,7 +25,8 @@ from ..imaging import ImageError, ImageTooLarge, decode_image
 from ..inference.detectors import make_detector
 from ..inference.faces import Face
 from ..inference.preprocess import stack_crops
-from ..inference.recognizer import ExpressionRecognizer, ImageResult, Prediction
+from ..inference.recognizer import ExpressionRecognizer
+from ..inference.results import ImageResult, Prediction
 from .batching import BatchInfo, FaceBatcher
 from .errors import ApiError
 from .options import PredictOptions
