@@ -19,7 +19,7 @@ from PIL import Image
 
 from qcsfer.imaging import read_image
 from qcsfer.inference.faces import Face, crop_face
-from qcsfer.inference.preprocess import stack_crops
+from qcsfer.inference.model_input import stack_crops
 from qcsfer.inference.recognizer import ExpressionRecognizer
 
 Box = tuple[float, float, float, float]

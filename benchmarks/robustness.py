@@ -43,7 +43,7 @@ from qcsfer.data.ferplus import CLASSES, read_ferplus
 from qcsfer.data.records import DatasetError
 from qcsfer.engine.metrics import Metrics, compute_metrics
 from qcsfer.imaging import read_image
-from qcsfer.inference.preprocess import stack_crops
+from qcsfer.inference.model_input import stack_crops
 from qcsfer.inference.recognizer import ExpressionRecognizer
 from qcsfer.io import atomic_write
 from qcsfer.pretrained import DEFAULT_WEIGHTS

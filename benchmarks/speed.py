@@ -35,8 +35,9 @@ import numpy as np
 import torch
 
 from qcsfer.data.sampling import BranchSampler
-from qcsfer.data.transforms import Augmentation, Preprocessing, train_transform
+from qcsfer.data.transforms import Augmentation, train_transform
 from qcsfer.models import BranchLogits, QCSModel, branch_loss, get_config
+from qcsfer.preprocessing import Preprocessing
 
 RESULTS = Path(__file__).parent / "results"
 # Anchors per step (x4 images): what each device trains with in practice.

@@ -31,9 +31,10 @@ from qcsfer.data.rafdb import CLASSES as RAFDB_CLASSES
 from qcsfer.data.rafdb import read_rafdb
 from qcsfer.data.records import DatasetError, LabeledImages
 from qcsfer.data.sampling import BranchSampler, SamplerConfig
-from qcsfer.data.transforms import Augmentation, Preprocessing, eval_transform, train_transform
+from qcsfer.data.transforms import Augmentation, eval_transform, train_transform
 from qcsfer.imaging import ImageError, open_image
 from qcsfer.io import atomic_write
+from qcsfer.preprocessing import Preprocessing
 
 FERPLUS_ROOT = Path(__file__).parents[1] / ".." / "shared" / "datasets" / "ferplus"
 

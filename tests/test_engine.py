@@ -22,7 +22,7 @@ from qcsfer.config import TrainConfig, load_config
 from qcsfer.data.ferplus import read_ferplus
 from qcsfer.data.images import MemoryImages, load_images
 from qcsfer.data.records import DatasetError, LabeledImages
-from qcsfer.data.transforms import Augmentation, Preprocessing, eval_transform
+from qcsfer.data.transforms import Augmentation, eval_transform
 from qcsfer.engine.averaging import average_states, recompute_batchnorm
 from qcsfer.engine.checkpoint import load_checkpoint
 from qcsfer.engine.evaluate import evaluate, map_labels
@@ -33,6 +33,7 @@ from qcsfer.engine.trainer import train
 from qcsfer.errors import TrainingError
 from qcsfer.models import QCSModel, get_config
 from qcsfer.models.qcs import branch_loss
+from qcsfer.preprocessing import Preprocessing
 from qcsfer.pretrained import load_model
 
 from .conftest import REPO

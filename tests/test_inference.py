@@ -25,7 +25,7 @@ from PIL import Image
 
 from qcsfer.cli import main
 from qcsfer.data.images import load_images
-from qcsfer.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, eval_transform
+from qcsfer.data.transforms import eval_transform
 from qcsfer.imaging import read_image
 from qcsfer.inference import ExpressionRecognizer, Face, HaarDetector, ImageError
 from qcsfer.inference import mtcnn as mtcnn_module
@@ -39,12 +39,13 @@ from qcsfer.inference.explain import (
 )
 from qcsfer.inference.export import export_onnx, onnx_model_bytes
 from qcsfer.inference.faces import crop_box, crop_face, sort_faces
+from qcsfer.inference.model_input import numpy_eval_transform, stack_crops
 from qcsfer.inference.mtcnn import MTCNNDetector
-from qcsfer.inference.preprocess import numpy_eval_transform, stack_crops
 from qcsfer.inference.results import Prediction
 from qcsfer.inference.runner import Progress
 from qcsfer.models import BaseNetwork, QCSModel, get_config
 from qcsfer.models.weights import save_weights
+from qcsfer.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from qcsfer.pretrained import load_model
 
 from .conftest import FERPLUS, PHOTOS

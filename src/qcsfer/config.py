@@ -19,8 +19,9 @@ import yaml
 
 from .data.sampling import SamplerConfig
 from .data.sources import SourceConfig
-from .data.transforms import Augmentation, Preprocessing
+from .data.transforms import Augmentation
 from .models.configs import CSAConfig, ModelConfig, get_config
+from .preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 

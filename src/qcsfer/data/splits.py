@@ -18,11 +18,11 @@ import torch
 
 from ..config import TrainConfig
 from ..errors import TrainingError
+from ..preprocessing import Preprocessing
 from .datasets import read_dataset, stratified_split
 from .images import DiskImages, MemoryImages, default_cache_dir, load_images
 from .records import LabeledImages
 from .sources import combine, read_source
-from .transforms import Preprocessing
 
 log = logging.getLogger("qcsfer.train")
 

@@ -15,19 +15,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from ..preprocessing import Preprocessing
 from .degradations import Degradation, degrade
-
-__all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "Augmentation",
-    "Degradation",
-    "Preprocessing",
-    "eval_transform",
-    "normalize",
-    "train_transform",
-]
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from ..data.images import MemoryImages
-from ..data.transforms import Augmentation, Preprocessing, train_transform
+from ..data.transforms import Augmentation, train_transform
+from ..preprocessing import Preprocessing
 from .device import autocast
 from .evaluate import predict_logits
 

@@ -19,11 +19,12 @@ from ..data.datasets import read_dataset
 from ..data.images import default_cache_dir, load_images
 from ..data.records import DatasetError, LabeledImages
 from ..data.splits import Split
-from ..data.transforms import Preprocessing, eval_transform
+from ..data.transforms import eval_transform
 from ..io import atomic_write
 from ..models.base import BaseNetwork
 from ..models.vit import use_fused_attention
 from ..outputs import check_output_folder, writing
+from ..preprocessing import Preprocessing
 from ..pretrained import load_model
 from .calibration import PointReport, measure_operating_points
 from .device import autocast, select_device

@@ -17,7 +17,7 @@ from ..card import ModelCard
 from ..errors import NotFoundError, UsageError
 from ..preprocessing import Preprocessing
 from .contract import INPUT_NAME, OUTPUT_NAME, onnx_card, onnx_session
-from .preprocess import numpy_eval_transform
+from .model_input import numpy_eval_transform
 
 
 class Backend(Protocol):

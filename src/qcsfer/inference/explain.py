@@ -26,7 +26,7 @@ from ..errors import ImageError, MissingDependencyError, UsageError
 from ..imaging import ImageInput, describe, to_rgb_array
 from ..models.qcs import QCSModel
 from .backends import TorchBackend
-from .preprocess import stack_crops
+from .model_input import stack_crops
 from .recognizer import ExpressionRecognizer
 from .results import Prediction
 

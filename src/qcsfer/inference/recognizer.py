@@ -22,7 +22,7 @@ from ..preprocessing import Preprocessing
 from .backends import LoadedModel, load_backend
 from .detectors import make_detector
 from .faces import DEFAULT_MARGIN, Detector, Face, crop_face, given_box, whole_image
-from .preprocess import stack_crops
+from .model_input import stack_crops
 from .results import ImageResult, Prediction
 from .video import VideoAnalysis
 

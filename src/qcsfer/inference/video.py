@@ -17,7 +17,7 @@ import numpy as np
 
 from ..preprocessing import Preprocessing
 from .faces import Detector, Face
-from .preprocess import stack_crops
+from .model_input import stack_crops
 from .results import ImageResult, Prediction
 from .smoothing import ProbabilitySmoother
 from .tracking import Tracker, distinct

@@ -24,7 +24,7 @@ from ..decision import PRIORS
 from ..imaging import ImageError, ImageTooLarge, decode_image
 from ..inference.detectors import make_detector
 from ..inference.faces import Face
-from ..inference.preprocess import stack_crops
+from ..inference.model_input import stack_crops
 from ..inference.recognizer import ExpressionRecognizer
 from ..inference.results import ImageResult, Prediction
 from .batching import BatchInfo, FaceBatcher
