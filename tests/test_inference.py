@@ -677,6 +677,21 @@ def test_cli_export(weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     assert code == 0 and f"{expected.label} " in out and "1 face" in err
 
 
+def test_cli_info_prints_the_card_inside_an_onnx_file(
+    weights: Path, onnx_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(["info", onnx_path], capsys)
+    assert code == 0, err
+    assert f"classes ({len(CLASSES)}): {', '.join(CLASSES)}" in out and "inference network" in out
+    code, from_weights, err = run_cli(["info", weights], capsys)
+    assert code == 0, err
+    sizes = [
+        [line for line in text.splitlines() if "GMACs/image" in line]
+        for text in (out, from_weights)
+    ]
+    assert len(sizes[0]) == 1 and sizes[0] == sizes[1]  # the same network, counted from its card
+
+
 def test_progress_goes_to_a_terminal_only() -> None:
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

@@ -101,6 +101,14 @@ def _info(args: argparse.Namespace) -> int:
     if args.target in CONFIGS:
         config = get_config(args.target, **({"num_classes": args.classes} if args.classes else {}))
         report = measure_complexity(config, mode=args.mode)
+    elif str(args.target).lower().endswith(".onnx"):  # the card embedded at export
+        from .pretrained import load_card
+
+        card = load_card(args.target)
+        print(card.summary())
+        if not card.model:  # exported before cards recorded the network's configuration
+            return 0
+        report = measure_complexity(card.model_config(), mode=None)
     else:
         from .models.weights import load_weights
         from .pretrained import resolve_weights

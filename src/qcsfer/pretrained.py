@@ -38,5 +38,11 @@ def load_model(weights: str | Path | None = None) -> tuple[BaseNetwork, ModelCar
 
 
 def load_card(weights: str | Path | None = None) -> ModelCard:
-    """The card of 'default', a run directory or a weights file, without reading tensors."""
-    return read_card(resolve_weights(weights))
+    """The card of 'default', a run directory, a weights file or an exported .onnx file (the
+    card embedded in it), without reading tensors."""
+    path = resolve_weights(weights)
+    if path.suffix.lower() == ".onnx":
+        from .inference.contract import onnx_card, onnx_session
+
+        return onnx_card(onnx_session(path), str(path))
+    return read_card(path)
