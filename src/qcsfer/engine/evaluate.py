@@ -199,30 +199,18 @@ def evaluate(
     root: str | Path,
     split: str,
     *,
-    options: Mapping[str, Any] | None = None,
-    mapping: Mapping[str, str] | None = None,
-    flip: bool = False,
-    device: str = "auto",
-    batch_size: int = 256,
     out_dir: str | Path | None = None,
     prior: str = "dataset",
-    cache: bool = True,
+    **reading: Any,
 ) -> Evaluation:
-    """Evaluate at `prior` ('dataset': the logits as trained; 'balanced': prior-corrected)."""
+    """Evaluate at `prior` ('dataset': the logits as trained; 'balanced': prior-corrected).
+
+    reading: how the split is read and scored, as for `split_logits` (options, mapping, flip,
+    device, batch_size, cache).
+    """
     if out_dir is not None:
         check_output_folder(out_dir)  # before the work, not after it
-    result = split_logits(
-        weights,
-        data_format,
-        root,
-        split,
-        options=options,
-        mapping=mapping,
-        flip=flip,
-        device=device,
-        batch_size=batch_size,
-        cache=cache,
-    )
+    result = split_logits(weights, data_format, root, split, **reading)
     rule = result.card.decision
     rule.point(prior)  # an unknown prior or a missing training prior fails before any work
     points = measure_operating_points(result.logits, result.labels, result.classes, rule)
@@ -237,7 +225,7 @@ def evaluate(
             "operating_points": {name: asdict(p) for name, p in points.items()},
             "weights": str(weights) if weights else "default",
             "dataset": {"format": data_format, "root": str(root), "split": split},
-            "flip_tta": flip,
+            "flip_tta": reading.get("flip", False),
             "skipped_images": result.skipped,
             "excluded_by_mapping": result.excluded,
         }
