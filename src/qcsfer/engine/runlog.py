@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +16,7 @@ from ..config import TrainConfig, save_config, to_dict
 from ..io import atomic_write
 from ..models.qcs import QCSModel
 from ..models.weights import save_weights
+from ..status_line import StatusLine
 from .metrics import Metrics
 from .plots import plot_confusion, plot_curves
 
@@ -34,7 +34,7 @@ class EpochProgress:
             enabled,
             every,
         )
-        self.tty = enabled and sys.stderr.isatty()
+        self.line = StatusLine(enabled)
         self.start = time.perf_counter()
         self.images = 0
 
@@ -50,16 +50,14 @@ class EpochProgress:
             f"epoch {self.epoch} {done}/{self.total} loss {loss:.4f} lr {lr:.2e} "
             f"{rate:.0f} img/s ETA {eta / 60:.1f} min"
         )
-        if self.tty:
-            sys.stderr.write("\r" + line + " " * 4)
-            sys.stderr.flush()
+        if self.line.enabled:
+            self.line.show(line)
         elif done % self.every == 0 or done == self.total:
             log.info(line)
 
     def close(self) -> float:
         """Ends the line; returns the seconds since the epoch (or its resumed part) began."""
-        if self.tty:
-            sys.stderr.write("\n")
+        self.line.end()
         return time.perf_counter() - self.start
 
 

@@ -16,6 +16,7 @@ from PIL import Image
 
 from ..io import atomic_write
 from ..outputs import check_output_folder, writing
+from ..status_line import StatusLine
 from .annotate import annotate
 from .inputs import Input, expand_inputs
 from .recognizer import ExpressionRecognizer
@@ -25,33 +26,20 @@ from .video import VideoAnalysis
 from .video_outputs import with_outputs
 
 
-class Progress:
+class Progress(StatusLine):
     """`[i/n] name` on one rewritten stderr line; silent when stderr is not a terminal."""
 
     def __init__(self, total: int, enabled: bool, stream: IO[str] | None = None) -> None:
-        self.stream = stream or sys.stderr
+        super().__init__(enabled, stream)
         self.total = total
-        self.enabled = enabled and self.stream.isatty()
         self.done = 0
-        self._width = 0
 
     def show(self, text: str) -> None:
-        if not self.enabled:
-            return
-        line = f"[{self.done}/{self.total}] {text}"[:120]
-        self.stream.write("\r" + line.ljust(self._width))
-        self.stream.flush()
-        self._width = len(line)
+        super().show(f"[{self.done}/{self.total}] {text}")
 
     def step(self, name: str) -> None:
         self.done += 1
         self.show(name)
-
-    def clear(self) -> None:
-        if self.enabled and self._width:
-            self.stream.write("\r" + " " * self._width + "\r")
-            self.stream.flush()
-            self._width = 0
 
 
 class _Names:
