@@ -2,10 +2,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from .synthetic import write_folder_dataset
+
+if TYPE_CHECKING:
+    from qcsfer.models.qcs import QCSModel
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("QCSFER_SHARED", REPO.parent / "shared"))  # data beside the clone
@@ -26,6 +30,14 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     validation images, made once per test session, needing nothing from ../shared."""
     root = tmp_path_factory.mktemp("synthetic-faces")
     return write_folder_dataset(root, {"train": 64, "valid": 32})
+
+
+@pytest.fixture(scope="module")
+def paper() -> QCSModel:
+    """The paper-size QCS model (seeded), built once per test module that uses it."""
+    from .model_builders import paper_model
+
+    return paper_model()
 
 
 @pytest.fixture(autouse=True)

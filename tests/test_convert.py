@@ -33,19 +33,9 @@ from qcsfer.models.reference import FAMILIES, ReferenceFamily
 from qcsfer.models.weights import WeightsError, file_sha256, load_weights
 
 from .conftest import REPO, SHARED
+from .model_builders import tiny_model
 
 REFERENCE_KEYS = SHARED / "docs" / "reference-checkpoint-keys-rafdb7.tsv"
-
-
-@pytest.fixture(scope="module")
-def paper() -> QCSModel:
-    torch.manual_seed(0)
-    return QCSModel(get_config("paper", num_classes=7), "qcs").eval()
-
-
-def _tiny(mode: str = "qcs", **overrides) -> QCSModel:
-    torch.manual_seed(0)
-    return QCSModel(get_config("tiny", **{"num_classes": 5, **overrides}), mode)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,7 +189,7 @@ def test_ir50_backbone_loads_into_stages_1_to_3(tmp_path: Path) -> None:
     assert "stages.2.2.residual.4.running_mean" in str(info.value)
 
     with pytest.raises(WeightsError, match=r"units \(3, 4, 14\)"):
-        load_ir50_backbone(path, _tiny())
+        load_ir50_backbone(path, tiny_model())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,7 +236,7 @@ def test_every_released_family_loads(reference_state: dict, dataset: str, mode: 
 
 def test_dcs_prenorm_residual_is_the_reference_cross_module() -> None:
     """Y = X + A V, out = Y + MLP(LN2(Y)), A from LN1(X) (the 8-class DCS cross module)."""
-    model = _tiny("dcs", csa={"residual": "prenorm"}).eval()
+    model = tiny_model("dcs", csa={"residual": "prenorm"}).eval()
     tokens = torch.randn(2, 3, model.config.num_tokens, model.config.dim)
     with torch.no_grad():
         ours = model.cross_logits(tokens)
@@ -258,7 +248,7 @@ def test_dcs_prenorm_residual_is_the_reference_cross_module() -> None:
         expected, _ = model.cross_vit((tokens + torch.cat(refined, 2)).flatten(0, 1))
         torch.testing.assert_close(ours, expected.unflatten(0, (2, 3)), rtol=0, atol=1e-6)
         # The QCS models' LayerNorm residual is a different function of the same weights.
-        normed = _tiny("dcs").eval()
+        normed = tiny_model("dcs").eval()
         normed.load_state_dict(model.state_dict())
         x = tokens[:, :, : model.config.tokens_per_scale]
         assert (normed.csa[0](x, model.pairs) - model.csa[0](x, model.pairs)).abs().max() > 0.1
@@ -481,7 +471,7 @@ def test_training_init_from_the_backbone_of_a_reference(
     reference_file: tuple[Path, QCSModel],
 ) -> None:
     path, source = reference_file
-    model = _tiny(num_classes=8)  # a head of another size
+    model = tiny_model(num_classes=8)  # a head of another size
     head = model.base.vit.head.weight.clone()
     initialize(model, InitConfig(reference=str(path), reference_parts="backbone"))
     assert torch.equal(model.base.vit.head.weight, head)

@@ -33,6 +33,8 @@ from qcsfer.models.complexity import count_parameters, measure_complexity
 from qcsfer.models.vit import ViT
 from qcsfer.models.weights import WeightsError, load_weights, read_card, save_weights
 
+from .model_builders import tiny_model
+
 QCS_PAIRS = TOPOLOGY["qcs"]
 SWAP_PAIRS = [1, 0, 3, 2]  # anchor <-> positive together with negative <-> negative2
 
@@ -45,17 +47,6 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def paper() -> QCSModel:
-    torch.manual_seed(0)
-    return QCSModel(get_config("paper", num_classes=7), "qcs").eval()
-
-
-def _tiny(mode: str = "qcs", **overrides) -> QCSModel:
-    torch.manual_seed(0)
-    return QCSModel(get_config("tiny", num_classes=5, **overrides), mode)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,7 +253,7 @@ def test_circle_symmetry(normalize: str) -> None:
 
 
 def test_circle_symmetry_of_the_whole_model() -> None:
-    model = _tiny().eval()
+    model = tiny_model().eval()
     images = torch.randn(4, 2, 3, 48, 48)
     with torch.no_grad():
         out = model(images)
@@ -276,7 +267,7 @@ def test_circle_symmetry_of_the_whole_model() -> None:
 
 
 def test_cross_loss_alone_trains_the_backbone() -> None:
-    model = _tiny().train()
+    model = tiny_model().train()
     images = torch.randn(4, 2, 3, 48, 48)
     targets = torch.tensor([[0, 1], [0, 1], [2, 3], [2, 3]])
     out = model(images)
@@ -290,7 +281,7 @@ def test_cross_loss_alone_trains_the_backbone() -> None:
 
 @pytest.mark.parametrize("mode", ["qcs", "dcs"])
 def test_base_alone_gives_the_training_base_logits(mode: str) -> None:
-    model = _tiny(mode).eval()
+    model = tiny_model(mode).eval()
     g = model.branches
     images = torch.randn(g, 3, 3, 48, 48)
     with torch.no_grad():
@@ -307,7 +298,7 @@ def test_base_alone_gives_the_training_base_logits(mode: str) -> None:
 
 
 def test_bn_per_branch_is_the_reference_sequential_calls() -> None:
-    model = _tiny("qcs", bn_per_branch=True).train()
+    model = tiny_model("qcs", bn_per_branch=True).train()
     sequential = copy.deepcopy(model)
     images = torch.randn(4, 3, 3, 48, 48)
     with torch.no_grad():
@@ -347,7 +338,7 @@ PREPROCESSING = {
 
 @pytest.mark.parametrize("network", ["base", "training"])
 def test_weights_round_trip(network: str, tmp_path: Path) -> None:
-    model = _tiny()
+    model = tiny_model()
     with torch.no_grad():  # move BatchNorm statistics away from their defaults
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -385,7 +376,7 @@ def test_weights_round_trip(network: str, tmp_path: Path) -> None:
 
 
 def test_weights_errors_name_the_file(tmp_path: Path) -> None:
-    model = _tiny().base
+    model = tiny_model().base
     path = save_weights(
         model,
         tmp_path / "w.safetensors",
@@ -447,7 +438,7 @@ def test_weights_errors_name_the_file(tmp_path: Path) -> None:
 
 def test_read_card_validates_the_sidecar(tmp_path: Path) -> None:
     path = save_weights(
-        _tiny().base,
+        tiny_model().base,
         tmp_path / "w.safetensors",
         classes=list("abcde"),
         preprocessing=PREPROCESSING,
@@ -479,8 +470,8 @@ def test_read_card_validates_the_sidecar(tmp_path: Path) -> None:
 
 def test_init_weights_continues_from_a_training_graph_or_a_base(tmp_path: Path) -> None:
     """`init.weights` (a second stage of training) loads every tensor the file holds."""
-    source = _tiny()
-    with torch.no_grad():  # unlike any fresh _tiny()
+    source = tiny_model()
+    with torch.no_grad():  # unlike any fresh tiny_model()
         for p in source.parameters():
             p.add_(torch.randn_like(p))
 
@@ -495,13 +486,13 @@ def test_init_weights_continues_from_a_training_graph_or_a_base(tmp_path: Path) 
 
     whole, base = save(source, "whole.safetensors"), save(source.base, "base.safetensors")
     for path, expected in ((whole, source.state_dict()), (base, source.base.state_dict())):
-        target = _tiny()
+        target = tiny_model()
         initialize(target, InitConfig(weights=str(path)))
         loaded = target.state_dict() if path == whole else target.base.state_dict()
         assert all(torch.equal(loaded[k], v) for k, v in expected.items())
     with pytest.raises(TrainingError, match="qcs training graph cannot start a dcs run"):
-        initialize(_tiny(mode="dcs"), InitConfig(weights=str(whole)))
-    control = _tiny(mode="baseline")  # a baseline control of a fine-tune: the base network
+        initialize(tiny_model(mode="dcs"), InitConfig(weights=str(whole)))
+    control = tiny_model(mode="baseline")  # a baseline control of a fine-tune: the base network
     initialize(control, InitConfig(weights=str(whole)))
     expected = source.base.state_dict()
     assert all(torch.equal(v, expected[k]) for k, v in control.base.state_dict().items())
