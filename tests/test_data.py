@@ -810,6 +810,14 @@ NO_AUGMENTATION = Augmentation(
 )
 
 
+def test_augmentation_checks_its_values_however_it_is_built() -> None:
+    for change in ({"hflip": 1.5}, {"erasing": -0.1}, {"zoom": (1.2, 1.0)}):
+        with pytest.raises(ValueError, match=rf"augmentation\.{next(iter(change))}"):
+            Augmentation(**change)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"sampler\.epoch_fraction must be positive"):
+        SamplerConfig(epoch_fraction=0)
+
+
 def test_train_transform_shape_dtype_and_determinism() -> None:
     prep = Preprocessing(image_size=24, load_size=28)
     images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)

@@ -324,6 +324,21 @@ def test_attention_projection_dropout_is_an_option() -> None:
     assert proj_dropout(vit) == 0.3
 
 
+def test_model_configs_are_read_and_checked_like_every_configuration() -> None:
+    """Keys and types by `qcsfer.typed_data`, as for training recipes and preprocessing."""
+    for name in ("paper", "small", "tiny"):
+        assert ModelConfig.from_dict(get_config(name).to_dict()) == get_config(name)
+    assert get_config("tiny", csa={"residual": "prenorm"}).csa.residual == "prenorm"
+    for change, message in [
+        ({"dim": "7"}, r"model\.dim: expected an integer, got '7'"),
+        ({"units": [1, 2]}, r"model\.units: expected 3 values"),
+        ({"csa": {"variant": "X"}}, r"model\.csa\.variant: 'X' is not one of"),
+        ({"depth": 3}, r"model: unknown key\(s\) \['depth'\]"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            get_config("tiny", **change)
+
+
 # ---------------------------------------------------------------------------------------------
 # Our weights files
 
@@ -451,10 +466,13 @@ def test_read_card_validates_the_sidecar(tmp_path: Path) -> None:
         (r"lacks \['preprocessing'\]", {"preprocessing": None}),
         ("a 'preprocessing' mapping", {"preprocessing": [48, 56]}),
         ("invalid preprocessing: preprocessing lacks", {"preprocessing": {"image_size": 48}}),
-        ("unknown preprocessing key", {"preprocessing": {**PREPROCESSING, "size": 48}}),
+        ("preprocessing: unknown key", {"preprocessing": {**PREPROCESSING, "size": 48}}),
         ("load_size 40 < image_size 48", {"preprocessing": {**PREPROCESSING, "load_size": 40}}),
         ("std must be > 0", {"preprocessing": {**PREPROCESSING, "std": [0.2, 0.0, 0.2]}}),
-        ("three finite numbers", {"preprocessing": {**PREPROCESSING, "mean": [0.5, 0.5]}}),
+        (
+            "preprocessing.mean: expected 3 values",
+            {"preprocessing": {**PREPROCESSING, "mean": [0.5, 0.5]}},
+        ),
         ("format_version must be a positive integer", {"format_version": "1"}),
         ("format_version must be a positive integer", {"format_version": None}),
         ("classes must be a list of names", {"classes": "abcde"}),

@@ -6,11 +6,7 @@ be reproduced or resumed from its own record.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +18,7 @@ from .data.sources import SourceConfig
 from .data.transforms import Augmentation
 from .models.configs import CSAConfig, ModelConfig, get_config
 from .preprocessing import Preprocessing
+from .typed_data import from_dict, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +59,10 @@ class OptimConfig:
     reference_weight_decay: bool = False
     grad_clip: float | None = None
 
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"optim.lr must be positive, got {self.lr}")
+
 
 @dataclass
 class ScheduleConfig:
@@ -69,6 +70,10 @@ class ScheduleConfig:
     gamma: float = 0.98  # exponential, per epoch (reference)
     warmup_epochs: float = 0.0
     min_lr_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.warmup_epochs >= 0:
+            raise ValueError(f"schedule.warmup_epochs must be 0 or more, got {self.warmup_epochs}")
 
 
 @dataclass
@@ -118,8 +123,6 @@ class TrainConfig:
             "epochs": self.epochs,
             "batch_size": self.batch_size,
             "eval_batch_size": self.eval_batch_size,
-            "optim.lr": self.optim.lr,
-            "sampler.epoch_fraction": self.sampler.epoch_fraction,
         }
         for name, value in positive.items():
             if not value > 0:
@@ -130,23 +133,6 @@ class TrainConfig:
         ):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1 (or null), got {value}")
-        self._check_ranges()
-
-    def _check_ranges(self) -> None:
-        """Values that would otherwise be clamped, ignored or silently replaced by a default."""
-        a, warmup = self.augmentation, self.schedule.warmup_epochs
-        anchors = self.sampler.anchors_per_epoch
-        probability = "is a probability (0 to 1)"
-        checks = [  # name, value, whether it is acceptable, the rule
-            ("augmentation.zoom", list(a.zoom), 0 < a.zoom[0] <= a.zoom[1], "needs 0 < low <= hi"),
-            ("augmentation.erasing", a.erasing, 0 <= a.erasing <= 1, probability),
-            ("augmentation.hflip", a.hflip, 0 <= a.hflip <= 1, probability),
-            ("schedule.warmup_epochs", warmup, warmup >= 0, "must be 0 or more"),
-            ("sampler.anchors_per_epoch", anchors, anchors is None or anchors >= 1, "must be >= 1"),
-        ]
-        for name, value, ok, rule in checks:
-            if not ok:
-                raise ValueError(f"{name} {rule}, got {value}")
 
     def model_config(self, num_classes: int) -> ModelConfig:
         overrides = {**self.model_overrides, "num_classes": num_classes}
@@ -157,80 +143,6 @@ class TrainConfig:
                 f"is {self.preprocessing.image_size}"
             )
         return config
-
-
-def to_dict(config: Any) -> dict[str, Any]:
-    """Plain JSON/YAML-ready data (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(config)))
-
-
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    """Turn YAML/CLI values into the declared field type (dataclasses, tuples, literals)."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping, got {value!r}")
-        return from_dict(tp, value, where)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, where)
-            except (TypeError, ValueError):
-                continue
-        raise ValueError(f"{where}: {value!r} does not fit {tp}")
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise ValueError(f"{where}: {value!r} is not one of {typing.get_args(tp)}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, where) for v in value)
-        if len(args) != len(value):
-            raise ValueError(f"{where}: expected {len(args)} values, got {value!r}")
-        return tuple(_coerce(a, v, where) for a, v in zip(args, value, strict=True))
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is float:
-        if isinstance(value, str):  # YAML reads "1e-4" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ValueError(f"{where}: expected a number, got {value!r}")
-    if tp is int and (not isinstance(value, int) or isinstance(value, bool)):
-        raise ValueError(f"{where}: expected an integer, got {value!r}")
-    if tp is bool and not isinstance(value, bool):
-        raise ValueError(f"{where}: expected true/false, got {value!r}")
-    if tp is str and not isinstance(value, str):
-        raise ValueError(f"{where}: expected a string, got {value!r}")
-    return value
-
-
-def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
-    values = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
-    return cls(**values)
 
 
 def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:

@@ -8,12 +8,12 @@ with guessed defaults.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import operator
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from .typed_data import from_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -81,19 +81,7 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, data: object) -> Preprocessing:
         """From saved metadata (JSON lists become tuples); every field required, no others."""
-        if not isinstance(data, Mapping):
-            raise ValueError(f"preprocessing must be a mapping, got {type(data).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(str(k) for k in data if k not in names)
-        if unknown:
-            raise ValueError(f"unknown preprocessing key(s) {unknown}; known: {list(names)}")
-        missing = [k for k in names if k not in data]
-        if missing:
-            raise ValueError(
-                f"preprocessing lacks {missing}: a saved model must say exactly how its inputs "
-                "were prepared"
-            )
-        return cls(**data)
+        return from_dict(cls, data, "preprocessing", complete=True)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (tuples as lists); `from_dict` reads it back."""

@@ -36,6 +36,13 @@ class SamplerConfig:
     anchors_per_epoch: int | None = None  # default: epoch_fraction x the dataset size
     epoch_fraction: float = 1.0  # AffectNet's reference draws len/12 (QCS) or len/8 (DCS)
 
+    def __post_init__(self) -> None:
+        anchors = self.anchors_per_epoch
+        if anchors is not None and anchors < 1:
+            raise ValueError(f"sampler.anchors_per_epoch must be >= 1, got {anchors}")
+        if not self.epoch_fraction > 0:
+            raise ValueError(f"sampler.epoch_fraction must be positive, got {self.epoch_fraction}")
+
 
 class BranchSampler:
     """Yields, per epoch, index arrays of shape (batches, branches, batch_size) for one rank."""

@@ -36,6 +36,16 @@ class Augmentation:
     erasing_ratio: tuple[float, float] = (0.3, 3.3)
     degradation: Degradation = field(default_factory=Degradation)  # blur, JPEG, noise, ...
 
+    def __post_init__(self) -> None:
+        """Values that would otherwise be clamped or silently ignored."""
+        if not 0 < self.zoom[0] <= self.zoom[1]:
+            raise ValueError(f"augmentation.zoom needs 0 < low <= hi, got {list(self.zoom)}")
+        for name in ("erasing", "hflip"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(
+                    f"augmentation.{name} is a probability (0 to 1), got {getattr(self, name)}"
+                )
+
 
 def normalize(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
     """float [0, 1] B x c x H x W -> normalised B x 3 x H x W (gray repeated)."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from ..typed_data import from_dict
 
 Variant = Literal["SD", "S", "D"]
 Normalize = Literal["batch", "sample"]
@@ -25,17 +27,6 @@ class CSAConfig:
     # "normed": Y = LN1(X) + A V, out = LN2(Y) + MLP(LN2(Y)) (the reference's QCS models and
     # 7-class DCS); "prenorm": Y = X + A V, out = Y + MLP(LN2(Y)) (its 8-class DCS models).
     residual: Residual = "normed"
-
-    def __post_init__(self) -> None:
-        for name, kind in (
-            ("attention", Attention),
-            ("variant", Variant),
-            ("normalize", Normalize),
-            ("residual", Residual),
-        ):
-            value, allowed = getattr(self, name), typing.get_args(kind)
-            if value not in allowed:
-                raise ValueError(f"csa.{name} must be one of {allowed}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -92,21 +83,9 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        data = dict(data)
-        for key in ("units", "widths"):
-            if key in data:
-                data[key] = tuple(data[key])
-        if isinstance(data.get("csa"), dict):
-            try:
-                data["csa"] = CSAConfig(**data["csa"])
-            except TypeError as exc:
-                raise ValueError(f"csa: {exc}") from exc
-        return cls(**data)
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
+        """From saved or overriding data, keys and types checked (`qcsfer.typed_data`)."""
+        return from_dict(cls, data, "model")
 
 
 # The reference: IR-50 stages 1-3 at 112 px (input 224), 3 x 49 tokens of 768 channels.
