@@ -36,9 +36,9 @@ DETECT_SIDE = 640  # detection runs on frames downscaled to at most this many pi
 
 
 class FrameRecognizer(Protocol):
-    """The steps of a recognizer that a video runs on each frame (`ExpressionRecognizer`'s):
-    the recognizer offers `video()` and this module needs only these, so neither imports
-    the other."""
+    """The steps of a recognizer that a video runs on each frame (`ExpressionRecognizer`'s).
+    The recognizer offers `video()`, so it imports this module; this module needs only these
+    steps, so it does not import the recognizer back."""
 
     classes: list[str]
     batch_size: int
