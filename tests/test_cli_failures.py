@@ -262,13 +262,14 @@ def test_a_detector_file_that_is_not_a_cascade_is_a_message(
 SLOW_COMMAND = """
 import sys, time
 import qcsfer.cli as cli
+import qcsfer.cli.training as commands
 def slow(args):
     print("started", flush=True)
     for i in range(10**6):
         print(f"line {i}")
         time.sleep(0.001 if args.spec == "sleepy" else 0)
     return 0
-cli._data = slow
+commands._data = slow
 sys.exit(cli.main(["data", sys.argv[1]]))
 """
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from qcsfer import cli
+from qcsfer.cli import model_files
 from qcsfer.errors import NotFoundError
 
 
@@ -25,6 +26,6 @@ def test_torch_runtime_errors_are_not_hidden(monkeypatch: pytest.MonkeyPatch) ->
     def broken(args: argparse.Namespace) -> int:
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
-    monkeypatch.setattr(cli, "_info", broken)
+    monkeypatch.setattr(model_files, "_info", broken)
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         cli.main(["info", "default"])

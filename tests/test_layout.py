@@ -10,6 +10,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "qcsfer"
+MAX_LINES = 350  # "no module over ~350 lines" (the developers' guide)
 
 
 def _module_name(path: Path) -> str:
@@ -94,3 +95,11 @@ def test_no_import_circles() -> None:
     modules = _modules()
     graph = {name: _imports(name, path, set(modules)) for name, path in modules.items()}
     assert _circles(graph) == []
+
+
+def test_modules_are_small() -> None:
+    sizes = {
+        name: len(path.read_text(encoding="utf-8").splitlines())
+        for name, path in _modules().items()
+    }
+    assert {name: n for name, n in sizes.items() if n > MAX_LINES} == {}, "split them by idea"

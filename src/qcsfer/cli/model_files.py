@@ -1,0 +1,96 @@
+"""Model files: `qcsfer info`, `export` (to ONNX) and `convert` (an authors' checkpoint)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import MissingDependencyError
+from .options import REFERENCE_DATASETS, integer_from, reference_options
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="a model's card, or the size and cost of a configuration")
+    p.add_argument(
+        "target",
+        help="a configuration (paper, small, tiny), 'default', a weights file or a run directory",
+    )
+    p.add_argument("--mode", default="qcs", choices=["baseline", "dcs", "qcs"])
+    p.add_argument("--classes", type=int, help="number of classes (default: the config's)")
+    reference_options(p, "target")
+    p.set_defaults(func=_info)
+
+    p = sub.add_parser("export", help="export the inference network to ONNX")
+    p.add_argument("weights", help="weights file, run directory or 'default'")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--out", help="output file (default: WEIGHTS name + .onnx)")
+    p.add_argument("--opset", type=_opset, default=17, help="ONNX opset (11 to 20)")
+    reference_options(p, "weights")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("convert", help="an authors' reference checkpoint -> qcsfer weights")
+    p.add_argument("checkpoint", help="the .pth file (a state dict, or a training checkpoint)")
+    p.add_argument("--dataset", required=True, choices=REFERENCE_DATASETS)
+    p.add_argument("--mode", default="qcs", choices=["qcs", "dcs"])
+    p.add_argument("--out", required=True, help="the .safetensors file to write (+ its .json)")
+    p.set_defaults(func=_convert)
+
+
+def _info(args: argparse.Namespace) -> int:
+    from ..models.complexity import measure_complexity
+    from ..models.configs import CONFIGS, get_config
+
+    if args.target in CONFIGS:
+        config = get_config(args.target, **({"num_classes": args.classes} if args.classes else {}))
+        report = measure_complexity(config, mode=args.mode)
+    elif str(args.target).lower().endswith(".onnx"):  # the card embedded at export
+        from ..pretrained import load_card
+
+        card = load_card(args.target)
+        print(card.summary())
+        if not card.model:  # exported before cards recorded the network's configuration
+            return 0
+        report = measure_complexity(card.model_config(), mode=None)
+    else:
+        from ..models.weights import load_weights
+        from ..pretrained import resolve_weights
+
+        model, card = load_weights(resolve_weights(args.target))
+        report = measure_complexity(model)
+        print(card.summary())
+    print(report.summary())
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ..inference.export import export_weights
+    from ..outputs import check_output_file
+
+    out = check_output_file(args.out or Path(args.weights).stem + ".onnx")
+    try:
+        report = export_weights(args.weights, args.format, out, opset=args.opset)
+    except ImportError as exc:  # onnx / onnxruntime missing
+        raise MissingDependencyError(str(exc)) from exc
+    print(
+        f"wrote {report.path} ({report.format}); max |logit difference| vs PyTorch "
+        f"{report.max_abs_diff:.2g} on batch sizes {', '.join(map(str, report.batch_sizes))}"
+    )
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from ..models.reference import convert_reference
+
+    path, report = convert_reference(args.checkpoint, args.dataset, args.out, args.mode)
+    print(report.summary())
+    print(f"wrote {path} and {path.with_suffix('.json').name}")
+    return 0
+
+
+def _opset(text: str) -> int:
+    """The ONNX opsets our network exports with: from 11 (first tested) to 20 (torch's
+    TorchScript-based exporter's last)."""
+    value = integer_from(text, 11)
+    if value > 20:
+        raise argparse.ArgumentTypeError(f"must be at most 20, got {value}")
+    return value
