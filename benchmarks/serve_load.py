@@ -5,10 +5,12 @@ on, and `--batch-window-ms 0` (one request per model call). For each client coun
 then the other gets N threads that post the same image as fast as answers come back (a 503
 makes a client wait its Retry-After), for `--duration` seconds or `--max-requests` requests,
 whichever is first. Reported per level: requests/s and faces/s (answered 200), p50/p95/p99
-latency of those, error counts by status, and each server's resident memory before and after.
+latency of those, error counts by status, and each server's resident memory (VmRSS) before,
+after and every `--sample-every` seconds, beside how many requests it had answered by then.
 
     python benchmarks/serve_load.py --duration 10 --clients 1 4 16 64
-    python benchmarks/serve_load.py --payload photo --duration 300 --clients 16   # memory soak
+    python benchmarks/serve_load.py --duration 900 --max-requests 1000000 --clients 16 \
+        --modes batched --out benchmarks/results/serve_soak.json      # memory soak
 
 Only 127.0.0.1 is ever contacted. The numbers depend on whatever else the CPU is doing.
 """
@@ -126,7 +128,50 @@ def start_server(extra: list[str], workers: int, max_pending: int) -> tuple[subp
     raise RuntimeError("server not ready after 300 s")
 
 
-def run_level(level: Level, port: int, body: tuple, duration: float, max_requests: int) -> None:
+class MemorySampler:
+    """Each server's VmRSS every `every` seconds, with the requests it had answered by then."""
+
+    def __init__(self, servers: dict[str, tuple[subprocess.Popen, int]], every: float) -> None:
+        self.servers = servers
+        self.every = every
+        self.answered: Counter = Counter()  # mode -> 200s so far (run_level adds to it)
+        self.series: dict[str, list[dict]] = {mode: [] for mode in servers}
+        self._start = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> MemorySampler:
+        self._sample()
+        if self.every > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._sample()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self._sample()
+
+    def _sample(self) -> None:
+        seconds = round(time.monotonic() - self._start, 1)
+        for mode, (process, _) in self.servers.items():
+            if process.poll() is None:
+                row = {"s": seconds, "answered": self.answered[mode], "rss_mb": rss_mb(process.pid)}
+                self.series[mode].append(row)
+
+
+def run_level(
+    level: Level,
+    port: int,
+    body: tuple,
+    duration: float,
+    max_requests: int,
+    answered: Counter,
+) -> None:
     data, content_type, query = body
     lock = threading.Lock()
     sent = [0]
@@ -156,6 +201,7 @@ def run_level(level: Level, port: int, body: tuple, duration: float, max_request
             with lock:
                 if response.status == 200:
                     level.ok += 1
+                    answered[level.mode] += 1
                     level.faces += json.loads(answer)["summary"]["faces"]
                     level.latencies_ms.append(elapsed)
                 else:
@@ -182,6 +228,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--max-pending", type=int, default=32)
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
+    parser.add_argument(
+        "--sample-every", type=float, default=15.0, help="seconds between RSS samples (0: off)"
+    )
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "serve_load.json"))
     args = parser.parse_args()
 
@@ -190,15 +239,18 @@ def main() -> int:
         mode: start_server(MODES[mode], args.workers, args.max_pending) for mode in args.modes
     }
     rows, memory = [], {mode: {"rss_before_mb": rss_mb(p.pid)} for mode, (p, _) in servers.items()}
+    sampler = MemorySampler(servers, args.sample_every)
     try:
-        for clients in args.clients:  # modes side by side per level: the same machine state
-            for mode, (_, port) in servers.items():
-                level = Level(mode, clients)
-                run_level(level, port, body, args.duration, args.max_requests)
-                rows.append(level.row())
-                print(json.dumps(rows[-1]), flush=True)
+        with sampler:
+            for clients in args.clients:  # modes side by side per level: the same machine state
+                for mode, (_, port) in servers.items():
+                    level = Level(mode, clients)
+                    run_level(level, port, body, args.duration, args.max_requests, sampler.answered)
+                    rows.append(level.row())
+                    print(json.dumps(rows[-1]), flush=True)
         for mode, (process, _) in servers.items():
             memory[mode]["rss_after_mb"] = rss_mb(process.pid)
+            memory[mode]["series"] = sampler.series[mode]
     finally:
         for mode, (process, _) in servers.items():
             process.terminate()
@@ -242,9 +294,27 @@ def markdown(report: dict) -> str:
             f"\n{mode}: server RSS {m['rss_before_mb']:.0f} MB before, "
             f"{m.get('rss_after_mb', float('nan')):.0f} MB after; {m.get('stop', 'stopped')}"
         )
+        marks = by_minute(m.get("series", []))
+        if marks:
+            lines.append("RSS by minute (answered): " + ", ".join(marks))
     ratios = ", ".join(f"{n} clients {v:.2f}x" for n, v in report["batched_over_single"].items())
     lines.append(f"\nbatched / one-at-a-time requests/s: {ratios}")
     return "\n".join(lines)
+
+
+def by_minute(series: list[dict]) -> list[str]:
+    """`3:00 512 MB (2,410)`: the first sample at or after each whole minute, and the last."""
+    picked, minute = [], 0
+    for row in series:
+        if row["s"] >= minute * 60:
+            picked.append(row)
+            minute = int(row["s"] // 60) + 1
+    if series and picked[-1] is not series[-1]:
+        picked.append(series[-1])
+    return [
+        f"{int(r['s'] // 60)}:{int(r['s'] % 60):02d} {r['rss_mb']:.0f} MB ({r['answered']:,})"
+        for r in picked
+    ]
 
 
 if __name__ == "__main__":

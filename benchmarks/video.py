@@ -1,37 +1,41 @@
-"""Video end to end: frames/s and peak memory of `qcsfer predict VIDEO --out DIR`.
+"""Video end to end: frames/s and resident memory over the length of a video.
 
-Makes a synthetic 1280x720 video (default 5 minutes at 15 frames/s, MPEG-4) in a temporary
-folder from the test photos: two faces (the astronaut and her mirror image, from the packaged
-photo and shared/photos) gliding across the coffee photo on crossing paths, at sizes that
-change slowly. Nothing is downloaded and nothing large stays behind.
+Makes a synthetic 1280x720 video (default 5 minutes at 15 frames/s, MPEG-4) from the test
+photos: two faces (the astronaut and her mirror image, from the packaged photo and
+shared/photos) gliding across the coffee photo on crossing paths, at sizes that change slowly.
+Nothing is downloaded; the video lives in a temporary folder unless --video names a file to
+keep (an existing one is reused, which saves making it again).
 
-Each measurement runs `run_predict` (decode + detect + classify + track + smooth + write every
-output: frames.csv/jsonl, tracks, timelines, annotated video) in a fresh process, so its peak
-resident memory (ru_maxrss) is its own:
-- speed: both detectors (Haar alt2, MTCNN) at --every 1 and --every 5 on the first
-  `--seconds` of the video: video frames/s (decoded frames per wall second, the real-time
-  factor at 1 = the video's rate), sampled frames/s (frames run through the model), and video
-  frames per CPU-second of the process (less sensitive to other work on a shared machine);
-- memory: Haar --every 5 over the first minute and over all 5 minutes: peak RSS must not grow
-  with the video's length.
+Each row is one fresh process that runs the whole video through what `qcsfer predict VIDEO
+--out DIR` runs for it (VideoAnalysis and every output: frames.csv/jsonl, tracks, timelines,
+annotated video) for one detector and sampling, and records at each mark (--marks, minutes of
+video) the resident memory now (VmRSS) and the peak so far (VmHWM), and at the end, with every
+file closed and the timelines drawn, the peak again (ru_maxrss). Memory that does not grow with
+the video's length reads the same from mark to mark. Speed: video frames decoded per wall
+second (the real-time factor at 1 = the video's rate) and per CPU-second of the process (less
+sensitive to other work on a shared machine).
 
-    python benchmarks/video.py [--minutes 5] [--seconds 20] [--fps 15]
+    python benchmarks/video.py [--minutes 5] [--fps 15] [--marks 1 2 5] [--every 1 5]
 
 prints a markdown table (and writes it with the raw numbers to --json when given).
+--tracemalloc adds the Python heap at each mark and where it grew most between the first and
+the last mark (Python objects, numpy arrays; not PyTorch's or OpenCV's own memory);
+--env KEY=VALUE runs the measured processes with that variable (e.g. MALLOC_ARENA_MAX=2).
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
+import os
 import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import cv2
@@ -78,48 +82,69 @@ def make_video(path: Path, minutes: float, fps: int) -> Path:
 
 
 def measure(
-    video: Path, detector: str, every: int, seconds: float, out: Path, threads: int
+    video: Path, detector: str, every: int, out: Path, threads: int, marks: list[float], trace: bool
 ) -> dict:
-    """One run of predict with every output on, in this process; its numbers."""
+    """The whole video with every output on, in this process; memory at each mark (minutes)."""
     import torch
 
     from qcsfer.inference.recognizer import ExpressionRecognizer
-    from qcsfer.inference.runner import run_predict
+    from qcsfer.inference.video import VideoAnalysis
+    from qcsfer.inference.video_outputs import with_outputs
 
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
     recognizer = ExpressionRecognizer("default", detector=detector)
+    if trace:
+        tracemalloc.start()
+    analysis = VideoAnalysis(recognizer, video, every=every, keep_images=True)
+    waiting, points, snapshots = sorted(marks), [], []
+    sampled = faces = 0
+    tracks: set[int] = set()
     start, cpu_start = time.perf_counter(), _cpu_seconds()
-    summary = run_predict(
-        recognizer,
-        [str(video)],
-        fmt="csv",
-        out_dir=out,
-        every=every,
-        video={"end": seconds},
-        stdout=io.StringIO(),
-        stderr=io.StringIO(),
-        progress=False,
-    )
+    for frame in with_outputs(analysis, out, []):
+        sampled += 1
+        faces += len(frame.predictions)
+        tracks.update(p.track for p in frame.predictions)
+        while waiting and frame.time + analysis.step >= waiting[0] * 60 - 1e-6:
+            point = {"minute": waiting.pop(0), "wall_s": time.perf_counter() - start}
+            point |= {"cpu_s": _cpu_seconds() - cpu_start, **_status_mb()}
+            if trace:
+                point["traced_mb"] = tracemalloc.get_traced_memory()[0] / 2**20
+                snapshots.append(tracemalloc.take_snapshot())
+            points.append(point)
     wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
-    capture = cv2.VideoCapture(str(video))
-    fps, length = capture.get(cv2.CAP_PROP_FPS), capture.get(cv2.CAP_PROP_FRAME_COUNT)
-    capture.release()
-    decoded = min(math.ceil(seconds * fps), int(length))  # every frame is decoded
-    return {
+    decoded = analysis.stats.decoded
+    row = {
         "detector": detector,
         "every": every,
-        "video_seconds": seconds,
+        "video_seconds": analysis.stats.position / analysis.stats.fps,
         "threads": threads,
-        "sampled": summary.frames,
-        "faces": summary.faces,
+        "sampled": sampled,
+        "faces": faces,
+        "tracks": len(tracks),
         "wall_s": wall,
         "video_fps": decoded / wall,
-        "sampled_fps": summary.frames / wall,
         "cpu_s": cpu,
         "video_frames_per_cpu_s": decoded / cpu,
+        "marks": points,
+        "rss_end_mb": _status_mb()["rss_mb"],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+    if len(snapshots) > 1:
+        grown = snapshots[-1].compare_to(snapshots[0], "lineno")[:5]
+        row["traced_growth"] = [str(stat) for stat in grown]
+    return row
+
+
+def _status_mb() -> dict[str, float]:
+    """Resident memory now (VmRSS) and its peak so far (VmHWM), in MB."""
+    fields = {"VmRSS:": "rss_mb", "VmHWM:": "hwm_mb"}
+    numbers = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        name, *value = line.split()
+        if name in fields:
+            numbers[fields[name]] = int(value[0]) / 1024
+    return numbers
 
 
 def _cpu_seconds() -> float:
@@ -128,58 +153,77 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run(video: Path, detector: str, every: int, seconds: float, threads: int) -> dict:
+def run(video: Path, detector: str, every: int, args: argparse.Namespace) -> dict:
+    """`measure` in a fresh process (its memory is its own)."""
     with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, __file__, "--measure", str(video), detector, str(every)]
-        command += [str(seconds), out, str(threads)]
-        done = subprocess.run(command, check=True, capture_output=True, text=True)
+        command = [sys.executable, __file__, "--measure", str(video), detector, str(every), out]
+        command += [str(args.threads), ",".join(map(str, args.marks)), str(int(args.tracemalloc))]
+        env = {**os.environ, **dict(item.split("=", 1) for item in args.env)}
+        done = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
         return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--measure":
-        video, detector, every, seconds, out, threads = sys.argv[2:8]
+        video, detector, every, out, threads, marks, trace = sys.argv[2:9]
+        minutes = [float(m) for m in marks.split(",")]
         numbers = measure(
-            Path(video), detector, int(every), float(seconds), Path(out), int(threads)
+            Path(video), detector, int(every), Path(out), int(threads), minutes, trace == "1"
         )
         print(json.dumps(numbers))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=5.0, help="length of the test video")
-    parser.add_argument("--seconds", type=float, default=20.0, help="video seconds per speed run")
     parser.add_argument("--fps", type=int, default=15, help="frame rate of the test video")
+    parser.add_argument("--video", type=Path, help="keep the test video here (reused if there)")
+    parser.add_argument(
+        "--marks", type=float, nargs="+", default=[1, 2, 5], help="minutes of video to record at"
+    )
+    parser.add_argument("--detectors", nargs="+", default=["alt2", "mtcnn"])
+    parser.add_argument("--every", type=int, nargs="+", default=[1, 5])
     parser.add_argument(
         "--threads", type=int, default=1, help="torch and OpenCV threads (1: fair when shared)"
     )
+    parser.add_argument("--tracemalloc", action="store_true", help="also the Python heap")
+    parser.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
-    rows = []
+    args.marks = [m for m in args.marks if m <= args.minutes]
     with tempfile.TemporaryDirectory() as folder:
-        started = time.perf_counter()
-        video = make_video(Path(folder) / "faces-720p.mp4", args.minutes, args.fps)
-        print(f"made {args.minutes:g} min of 720p video in {time.perf_counter() - started:.0f} s")
-        for detector in ("alt2", "mtcnn"):
-            for every in (1, 5):
-                rows.append(run(video, detector, every, args.seconds, args.threads))
+        video = args.video or Path(folder) / "faces-720p.mp4"
+        if not video.is_file():
+            started = time.perf_counter()
+            make_video(video, args.minutes, args.fps)
+            print(
+                f"made {args.minutes:g} min of 720p video in {time.perf_counter() - started:.0f} s"
+            )
+        rows = []
+        for detector in args.detectors:
+            for every in args.every:
+                rows.append(run(video, detector, every, args))
                 print(json.dumps(rows[-1]), flush=True)
-        for minutes in (1.0, args.minutes):
-            rows.append(run(video, "alt2", 5, minutes * 60, args.threads))
-            print(json.dumps(rows[-1]), flush=True)
+    print(markdown(rows, args.marks))
+    if args.json is not None:
+        machine = f"{platform.machine()}, {platform.processor() or 'cpu'}"
+        report = {"machine": machine, "command": " ".join(sys.argv), "env": args.env, "rows": rows}
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def markdown(rows: list[dict], marks: list[float]) -> str:
+    at = " / ".join(f"{m:g}" for m in marks)
     table = [
-        "| detector | --every | video | sampled frames | faces | video frames/s "
-        "| sampled frames/s | video frames per CPU-s | peak RSS (MB) |",
+        f"| detector | --every | sampled frames | faces | tracks | video frames/s (wall) "
+        f"| video frames per CPU-s | RSS (MB) at {at} min | peak RSS (MB) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        rss = " / ".join(f"{p['rss_mb']:.0f}" for p in r["marks"])
         table.append(
-            f"| {r['detector']} | {r['every']} | {r['video_seconds']:g} s | {r['sampled']} "
-            f"| {r['faces']} | {r['video_fps']:.1f} | {r['sampled_fps']:.1f} "
-            f"| {r['video_frames_per_cpu_s']:.1f} | {r['peak_rss_mb']:.0f} |"
+            f"| {r['detector']} | {r['every']} | {r['sampled']} | {r['faces']} | {r['tracks']} "
+            f"| {r['video_fps']:.1f} | {r['video_frames_per_cpu_s']:.1f} | {rss} "
+            f"| {r['peak_rss_mb']:.0f} |"
         )
-    print("\n".join(table))
-    if args.json is not None:
-        machine = f"{platform.machine()}, {platform.processor() or 'cpu'}"
-        args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+    return "\n".join(table)
 
 
 if __name__ == "__main__":
