@@ -6,14 +6,14 @@ shared/photos) gliding across the coffee photo on crossing paths, at sizes that 
 Nothing is downloaded; the video lives in a temporary folder unless --video names a file to
 keep (an existing one is reused, which saves making it again).
 
-Each row is one fresh process that runs the whole video through what `qcsfer predict VIDEO
---out DIR` runs for it (VideoAnalysis and every output: frames.csv/jsonl, tracks, timelines,
-annotated video) for one detector and sampling, and records at each mark (--marks, minutes of
-video) the resident memory now (VmRSS) and the peak so far (VmHWM), and at the end, with every
-file closed and the timelines drawn, the peak again (ru_maxrss). Memory that does not grow with
-the video's length reads the same from mark to mark. Speed: video frames decoded per wall
-second (the real-time factor at 1 = the video's rate) and per CPU-second of the process (less
-sensitive to other work on a shared machine).
+Each row is one fresh process that runs the video up to the last mark (--marks, minutes of
+video) through what `qcsfer predict VIDEO --out DIR` runs for it (VideoAnalysis and every
+output: frames.csv/jsonl, tracks, timelines, annotated video) for one detector and sampling. At
+each mark it records the resident memory now (VmRSS) and the peak so far (VmHWM); at the end,
+with every file closed and the timelines drawn, the peak again (ru_maxrss). Memory that does
+not grow with the video's length reads the same from mark to mark. Speed: video frames decoded
+per wall second (the real-time factor at 1 = the video's rate) and per CPU-second of the process
+(less sensitive to other work on a shared machine).
 
     python benchmarks/video.py [--minutes 5] [--fps 15] [--marks 1 2 5] [--every 1 5]
 
@@ -84,7 +84,8 @@ def make_video(path: Path, minutes: float, fps: int) -> Path:
 def measure(
     video: Path, detector: str, every: int, out: Path, threads: int, marks: list[float], trace: bool
 ) -> dict:
-    """The whole video with every output on, in this process; memory at each mark (minutes)."""
+    """The video up to the last mark (minutes) with every output on, in this process; memory
+    at each mark."""
     import torch
 
     from qcsfer.inference.recognizer import ExpressionRecognizer
@@ -96,7 +97,8 @@ def measure(
     recognizer = ExpressionRecognizer("default", detector=detector)
     if trace:
         tracemalloc.start()
-    analysis = VideoAnalysis(recognizer, video, every=every, keep_images=True)
+    end = max(marks) * 60
+    analysis = VideoAnalysis(recognizer, video, every=every, end=end, keep_images=True)
     waiting, points, snapshots = sorted(marks), [], []
     sampled = faces = 0
     tracks: set[int] = set()
@@ -188,7 +190,7 @@ def main() -> None:
     parser.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
-    args.marks = [m for m in args.marks if m <= args.minutes]
+    args.marks = [m for m in args.marks if m <= args.minutes] or [args.minutes]
     with tempfile.TemporaryDirectory() as folder:
         video = args.video or Path(folder) / "faces-720p.mp4"
         if not video.is_file():
