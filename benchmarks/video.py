@@ -114,6 +114,7 @@ def measure(
                 point["traced_mb"] = tracemalloc.get_traced_memory()[0] / 2**20
                 snapshots.append(tracemalloc.take_snapshot())
             points.append(point)
+            print(json.dumps({"detector": detector, "every": every, **point}), file=sys.stderr)
     wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
     decoded = analysis.stats.decoded
     row = {
@@ -161,7 +162,7 @@ def run(video: Path, detector: str, every: int, args: argparse.Namespace) -> dic
         command = [sys.executable, __file__, "--measure", str(video), detector, str(every), out]
         command += [str(args.threads), ",".join(map(str, args.marks)), str(int(args.tracemalloc))]
         env = {**os.environ, **dict(item.split("=", 1) for item in args.env)}
-        done = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
+        done = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True, env=env)
         return json.loads(done.stdout.strip().splitlines()[-1])
 
 

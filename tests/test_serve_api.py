@@ -381,6 +381,26 @@ def test_concurrent_requests_share_a_batch(recognizer: ExpressionRecognizer) -> 
     assert max(int(size) for size in sizes) == 3
 
 
+def test_warm_up_runs_the_largest_model_batch(recognizer: ExpressionRecognizer) -> None:
+    """Memory for the largest batch is claimed before ready, not later under load."""
+    sizes: list[int] = []
+
+    class Recording:
+        preprocessing = recognizer.backend.preprocessing
+
+        def logits(self, batch: np.ndarray) -> np.ndarray:
+            sizes.append(len(batch))
+            return recognizer.backend.logits(batch)
+
+    watched = copy.copy(recognizer)
+    watched.backend = Recording()
+    with serve(watched, max_batch_faces=8) as c:  # one request may still bring 16 x 32 faces
+        assert c.get("/readyz").status_code == 200
+    with serve(watched, max_batch_faces=8, max_images=2, max_faces=3):
+        pass
+    assert sizes == [recognizer.batch_size, 8]
+
+
 def test_batcher_without_window_runs_one_job_a_batch() -> None:
     seen: list[int] = []
 

@@ -72,11 +72,23 @@ class InferenceService:
         self.ready = False
 
     def warm_up(self) -> None:
-        """One forward pass before saying ready, so the first client does not pay for it."""
+        """One forward pass of the largest batch the model will run, before saying ready.
+
+        The first client does not pay for it, and the model's working memory for that batch is
+        claimed now (the allocator keeps it for reuse): resident memory at ready is what the
+        server holds under load, instead of climbing to it the first time many faces arrive at
+        once (docs/benchmarks.md, "Serving under load").
+        """
         prep = self.recognizer.preprocessing
-        blank = np.zeros((1, prep.channels, prep.load_size, prep.load_size), np.uint8)
-        self.batcher.submit(blank).result()
+        shape = (self.largest_batch(), prep.channels, prep.load_size, prep.load_size)
+        self.batcher.submit(np.zeros(shape, np.uint8)).result()
         self.ready = True
+
+    def largest_batch(self) -> int:
+        """Faces in the largest model call: a shared batch or one request, in model chunks."""
+        limits = self.settings
+        largest_request = limits.max_images * limits.max_faces
+        return min(self.recognizer.batch_size, max(limits.max_batch_faces, largest_request))
 
     def close(self) -> None:
         self.ready = False
