@@ -209,6 +209,32 @@ def test_aligned_crops_level_the_eyes(mtcnn: MTCNNDetector, degrees: int) -> Non
     assert crop_face(tilted, Face(*face.box), 0.3, align=True).tolist() == plain.tolist()
 
 
+def test_mtcnn_refines_many_candidates_in_bounded_calls(
+    mtcnn: MTCNNDetector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However many candidates an image has, R-Net/O-Net calls stay at REFINE_BATCH (memory the
+    allocator keeps for the largest call does not grow on a long video), with the same result."""
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, 120, 200, generator=generator) * 2 - 1
+    corner = torch.rand(150, 2, generator=generator) * torch.tensor([180.0, 100.0])
+    boxes = torch.cat([corner, corner + 12 + 30 * torch.rand(150, 1, generator=generator)], 1)
+    sizes: list[int] = []
+    forward = mtcnn.onet.forward
+
+    def counted(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        sizes.append(len(x))
+        return forward(x)
+
+    monkeypatch.setattr(mtcnn.onet, "forward", counted)
+    with torch.inference_mode():
+        chunked = mtcnn._refine(mtcnn.onet, image, boxes, 48, 0.0)
+        monkeypatch.setattr(mtcnn_module, "REFINE_BATCH", len(boxes))
+        whole = mtcnn._refine(mtcnn.onet, image, boxes, 48, 0.0)
+    assert sizes == [64, 64, 22, 150]
+    for ours, one_call in zip(chunked, whole, strict=True):
+        assert torch.allclose(ours, one_call, atol=1e-5)
+
+
 def test_mtcnn_without_its_weights_says_how_to_install_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

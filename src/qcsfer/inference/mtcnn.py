@@ -31,6 +31,11 @@ from .faces import Face, sort_faces
 # 0.02 reads 86.9%, 0.1 reads 83.9% (docs/benchmarks.md).
 MTCNN_MARGIN = -0.02
 
+# Candidates re-scored per R-Net/O-Net call. Their number depends on the image (hundreds on a
+# busy one), and one call for all of them leaves the allocator holding memory for the largest
+# such batch ever seen, which on a long video keeps rising; fixed-size calls bound it.
+REFINE_BATCH = 64
+
 WEIGHTS_PACKAGE = "facenet_pytorch"
 INSTALL_HINT = "pip install --no-deps facenet-pytorch==2.6.0"
 
@@ -234,7 +239,11 @@ class MTCNNDetector:
         """Re-score `side`-pixel crops of `boxes` with R-Net or O-Net; regress the survivors."""
         if not len(boxes):
             return boxes, torch.zeros(0), torch.zeros(0, 10)
-        outputs = net(torch.cat([_crop(x, box, side) for box in boxes]))
+        calls = [
+            net(torch.cat([_crop(x, box, side) for box in boxes[i : i + REFINE_BATCH]]))
+            for i in range(0, len(boxes), REFINE_BATCH)
+        ]
+        outputs = [torch.cat(parts) for parts in zip(*calls, strict=True)]
         scores, offsets = outputs[0], outputs[1]
         keep = scores >= threshold
         boxes, scores, offsets = boxes[keep], scores[keep], offsets[keep]
