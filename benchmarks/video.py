@@ -112,7 +112,7 @@ def measure(
             point |= {"cpu_s": _cpu_seconds() - cpu_start, **_status_mb()}
             if trace:
                 point["traced_mb"] = tracemalloc.get_traced_memory()[0] / 2**20
-                snapshots.append(tracemalloc.take_snapshot())
+                snapshots[1:] = [tracemalloc.take_snapshot()]  # first and latest only
             points.append(point)
             print(json.dumps({"detector": detector, "every": every, **point}), file=sys.stderr)
     wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
