@@ -19,7 +19,8 @@ per wall second (the real-time factor at 1 = the video's rate) and per CPU-secon
 
 prints a markdown table (and writes it with the raw numbers to --json when given).
 --tracemalloc adds the Python heap at each mark and where it grew most between the first and
-the last mark (Python objects, numpy arrays; not PyTorch's or OpenCV's own memory);
+the last mark (Python objects, numpy arrays; not PyTorch's or OpenCV's own memory; RSS then
+includes tracemalloc's own records);
 --env KEY=VALUE runs the measured processes with that variable (e.g. MALLOC_ARENA_MAX=2).
 """
 
@@ -110,6 +111,7 @@ def measure(
         while waiting and frame.time + analysis.step >= waiting[0] * 60 - 1e-6:
             point = {"minute": waiting.pop(0), "wall_s": time.perf_counter() - start}
             point |= {"cpu_s": _cpu_seconds() - cpu_start, **_status_mb()}
+            point["timelines_drawn"] = len(list(out.glob("timelines/*.png")))
             if trace:
                 point["traced_mb"] = tracemalloc.get_traced_memory()[0] / 2**20
                 snapshots[1:] = [tracemalloc.take_snapshot()]  # first and latest only
