@@ -7,6 +7,7 @@ mirror image, a second "person") moving over a plain background. Haar finds both
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import itertools
 import json
@@ -23,6 +24,7 @@ from qcsfer.inference.faces import Face
 from qcsfer.inference.haar import HaarDetector
 from qcsfer.inference.runner import run_predict
 from qcsfer.inference.smoothing import ProbabilitySmoother
+from qcsfer.inference.timeline import Timeline, draw_timeline
 from qcsfer.inference.track_summary import summarize_tracks
 from qcsfer.inference.tracking import Tracker, distinct, iou
 from qcsfer.inference.video_io import FrameReader
@@ -184,6 +186,30 @@ def test_smoothing_depends_on_time_not_on_sampling() -> None:
     np.testing.assert_allclose(second.update(1, 60.0, np.full(3, 1 / 3)), 1 / 3, atol=1e-6)
     with pytest.raises(ValueError):
         ProbabilitySmoother(tau=-1)
+
+
+# -- memory on long videos ------------------------------------------------------------------------
+
+
+def test_drawn_timelines_leave_no_figure_behind(tmp_path: Path) -> None:
+    """Each ended track's figure is freed when drawn, not when the cyclic collector next runs
+    (figures of a long video's tracks would pile up until then)."""
+    from matplotlib.figure import Figure
+
+    timeline = Timeline()
+    for second in range(30):
+        timeline.add(float(second), np.full(8, 1 / 8))
+    classes = [f"class{i}" for i in range(8)]
+    gc.collect()
+    gc.disable()  # only what draw_timeline frees itself counts
+    try:
+        for track in range(3):
+            draw_timeline(timeline, classes, tmp_path / f"track-{track}.png", "t", 2.5)
+        alive = [o for o in gc.get_objects() if isinstance(o, Figure)]
+    finally:
+        gc.enable()
+    assert alive == []
+    assert len(list(tmp_path.glob("track-*.png"))) == 3
 
 
 # -- reading: corrupt and truncated files ---------------------------------------------------------

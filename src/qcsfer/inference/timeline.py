@@ -7,6 +7,7 @@ nothing visible is lost). Stretches where the face was not seen stay blank.
 
 from __future__ import annotations
 
+import gc
 import logging
 from pathlib import Path
 
@@ -89,4 +90,9 @@ def draw_timeline(
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
+    # A Figure refers to itself through its axes and canvas, so it is freed only when the cyclic
+    # collector runs; until then the figures of a long video's ended tracks pile up (RSS +25 MB
+    # over 30 timelines, against flat when collected at once).
+    del figure, axes
+    gc.collect()
     return path
