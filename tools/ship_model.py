@@ -110,6 +110,9 @@ def main() -> None:
     if "averaged_from" in checkpoint:
         provenance["best_epoch"] = None  # not one epoch's weights
         provenance["averaged_from"] = checkpoint["averaged_from"]
+    if "interpolated" in checkpoint:  # WiSE-FT: the start weights mixed with the fine-tune(s)
+        provenance["best_epoch"] = None
+        provenance["interpolated"] = checkpoint["interpolated"]
     if config["init"].get("weights"):
         previous = read_card(config["init"]["weights"]).provenance
         provenance["previous_stage"] = previous
