@@ -52,6 +52,10 @@ def measure(weights: Path, data: dict) -> dict:
     return measured
 
 
+def run_history(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", type=Path)
@@ -67,9 +71,7 @@ def main() -> None:
     if args.data_root:
         config["data"]["root"] = args.data_root
     model = model_from_checkpoint(checkpoint)
-    history = [
-        json.loads(line) for line in (args.run_dir / "metrics.jsonl").read_text().splitlines()
-    ]
+    history = run_history(args.run_dir)
     best = max(history, key=lambda h: h["val_accuracy"])
 
     def write(path: Path, provenance: dict) -> Path:
@@ -111,8 +113,15 @@ def main() -> None:
         provenance["best_epoch"] = None  # not one epoch's weights
         provenance["averaged_from"] = checkpoint["averaged_from"]
     if "interpolated" in checkpoint:  # WiSE-FT: the start weights mixed with the fine-tune(s)
+        mix = checkpoint["interpolated"]
+        ends = [Path(end) for end in ([mix["end"]] if isinstance(mix["end"], str) else mix["end"])]
         provenance["best_epoch"] = None
-        provenance["interpolated"] = checkpoint["interpolated"]
+        provenance["interpolated"] = mix
+        histories = [run_history(end.parent) for end in ends]  # each end in its run dir
+        provenance["epochs"] = [len(h) for h in histories]
+        provenance["train_minutes"] = round(
+            sum(epoch["epoch_seconds"] for h in histories for epoch in h) / 60, 1
+        )
     if config["init"].get("weights"):
         previous = read_card(config["init"]["weights"]).provenance
         provenance["previous_stage"] = previous
