@@ -120,6 +120,8 @@ def execute(run: Run, suite: Suite = SUITES["short"]) -> None:
     resuming = (REPO / runs / run.name / "last.pt").is_file()
     if resuming:
         command = [sys.executable, "-m", "qcsfer", "train", "--resume", str(runs / run.name)]
+    elif (REPO / runs / run.name).exists():  # stopped before its first checkpoint: start again
+        command.append("--overwrite")
     print(f"{run.name}: {' '.join(command[2:])}", file=sys.stderr)
     start = time.time()
     subprocess.run(command, check=True, cwd=REPO)
