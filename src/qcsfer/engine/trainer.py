@@ -16,6 +16,7 @@ import logging
 import math
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -23,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..config import TrainConfig
 from ..data.fingerprint import fingerprint
 from ..data.sampling import BranchSampler
-from ..data.splits import iterate_batches, load_splits
+from ..data.splits import Split, iterate_batches, load_splits
 from ..errors import TrainingError
 from ..models.qcs import QCSModel, branch_loss
 from ..models.vit import use_fused_attention
@@ -119,41 +120,20 @@ def _train(
         open_run_dir(run_dir, config)
     torch.manual_seed(config.seed)
 
-    # data, model, optimiser
-    train_split, val_split, held_out = load_splits(config, run_dir if dd.is_main else None)
-    data = {
-        "train": fingerprint(train_split.records, config.data.root),
-        "val": fingerprint(val_split.records, config.data.root),
-    }
-    if checkpoint is not None:
-        check_data(checkpoint.get("data"), data, allow_data_change)
-    classes = train_split.records.classes
-    model = QCSModel(config.model_config(len(classes)), config.mode).to(device)
-    use_fused_attention(model, device.type == "cuda")
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if checkpoint is None:
-        initialize(model, config.init)
-    sampler = BranchSampler(
-        train_split.records.labels,
-        model.branches,
-        config.batch_size,
-        config.sampler,
-        seed=config.seed,
-        rank=dd.rank,
-        world_size=dd.world_size,
-        class_names=classes,
-        weights=train_split.weights,
-    )
+    parts = _build(config, run_dir, checkpoint, dd, device, allow_data_change)
+    model, sampler, train_split = parts.model, parts.sampler, parts.train
     steps_per_epoch = len(sampler)
-    if steps_per_epoch == 0:
-        raise TrainingError(
-            f"{len(train_split.records)} training images give no full batch of "
-            f"{config.batch_size} x {dd.world_size} processes"
-        )
     optimizer, scheduler, scaler = build_optimization(model, config, steps_per_epoch, device.type)
     checkpoints = Checkpointer(
-        run_dir, config, classes, model, optimizer, scheduler, scaler, data, writes=dd.is_main
+        run_dir,
+        config,
+        parts.classes,
+        model,
+        optimizer,
+        scheduler,
+        scaler,
+        parts.data,
+        writes=dd.is_main,
     )
     state = RunState()
     if checkpoint is not None:
@@ -169,20 +149,6 @@ def _train(
         network = torch.compile(network)
     step = TrainStep(network, optimizer, scaler, config, device, dd, loss)
     runlog = RunLog(run_dir, config.tensorboard) if dd.is_main else None
-    if dd.is_main:
-        log.info(
-            "%s %s on %s x%d: %d train / %d val images, %d classes, %.2fM inference parameters, "
-            "%d steps/epoch",
-            config.mode,
-            config.model,
-            device,
-            dd.world_size,
-            len(train_split.records),
-            len(val_split.records),
-            len(classes),
-            sum(p.numel() for p in model.base.parameters()) / 1e6,
-            steps_per_epoch,
-        )
 
     # the epoch loop: it ends when the epochs are done or the step budget (max_steps) is spent
     max_steps = config.max_steps or config.epochs * steps_per_epoch
@@ -226,23 +192,7 @@ def _train(
                     break
 
                 # end of epoch: validation, metrics, the best model, a checkpoint
-                metrics = evaluate_split(model.base, val_split, config, device, dd)
-                held_out_metrics = {
-                    name: evaluate_split(model.base, split, config, device, dd)
-                    for name, split in held_out.items()
-                }
-                epoch_loss = torch.tensor(state.epoch_loss, dtype=torch.float64, device=device)
-                loss_sum, count = dd.reduce(epoch_loss)
-                record = epoch_record(
-                    epoch=state.epoch + 1,
-                    train_loss=float(loss_sum / max(count, 1)),
-                    metrics=metrics,
-                    held_out=held_out_metrics,
-                    k=model.k_values(),
-                    images=progress.images,
-                    seconds=seconds,
-                    skipped_images=train_split.skipped + val_split.skipped,
-                )
+                record = _validate(parts, state, config, device, dd, progress.images, seconds)
                 improved = state.finish_epoch(record)
                 if runlog is not None:
                     runlog.write(state.history)
@@ -264,6 +214,102 @@ def _train(
             f"`qcsfer train --resume {run_dir}`"
         ) from exc
     return run_dir
+
+
+class _Parts(NamedTuple):
+    train: Split
+    val: Split
+    held_out: dict[str, Split]
+    data: dict[str, dict]  # fingerprints of the splits, kept in every checkpoint
+    classes: list[str]
+    model: QCSModel
+    sampler: BranchSampler
+
+
+def _build(
+    config: TrainConfig,
+    run_dir: Path,
+    checkpoint: dict | None,
+    dd: Distributed,
+    device: torch.device,
+    allow_data_change: bool,
+) -> _Parts:
+    """The data (checked against a resumed run's), the model (warm-started when new) and
+    the sampler of its quadruplets."""
+    train_split, val_split, held_out = load_splits(config, run_dir if dd.is_main else None)
+    data = {
+        "train": fingerprint(train_split.records, config.data.root),
+        "val": fingerprint(val_split.records, config.data.root),
+    }
+    if checkpoint is not None:
+        check_data(checkpoint.get("data"), data, allow_data_change)
+    classes = train_split.records.classes
+    model = QCSModel(config.model_config(len(classes)), config.mode).to(device)
+    use_fused_attention(model, device.type == "cuda")
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if checkpoint is None:
+        initialize(model, config.init)
+    sampler = BranchSampler(
+        train_split.records.labels,
+        model.branches,
+        config.batch_size,
+        config.sampler,
+        seed=config.seed,
+        rank=dd.rank,
+        world_size=dd.world_size,
+        class_names=classes,
+        weights=train_split.weights,
+    )
+    if len(sampler) == 0:
+        raise TrainingError(
+            f"{len(train_split.records)} training images give no full batch of "
+            f"{config.batch_size} x {dd.world_size} processes"
+        )
+    if dd.is_main:
+        log.info(
+            "%s %s on %s x%d: %d train / %d val images, %d classes, %.2fM inference parameters, "
+            "%d steps/epoch",
+            config.mode,
+            config.model,
+            device,
+            dd.world_size,
+            len(train_split.records),
+            len(val_split.records),
+            len(classes),
+            sum(p.numel() for p in model.base.parameters()) / 1e6,
+            len(sampler),
+        )
+    return _Parts(train_split, val_split, held_out, data, classes, model, sampler)
+
+
+def _validate(
+    parts: _Parts,
+    state: RunState,
+    config: TrainConfig,
+    device: torch.device,
+    dd: Distributed,
+    images: int,
+    seconds: float,
+) -> dict:
+    """The epoch's record: its mean loss over all processes, Valid and held-out metrics."""
+    base = parts.model.base
+    metrics = evaluate_split(base, parts.val, config, device, dd)
+    held_out = {
+        name: evaluate_split(base, split, config, device, dd)
+        for name, split in parts.held_out.items()
+    }
+    loss_sum, count = dd.reduce(torch.tensor(state.epoch_loss, dtype=torch.float64, device=device))
+    return epoch_record(
+        epoch=state.epoch + 1,
+        train_loss=float(loss_sum / max(count, 1)),
+        metrics=metrics,
+        held_out=held_out,
+        k=parts.model.k_values(),
+        images=images,
+        seconds=seconds,
+        skipped_images=parts.train.skipped + parts.val.skipped,
+    )
 
 
 def _kept_checkpoint(run_dir: Path) -> str:
