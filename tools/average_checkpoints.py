@@ -22,6 +22,7 @@ from qcsfer.engine.checkpoint import (
     save_checkpoint,
     weights_only,
 )
+from qcsfer.errors import QcsferError
 
 
 def main() -> None:
@@ -62,4 +63,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except QcsferError as exc:  # a message, not a traceback
+        raise SystemExit(f"{Path(__file__).name}: error: {exc}") from None

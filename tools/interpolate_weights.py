@@ -30,6 +30,7 @@ from qcsfer.engine.checkpoint import (
     save_checkpoint,
     weights_only,
 )
+from qcsfer.errors import QcsferError
 from qcsfer.models.weights import load_weights
 
 
@@ -78,4 +79,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except QcsferError as exc:  # a message, not a traceback
+        raise SystemExit(f"{Path(__file__).name}: error: {exc}") from None

@@ -24,6 +24,7 @@ from pathlib import Path
 from qcsfer.card import read_card
 from qcsfer.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from qcsfer.engine.evaluate import evaluate
+from qcsfer.errors import QcsferError
 from qcsfer.models.weights import save_weights
 from qcsfer.pretrained import DEFAULT_WEIGHTS, WEIGHTS_DIR
 
@@ -136,4 +137,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except QcsferError as exc:  # a message, not a traceback
+        raise SystemExit(f"{Path(__file__).name}: error: {exc}") from None
