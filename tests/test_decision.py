@@ -12,6 +12,7 @@ from qcsfer.engine.calibration import (
     fit_temperature,
     measure_operating_points,
 )
+from qcsfer.engine.metrics import compute_metrics
 
 CLASSES = ("common", "middle", "rare")
 
@@ -77,10 +78,12 @@ def test_ece_of_a_perfectly_calibrated_predictor_is_small() -> None:
 def test_balanced_point_raises_balanced_accuracy_within_the_accuracy_floor() -> None:
     logits, labels, prior = imbalanced_logits()
     rule, reports = fit_decision_rule(logits, labels, CLASSES, prior, min_accuracy=0.0)
-    dataset, balanced = reports["dataset"], reports["balanced"]
-    assert dataset.prior_strength == 0.0
+    balanced = reports["balanced"]
     assert balanced.prior_strength > 1.5  # the learned log prior enters the logits x2
-    assert balanced.balanced_accuracy > dataset.balanced_accuracy + 0.05
+    assert (
+        balanced.balanced_accuracy
+        > compute_metrics(labels, logits.argmax(1), CLASSES).balanced_accuracy + 0.05
+    )
     assert balanced.ece_after < 0.03
     assert all(r.ece_after < r.ece_before for r in reports.values())
     # Where the labels follow the training prior, correcting costs accuracy: a floor limits it.
@@ -93,6 +96,20 @@ def test_balanced_point_raises_balanced_accuracy_within_the_accuracy_floor() -> 
     assert free["balanced"].accuracy < floor
     again = measure_operating_points(logits, labels, CLASSES, rule)
     assert again == reports
+
+
+def test_dataset_point_keeps_a_learned_prior_and_restores_a_removed_one() -> None:
+    """Labels with the training mix (Bayes: 2 x evidence + 1.25 x log prior in these logits'
+    units): logits that learned the prior 2x too strongly lose some of it (strength near 0.75);
+    logits trained with logit adjustment (prior removed) get it back (near -1.25)."""
+    logits, labels, prior = imbalanced_logits(skewed_labels=True)
+    _, learned = fit_decision_rule(logits, labels, CLASSES, prior)
+    assert 0.4 <= learned["dataset"].prior_strength <= 1.2
+    adjusted = logits - 2.0 * np.log(prior)  # the prior removed, as logit adjustment trains
+    _, removed = fit_decision_rule(adjusted, labels, CLASSES, prior)
+    assert -1.6 <= removed["dataset"].prior_strength <= -0.9  # Bayes: -2 / 1.6 = -1.25
+    raw = compute_metrics(labels, adjusted.argmax(1), CLASSES).accuracy
+    assert removed["dataset"].accuracy > raw + 0.05
 
 
 def test_recognizer_serves_both_operating_points(tmp_path) -> None:

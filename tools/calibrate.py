@@ -4,11 +4,12 @@
         --option label_mode=majority --flip [--min-accuracy 0.85] [--default balanced]
 
 The training prior is computed from the training data the model's own recorded configuration
-names (every source with its sampling weight, soft labels where there are any). Then
-`qcsfer.engine.calibration.fit_decision_rule` chooses the balanced operating point's prior
-strength (best balanced accuracy with accuracy >= --min-accuracy) and one temperature per
-operating point, and the JSON sidecar is rewritten with `decision` (the tensors are untouched,
-so their recorded sha256 still holds) and what was measured (`provenance.calibration`).
+names (`qcsfer.data.prior.training_prior`: every source with its sampling weight, soft labels
+where there are any). Then `qcsfer.engine.calibration.fit_decision_rule` chooses each operating
+point's prior strength (`dataset`: best accuracy; `balanced`: best balanced accuracy with
+accuracy >= --min-accuracy) and one temperature per operating point, and the JSON sidecar is
+rewritten with `decision` (the tensors are untouched, so their recorded sha256 still holds) and
+what was measured (`provenance.calibration`).
 Calibrate on the validation split, never on test.
 """
 
@@ -21,28 +22,11 @@ import numpy as np
 
 from qcsfer.card import write_card
 from qcsfer.config import TrainConfig, from_dict
-from qcsfer.data.datasets import parse_spec, read_dataset
-from qcsfer.data.sources import read_source
+from qcsfer.data.datasets import parse_spec
+from qcsfer.data.prior import training_prior
 from qcsfer.engine.calibration import fit_decision_rule
 from qcsfer.engine.evaluate import split_logits
 from qcsfer.pretrained import resolve_weights
-
-
-def training_prior(config: TrainConfig) -> np.ndarray:
-    """The class distribution of the training targets, each image weighted as it is sampled."""
-    data = config.data
-    main = read_dataset(data.format, data.root, data.train_split, **data.options)
-    total = _targets(main).sum(0)
-    for source in data.sources:
-        records, _ = read_source(source, main.classes, config.seed)
-        total += source.weight * _targets(records).sum(0)
-    return total / total.sum()
-
-
-def _targets(records) -> np.ndarray:
-    if records.soft_labels is not None:
-        return records.soft_labels.astype(np.float64)
-    return np.eye(records.num_classes)[records.labels]
 
 
 def main() -> None:

@@ -103,6 +103,8 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     epochs: int = 10
+    # tau of logit adjustment in the loss (engine/logit_adjustment.py): 0 is plain cross-entropy
+    logit_adjustment: float = 0.0
     batch_size: int = 32  # anchors per step and per process; a QCS step sees 4x images
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -127,6 +129,8 @@ class TrainConfig:
         for name, value in positive.items():
             if not value > 0:
                 raise ValueError(f"{name} must be positive, got {value}")
+        if self.logit_adjustment < 0:
+            raise ValueError(f"logit_adjustment must be >= 0, got {self.logit_adjustment}")
         for name, value in (
             ("checkpoint_every_steps", self.checkpoint_every_steps),
             ("max_steps", self.max_steps),

@@ -67,10 +67,16 @@ def predict_logits(
 
 
 def evaluate_split(
-    base: BaseNetwork, split: Split, config: TrainConfig, device: torch.device, dd: Distributed
+    base: BaseNetwork,
+    split: Split,
+    config: TrainConfig,
+    device: torch.device,
+    dd: Distributed,
+    logit_offset: torch.Tensor | None = None,
 ) -> Metrics:
-    """Validation metrics during training; under DDP each rank scores a shard and the
-    confusion is summed."""
+    """Validation metrics during training, of the logits plus `logit_offset` where one is
+    given (the training prior put back after logit adjustment); under DDP each rank scores a
+    shard and the confusion is summed."""
     shard = np.arange(dd.rank, len(split.records), dd.world_size)
     targets, predictions = [], []
     for chunk in np.array_split(shard, max(1, len(shard) // 4096)):
@@ -85,6 +91,8 @@ def evaluate_split(
             config.eval_batch_size,
             config.channels_last,
         )
+        if logit_offset is not None:
+            logits = logits + logit_offset
         targets.append(split.records.labels[chunk[valid]])
         predictions.append(logits.argmax(1).numpy())
     metrics = compute_metrics(

@@ -32,6 +32,7 @@ from ..outputs import OutputError, reason
 from .checkpoint import Checkpointer, RunState, load_checkpoint, run_config
 from .distributed import Distributed, GracefulStop, process_group, start_processes, step_seed
 from .evaluate import evaluate_split
+from .logit_adjustment import logit_adjusted, prior_offset
 from .optim import build_optimization
 from .resume import check_data, keep_edited_config, resumed_config
 from .rundir import RunLock, prepare_new_run, remove_temporaries
@@ -122,6 +123,8 @@ def _train(
 
     parts = _build(config, run_dir, checkpoint, dd, device, allow_data_change)
     model, sampler, train_split = parts.model, parts.sampler, parts.train
+    if parts.prior_offset is not None:
+        loss = logit_adjusted(loss, parts.prior_offset)
     steps_per_epoch = len(sampler)
     optimizer, scheduler, scaler = build_optimization(model, config, steps_per_epoch, device.type)
     checkpoints = Checkpointer(
@@ -224,6 +227,7 @@ class _Parts(NamedTuple):
     classes: list[str]
     model: QCSModel
     sampler: BranchSampler
+    prior_offset: torch.Tensor | None  # tau x log(training prior) under logit adjustment
 
 
 def _build(
@@ -280,7 +284,9 @@ def _build(
             sum(p.numel() for p in model.base.parameters()) / 1e6,
             len(sampler),
         )
-    return _Parts(train_split, val_split, held_out, data, classes, model, sampler)
+    tau = config.logit_adjustment
+    offset = prior_offset(train_split.records, train_split.weights, tau, dd.is_main)
+    return _Parts(train_split, val_split, held_out, data, classes, model, sampler, offset)
 
 
 def _validate(
@@ -294,9 +300,10 @@ def _validate(
 ) -> dict:
     """The epoch's record: its mean loss over all processes, Valid and held-out metrics."""
     base = parts.model.base
-    metrics = evaluate_split(base, parts.val, config, device, dd)
+    offset = parts.prior_offset  # validated with the prior put back: selection by accuracy
+    metrics = evaluate_split(base, parts.val, config, device, dd, offset)
     held_out = {
-        name: evaluate_split(base, split, config, device, dd)
+        name: evaluate_split(base, split, config, device, dd, offset)
         for name, split in parts.held_out.items()
     }
     loss_sum, count = dd.reduce(torch.tensor(state.epoch_loss, dtype=torch.float64, device=device))
