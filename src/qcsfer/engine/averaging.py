@@ -82,13 +82,25 @@ def recompute_batchnorm(
     return len(norms)
 
 
+def validation_logits(
+    network: nn.Module, images: MemoryImages, prep: Preprocessing
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(single view, flip-averaged) logits in fp32 on CPU: how averaged or interpolated
+    weights are compared, always on a validation split."""
+    single, flip = (
+        predict_logits(network, images.images, prep, torch.device("cpu"), flip=flip)
+        for flip in (False, True)
+    )
+    return single, flip
+
+
 def validation_accuracy(
     network: nn.Module, images: MemoryImages, labels: np.ndarray, prep: Preprocessing
 ) -> tuple[float, float]:
-    """(single view, flip-averaged) accuracy in fp32 on CPU: how averaged or interpolated
-    weights are compared, always on a validation split."""
-    accuracies = []
-    for flip in (False, True):
-        logits = predict_logits(network, images.images, prep, torch.device("cpu"), flip=flip)
-        accuracies.append(float((logits.argmax(1).numpy() == labels).mean()))
-    return accuracies[0], accuracies[1]
+    """(single view, flip-averaged) accuracy of `validation_logits`."""
+    single, flip = validation_logits(network, images, prep)
+    return _accuracy(single, labels), _accuracy(flip, labels)
+
+
+def _accuracy(logits: torch.Tensor, labels: np.ndarray) -> float:
+    return float((logits.argmax(1).numpy() == labels).mean())
