@@ -283,7 +283,7 @@ def main() -> None:
     for run in suite.plan(args.qcs_epochs):
         if not args.only or run.name in args.only:
             execute(run, suite)
-    print(report())
+    print(report(suite))
 
 
 if __name__ == "__main__":
