@@ -7,10 +7,12 @@ import pytest
 
 from qcsfer.decision import DecisionRule, OperatingPoint, softmax
 from qcsfer.engine.calibration import (
+    choose_strengths,
     expected_calibration_error,
     fit_decision_rule,
     fit_temperature,
     measure_operating_points,
+    score_strengths,
 )
 from qcsfer.engine.metrics import compute_metrics
 
@@ -110,6 +112,23 @@ def test_dataset_point_keeps_a_learned_prior_and_restores_a_removed_one() -> Non
     assert -1.6 <= removed["dataset"].prior_strength <= -0.9  # Bayes: -2 / 1.6 = -1.25
     raw = compute_metrics(labels, adjusted.argmax(1), CLASSES).accuracy
     assert removed["dataset"].accuracy > raw + 0.05
+
+
+def test_balanced_point_never_adds_prior_and_dataset_keeps_zero_without_a_clear_gain() -> None:
+    logits, labels, prior = imbalanced_logits(skewed_labels=True)
+    log_prior = np.log(prior)
+    scored = score_strengths(logits, labels, log_prior, CLASSES)
+    by_strength = {s: a for s, a, _ in scored}
+    # an impossible floor: balanced falls back to the dataset point, never to more prior
+    chosen = choose_strengths(scored, min_accuracy=1.0)
+    assert chosen["balanced"] == chosen["dataset"]
+    # a gain below the margin keeps the logits as trained
+    tiny_gain = [(s, by_strength[0.0] + (0.0005 if s == -0.3 else 0.0), b) for s, _, b in scored]
+    assert choose_strengths(tiny_gain, 0.0)["dataset"] == 0.0
+    clear_gain = [(s, by_strength[0.0] + (0.005 if s == -0.3 else 0.0), b) for s, _, b in scored]
+    assert choose_strengths(clear_gain, 0.0)["dataset"] == -0.3
+    with pytest.raises(ValueError, match="needs the training prior"):
+        DecisionRule(None, {"dataset": OperatingPoint(-1.0)})
 
 
 def test_recognizer_serves_both_operating_points(tmp_path) -> None:

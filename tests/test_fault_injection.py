@@ -339,3 +339,21 @@ def test_an_epoch_resumed_after_its_last_step_records_no_rate(
     train(None, run_dir, resume=True)
     (record,) = load_checkpoint(run_dir / "last.pt")["history"]
     assert record["images_per_second"] is None  # not measured, rather than 0
+
+
+def test_an_option_added_since_the_run_started_is_no_edit(tmp_path: Path) -> None:
+    """A run started before `logit_adjustment` existed has a config.yaml without it: resuming
+    must not report that as a hand edit (an actual edit still is)."""
+    import yaml
+
+    from qcsfer.config import TrainConfig, to_dict
+    from qcsfer.engine.resume import keep_edited_config
+
+    config = TrainConfig(model="tiny")
+    older = to_dict(config)
+    del older["logit_adjustment"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(older))
+    assert keep_edited_config(tmp_path, config) == []
+    assert (tmp_path / "config.yaml").is_file()
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({**older, "epochs": 3}))
+    assert keep_edited_config(tmp_path, config) == ["epochs: 10 -> 3"]

@@ -12,17 +12,19 @@ import torch
 
 from qcsfer.config import TrainConfig
 from qcsfer.data.images import MemoryImages
-from qcsfer.data.prior import class_prior
+from qcsfer.data.prior import class_prior, training_prior
 from qcsfer.data.records import LabeledImages
-from qcsfer.data.splits import Split
+from qcsfer.data.sampling import SamplerConfig
+from qcsfer.data.splits import Split, load_splits
 from qcsfer.engine.distributed import Distributed
 from qcsfer.engine.evaluate import evaluate_split
 from qcsfer.engine.logit_adjustment import logit_adjusted, prior_offset
 from qcsfer.engine.trainer import train
 from qcsfer.models import QCSModel, get_config
 from qcsfer.models.qcs import BranchLogits, branch_loss
+from qcsfer.pretrained import load_model
 
-from .test_engine import history, synthetic_config
+from .test_engine import history, synthetic_config, tiny_config
 
 CLASSES = ("a", "b", "c")
 
@@ -69,13 +71,43 @@ def test_validation_adds_the_offset_before_the_argmax() -> None:
     assert metrics.accuracy == pytest.approx(3 / 12)
 
 
-def test_a_run_trains_with_logit_adjustment(
-    synthetic_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_training_prior_of_a_config_is_the_prior_training_uses(synthetic_root: Path) -> None:
+    """Read from labels only (calibration) or from the loaded split (training): the same
+    records, with a carved validation split and a limit."""
+    config = synthetic_config(synthetic_root, **{"data.val_split": None, "data.limit": 150})
+    train_split, _, _ = load_splits(config, None)
+    from_split = class_prior(train_split.records, train_split.weights)
+    assert len(train_split.records) == 150
+    assert np.allclose(training_prior(config), from_split)
+    assert not np.allclose(from_split, 0.25)  # the limit made it uneven: the test can fail
+
+
+@pytest.mark.slow
+def test_a_run_trains_with_logit_adjustment_and_validates_with_the_prior_back(
+    ferplus_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    config = synthetic_config(synthetic_root, mode="qcs", logit_adjustment=1.0, epochs=1)
+    """FERPlus's uneven prior: the loss differs from plain cross-entropy's, and the recorded
+    validation accuracy is that of the logits plus tau x log(prior)."""
+    extra = {"mode": "baseline", "epochs": 1}
+    config = tiny_config(ferplus_root, logit_adjustment=1.0, **extra)
     with caplog.at_level(logging.INFO, logger="qcsfer.train"):
         run_dir = train(config, tmp_path / "la")
     assert "logit adjustment, tau 1" in caplog.text
-    assert np.isfinite(history(run_dir)[-1]["train_loss"])
-    with pytest.raises(ValueError, match="logit_adjustment must be >= 0"):
-        TrainConfig(logit_adjustment=-1.0)
+    plain = train(tiny_config(ferplus_root, **extra), tmp_path / "plain")
+    adjusted_loss, plain_loss = (history(r)[-1]["train_loss"] for r in (run_dir, plain))
+    assert np.isfinite(adjusted_loss) and abs(adjusted_loss - plain_loss) > 0.01
+
+    model, _ = load_model(run_dir)
+    _, val_split, _ = load_splits(config, None)
+    offset = torch.log(torch.as_tensor(training_prior(config), dtype=torch.float32))
+    cpu, dd = torch.device("cpu"), Distributed()
+    with_prior = evaluate_split(model, val_split, config, cpu, dd, offset).accuracy
+    assert history(run_dir)[-1]["val_accuracy"] == pytest.approx(with_prior)
+
+
+def test_config_refuses_bad_logit_adjustment() -> None:
+    for tau in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="logit_adjustment must be >= 0"):
+            TrainConfig(logit_adjustment=tau)
+    with pytest.raises(ValueError, match=r"sampler\.balanced"):
+        TrainConfig(logit_adjustment=1.0, sampler=SamplerConfig(balanced=True))

@@ -227,6 +227,8 @@ def test_prior_field(client: TestClient, recognizer: ExpressionRecognizer) -> No
     served = dataset["results"][0]["faces"][0]["probabilities"]
     (local,) = ExpressionRecognizer(prior="dataset")(ASSETS / "astronaut.jpg")
     assert served == pytest.approx(local.probabilities, abs=1e-6)
+    unasked = client.post("/v1/predict", files=files).json()
+    assert unasked["prior"] == recognizer.prior  # the model's default, named as applied
     balanced = client.post("/v1/predict", files=files, params={"prior": "balanced"})
     if recognizer.card.prior is None:  # the model does not record its training prior
         assert (balanced.status_code, error_code(balanced)) == (422, "prior_unavailable")

@@ -4,8 +4,8 @@
 
 Writes OUT.pt, a weights-only checkpoint (not resumable) that `tools/ship_model.py RUN_DIR
 --checkpoint OUT.pt` ships, and prints the validation accuracy (single view and flip-averaged,
-fp32) of every input and of their average, so that the window to average is chosen on the
-validation split, never on test.
+fp32, and the operating points calibration would fit) of every input and of their average, so
+that the window to average is chosen on the validation split, never on test.
 """
 
 from __future__ import annotations
@@ -13,8 +13,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
+from qcsfer.data.prior import training_prior
 from qcsfer.data.splits import load_splits
-from qcsfer.engine.averaging import average_states, recompute_batchnorm, validation_accuracy
+from qcsfer.engine.averaging import average_states, recompute_batchnorm, validation_summary
 from qcsfer.engine.checkpoint import (
     load_checkpoint,
     model_from_checkpoint,
@@ -38,12 +41,12 @@ def main() -> None:
     config = run_config(last)
     model = model_from_checkpoint(last)
     train_split, val_split, _ = load_splits(config, None)
+    log_prior = np.log(training_prior(config))
 
     def report(name: str) -> None:
-        single, flip = validation_accuracy(
-            model.base, val_split.images, val_split.records.labels, config.preprocessing
+        print(
+            f"{name}: {validation_summary(model.base, val_split, config.preprocessing, log_prior)}"
         )
-        print(f"{name}: Valid {100 * single:.2f}% single view, {100 * flip:.2f}% flip")
 
     for path, checkpoint in zip(args.checkpoints, checkpoints, strict=True):
         model.load_state_dict(checkpoint["model"])

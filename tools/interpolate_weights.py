@@ -12,7 +12,7 @@ same start, averaged with equal weights first (a "model soup", Wortsman et al. 2
 the validation accuracy (single view and flip-averaged, fp32) of every alpha, and the two
 operating points the decision rule would fit on those flip-averaged logits (tools/calibrate.py:
 `dataset`, the best accuracy over prior strengths, which a mix with a logit-adjusted run needs;
-`balanced`, the best balanced accuracy keeping --min-accuracy), and writes the `--write` mix
+`balanced`, the best balanced accuracy keeping 85% accuracy), and writes the `--write` mix
 as a weights-only checkpoint that `tools/ship_model.py RUN_DIR --checkpoint OUT.pt` ships.
 """
 
@@ -26,8 +26,7 @@ import torch
 
 from qcsfer.data.prior import training_prior
 from qcsfer.data.splits import load_splits
-from qcsfer.engine.averaging import average_states, validation_logits
-from qcsfer.engine.calibration import choose_strengths, score_strengths
+from qcsfer.engine.averaging import average_states, validation_summary
 from qcsfer.engine.checkpoint import (
     load_checkpoint,
     model_from_checkpoint,
@@ -48,7 +47,6 @@ def main() -> None:
     )
     parser.add_argument("--alphas", default="0,0.25,0.5,0.75,1")
     parser.add_argument("--write", type=float, required=True, help="the alpha to write")
-    parser.add_argument("--min-accuracy", type=float, default=0.85, help="balanced point floor")
     args = parser.parse_args()
 
     ends = [load_checkpoint(path) for path in args.end]
@@ -64,7 +62,6 @@ def main() -> None:
     start_state = start.state_dict()
     model = model_from_checkpoint(end)
     _, val_split, _ = load_splits(config, None)
-    labels, classes = val_split.records.labels, val_split.records.classes
     log_prior = np.log(training_prior(config))
 
     def mix(alpha: float) -> dict[str, torch.Tensor]:
@@ -72,12 +69,8 @@ def main() -> None:
 
     for alpha in sorted({*map(float, args.alphas.split(",")), args.write}):
         model.load_state_dict(mix(alpha))
-        single, flip = validation_logits(model.base, val_split.images, config.preprocessing)
-        print(
-            f"alpha {alpha:.2f}: Valid {_percent(single, labels)} single view, "
-            f"{_percent(flip, labels)} flip; "
-            + _points(flip.numpy(), labels, classes, log_prior, args.min_accuracy)
-        )
+        summary = validation_summary(model.base, val_split, config.preprocessing, log_prior)
+        print(f"alpha {alpha:.2f}: {summary}")
     mixed = weights_only(end, mix(args.write))
     mixed["interpolated"] = {
         "start": str(args.start),
@@ -86,27 +79,6 @@ def main() -> None:
     }
     save_checkpoint(mixed, args.out)
     print(f"wrote {args.out} (alpha {args.write})")
-
-
-def _percent(logits: torch.Tensor, labels: np.ndarray) -> str:
-    return f"{100 * (logits.argmax(1).numpy() == labels).mean():.2f}%"
-
-
-def _points(
-    logits: np.ndarray,
-    labels: np.ndarray,
-    classes: tuple[str, ...],
-    log_prior: np.ndarray,
-    min_accuracy: float,
-) -> str:
-    """The operating points calibration would fit on these logits, in one line."""
-    scored = score_strengths(logits, labels, log_prior, classes)
-    measured = {s: (accuracy, balanced) for s, accuracy, balanced in scored}
-    points = []
-    for name, s in choose_strengths(scored, min_accuracy).items():
-        accuracy, balanced = measured[s]
-        points.append(f"{name} (strength {s:+.2f}) {100 * accuracy:.2f}% / {100 * balanced:.2f}%")
-    return "; ".join(points) + " (accuracy / balanced)"
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ provenance are measured on the shipped file itself, with and without flip averag
 commit it was shipped from is recorded. A run that started from another qcsfer weights file
 (`init.weights`, a second stage) carries that file's provenance along as `previous_stage`.
 A run trained on another machine names where the validation data lives here (--data-root) and
-the hardware it trained on (--trained-on, recorded in the provenance).
+the hardware it trained on (--trained-on, recorded in the provenance). A run trained with logit
+adjustment ships with its `dataset` operating point putting the prior back (-tau) until
+tools/calibrate.py fits both points on Valid.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ import tempfile
 from pathlib import Path
 
 from qcsfer.card import read_card
+from qcsfer.config import TrainConfig, from_dict
+from qcsfer.data.prior import training_prior
+from qcsfer.decision import DecisionRule, OperatingPoint
 from qcsfer.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from qcsfer.engine.evaluate import evaluate
 from qcsfer.errors import QcsferError
@@ -53,6 +58,15 @@ def measure(weights: Path, data: dict) -> dict:
     return measured
 
 
+def prior_put_back(config: TrainConfig) -> DecisionRule | None:
+    """A logit-adjusted run's logits have the training prior removed: until tools/calibrate.py
+    fits the rule, its `dataset` point adds tau x log(prior) back, as validation did."""
+    if not config.logit_adjustment:
+        return None
+    prior = tuple(training_prior(config).tolist())
+    return DecisionRule(prior, {"dataset": OperatingPoint(-config.logit_adjustment)})
+
+
 def run_history(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -74,6 +88,7 @@ def main() -> None:
     model = model_from_checkpoint(checkpoint)
     history = run_history(args.run_dir)
     best = max(history, key=lambda h: h["val_accuracy"])
+    decision = prior_put_back(from_dict(TrainConfig, config))
 
     def write(path: Path, provenance: dict) -> Path:
         return save_weights(
@@ -82,6 +97,7 @@ def main() -> None:
             classes=classes,
             preprocessing=config["preprocessing"],
             provenance=provenance,
+            decision=decision,
         )
 
     with tempfile.TemporaryDirectory() as tmp:

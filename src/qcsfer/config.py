@@ -7,6 +7,7 @@ be reproduced or resumed from its own record.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -129,8 +130,13 @@ class TrainConfig:
         for name, value in positive.items():
             if not value > 0:
                 raise ValueError(f"{name} must be positive, got {value}")
-        if self.logit_adjustment < 0:
+        if not (math.isfinite(self.logit_adjustment) and self.logit_adjustment >= 0):
             raise ValueError(f"logit_adjustment must be >= 0, got {self.logit_adjustment}")
+        if self.logit_adjustment and self.sampler.balanced:
+            raise ValueError(
+                "logit_adjustment corrects for the training prior, which sampler.balanced "
+                "already evens out: use one of the two"
+            )
         for name, value in (
             ("checkpoint_every_steps", self.checkpoint_every_steps),
             ("max_steps", self.max_steps),

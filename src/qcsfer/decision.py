@@ -4,10 +4,11 @@ A classifier trained on FERPlus learns its label prior (a third of the faces neu
 and contempt under 0.5% each) along with the expressions, and carries it to every photo it
 reads. The decision rule names that prior and lets the user choose an operating point:
 
-- `dataset`: the logits as trained (the training prior kept): the most accurate on data with
-  the training set's class mix.
-- `balanced`: the logits minus `strength` x log(training prior) (logit adjustment): every class
-  weighted equally, for photos whose class mix is unknown.
+- `dataset`: the most accurate on data with the training set's class mix: the logits as
+  trained, or with a strength fitted on a validation split (a model trained with logit
+  adjustment has the prior removed and needs it put back).
+- `balanced`: the logits minus `strength` x log(training prior) (post-hoc logit adjustment):
+  every class weighted equally, for photos whose class mix is unknown.
 
 Each operating point then divides by its own temperature, fitted on a validation split, so that
 `confidence` means what it says (expected calibration error). Torch-free, like preprocessing.
@@ -45,6 +46,10 @@ class DecisionRule:
                 raise UsageError(f"unknown prior {name!r}; choose from {PRIORS}")
         if self.training_prior is not None and min(self.training_prior) <= 0:
             raise UsageError("the training prior must be positive for every class")
+        if self.training_prior is None and any(
+            p.prior_strength for p in self.operating_points.values()
+        ):
+            raise UsageError("a prior strength needs the training prior it multiplies")
 
     def point(self, prior: str | None) -> OperatingPoint:
         name = prior or self.default

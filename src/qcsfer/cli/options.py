@@ -61,8 +61,8 @@ def face_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--prior",
         choices=["dataset", "balanced"],
-        help="operating point: the training set's class prior kept (dataset) or every class "
-        "weighted equally (balanced); default: the model's own default",
+        help="operating point: most accurate on the training set's class mix (dataset) or "
+        "every class weighted equally (balanced); default: the model's own default",
     )
 
 

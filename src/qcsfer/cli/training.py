@@ -85,7 +85,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--prior",
         default="dataset",
         choices=["dataset", "balanced"],
-        help="operating point for the table: the training prior kept (dataset) or corrected "
+        help="operating point for the table: the training set's class mix (dataset) or corrected "
         "(balanced); both are reported",
     )
     reference_options(p, "weights")

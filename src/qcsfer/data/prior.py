@@ -10,14 +10,16 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import TrainConfig
-from .datasets import read_dataset
 from .records import LabeledImages
 from .sources import read_source
+from .splits import read_main_records
 
 
 def class_prior(records: LabeledImages, weights: np.ndarray | None = None) -> np.ndarray:
     """The class distribution of the training targets (soft labels where there are any), each
-    image weighted as the sampler draws it."""
+    image weighted by its source's sampling weight: the prior of the anchors (and positives)
+    the sampler draws. Negatives follow sampler.negative_rule; with sampler.balanced the
+    anchors are class-uniform and no prior needs correcting (logit adjustment refuses it)."""
     if records.soft_labels is not None:
         targets = records.soft_labels.astype(np.float64)
     else:
@@ -29,12 +31,12 @@ def class_prior(records: LabeledImages, weights: np.ndarray | None = None) -> np
 
 
 def training_prior(config: TrainConfig) -> np.ndarray:
-    """`class_prior` of the training data a recorded configuration names, read from its labels
-    only (every source with its sampling weight)."""
-    data = config.data
-    main = read_dataset(data.format, data.root, data.train_split, **data.options)
+    """`class_prior` of the training data a recorded configuration names, from its labels only:
+    the same records `load_splits` trains on (carved validation, data.limit, every source with
+    its sampling weight), before unreadable images are dropped."""
+    main, _ = read_main_records(config)
     parts = [(class_prior(main), 1.0, len(main))]
-    for source in data.sources:
+    for source in config.data.sources:
         records, _ = read_source(source, main.classes, config.seed)
         parts.append((class_prior(records), source.weight, len(records)))
     total = sum(prior * weight * n for prior, weight, n in parts)

@@ -94,29 +94,37 @@ class Split:
         return torch.from_numpy(self.records.labels[indices])
 
 
-def load_splits(config: TrainConfig, run_dir: Path | None) -> tuple[Split, Split, dict[str, Split]]:
-    """Training split (every source combined), validation split, held-out source slices.
-
-    A validation split carved from training is recorded in run_dir/validation_split.json
-    (when run_dir is given)."""
+def read_main_records(config: TrainConfig) -> tuple[LabeledImages, LabeledImages]:
+    """The main dataset's training and validation records (validation carved from training
+    where none is named; training limited to data.limit), before any image is read."""
     data = config.data
     train = read_dataset(data.format, data.root, data.train_split, **data.options)
     if data.val_split is None:
         train, val = stratified_split(train, data.val_fraction, config.seed)
-        if run_dir is not None:
-            record = {
-                "validation_carved_from": data.train_split,
-                "fraction": data.val_fraction,
-                "seed": config.seed,
-                "paths": [str(p) for p in val.paths],
-            }
-            (run_dir / "validation_split.json").write_text(json.dumps(record))
     else:
         val_options = data.options if data.val_options is None else data.val_options
         val = read_dataset(data.format, data.root, data.val_split, **val_options)
     if data.limit is not None:
         rng = np.random.default_rng(config.seed)
         train = train.subset(np.sort(rng.permutation(len(train))[: data.limit]))
+    return train, val
+
+
+def load_splits(config: TrainConfig, run_dir: Path | None) -> tuple[Split, Split, dict[str, Split]]:
+    """Training split (every source combined), validation split, held-out source slices.
+
+    A validation split carved from training is recorded in run_dir/validation_split.json
+    (when run_dir is given)."""
+    data = config.data
+    train, val = read_main_records(config)
+    if data.val_split is None and run_dir is not None:
+        record = {
+            "validation_carved_from": data.train_split,
+            "fraction": data.val_fraction,
+            "seed": config.seed,
+            "paths": [str(p) for p in val.paths],
+        }
+        (run_dir / "validation_split.json").write_text(json.dumps(record))
     train.check_classes()
     for split in (train, val):
         for reason, count in split.notes.items():

@@ -15,8 +15,10 @@ import torch
 from torch import nn
 
 from ..data.images import MemoryImages
+from ..data.splits import Split
 from ..data.transforms import Augmentation, train_transform
 from ..preprocessing import Preprocessing
+from .calibration import describe_points
 from .device import autocast
 from .evaluate import predict_logits
 
@@ -85,8 +87,7 @@ def recompute_batchnorm(
 def validation_logits(
     network: nn.Module, images: MemoryImages, prep: Preprocessing
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(single view, flip-averaged) logits in fp32 on CPU: how averaged or interpolated
-    weights are compared, always on a validation split."""
+    """(single view, flip-averaged) logits in fp32 on CPU."""
     single, flip = (
         predict_logits(network, images.images, prep, torch.device("cpu"), flip=flip)
         for flip in (False, True)
@@ -94,13 +95,15 @@ def validation_logits(
     return single, flip
 
 
-def validation_accuracy(
-    network: nn.Module, images: MemoryImages, labels: np.ndarray, prep: Preprocessing
-) -> tuple[float, float]:
-    """(single view, flip-averaged) accuracy of `validation_logits`."""
-    single, flip = validation_logits(network, images, prep)
-    return _accuracy(single, labels), _accuracy(flip, labels)
-
-
-def _accuracy(logits: torch.Tensor, labels: np.ndarray) -> float:
-    return float((logits.argmax(1).numpy() == labels).mean())
+def validation_summary(
+    network: nn.Module, split: Split, prep: Preprocessing, log_prior: np.ndarray
+) -> str:
+    """How averaged or interpolated weights are compared, always on a validation split: the
+    accuracy of the logits as they are (single view, flip) and the operating points the
+    decision rule would fit on the flip-averaged ones (a logit-adjusted run needs its prior put
+    back before its accuracy means anything)."""
+    single, flip = validation_logits(network, split.images, prep)
+    labels, classes = split.records.labels, split.records.classes
+    as_is = [f"{100 * (v.argmax(1).numpy() == labels).mean():.2f}%" for v in (single, flip)]
+    points = describe_points(flip.numpy(), labels, classes, log_prior)
+    return f"Valid {as_is[0]} single view, {as_is[1]} flip; {points}"

@@ -2,11 +2,11 @@
 
 Both operating points subtract `strength` x log(training prior) from the same logits. `dataset`
 takes the strength that maximises accuracy on a split with the training set's class mix (0, the
-logits as trained, unless another is better: a model trained on soft labels can under-weight
-the prior, one trained with logit adjustment has it removed); `balanced` the strength that
-maximises balanced accuracy while accuracy stays at or above a floor. Each point then gets the
-temperature that minimises the negative log-likelihood (temperature scaling). Expected
-calibration error (top label, 15 equal-width bins) is reported before and after.
+logits as trained, unless another is clearly better: a model trained on soft labels can
+under-weight the prior, one trained with logit adjustment has it removed); `balanced` the
+strength that maximises balanced accuracy while accuracy stays at or above a floor. Each point
+then gets the temperature that minimises the negative log-likelihood (temperature scaling).
+Expected calibration error (top label, 15 equal-width bins) is reported before and after.
 """
 
 from __future__ import annotations
@@ -80,14 +80,40 @@ def score_strengths(
     return scored
 
 
+DATASET_MARGIN = 0.001  # a dataset strength other than 0 must gain 0.1 points of accuracy
+
+
 def choose_strengths(
     scored: list[tuple[float, float, float]], min_accuracy: float
 ) -> dict[str, float]:
-    """`dataset`: the best accuracy. `balanced`: the best balanced accuracy among strengths
-    keeping accuracy >= the floor (the best-accuracy one if none does)."""
-    most_accurate = max(scored, key=lambda t: t[1])
-    allowed = [t for t in scored if t[1] >= min_accuracy] or [most_accurate]
-    return {"dataset": most_accurate[0], "balanced": max(allowed, key=lambda t: t[2])[0]}
+    """`dataset`: the best accuracy (0, the logits as trained, unless another strength beats it
+    by DATASET_MARGIN: one face more of a few thousand is noise). `balanced`: the best balanced
+    accuracy among strengths at least the dataset one (less prior, never more) keeping
+    accuracy >= the floor; the dataset point where none does."""
+    as_trained = next(t for t in scored if t[0] == 0)
+    dataset = max(scored, key=lambda t: t[1])
+    if dataset[1] < as_trained[1] + DATASET_MARGIN:
+        dataset = as_trained
+    allowed = [t for t in scored if t[0] >= dataset[0] and t[1] >= min_accuracy] or [dataset]
+    return {"dataset": dataset[0], "balanced": max(allowed, key=lambda t: t[2])[0]}
+
+
+def describe_points(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    classes: tuple[str, ...],
+    log_prior: np.ndarray,
+    min_accuracy: float = 0.85,
+) -> str:
+    """The operating points `fit_decision_rule` would choose on these logits, in one line: how
+    mixes and averages are compared, including those of logit-adjusted runs."""
+    scored = score_strengths(logits, labels, log_prior, classes)
+    measured = {s: (accuracy, balanced) for s, accuracy, balanced in scored}
+    points = []
+    for name, s in choose_strengths(scored, min_accuracy).items():
+        accuracy, balanced = measured[s]
+        points.append(f"{name} (strength {s:+.2f}) {100 * accuracy:.2f}% / {100 * balanced:.2f}%")
+    return "; ".join(points) + " (accuracy / balanced accuracy)"
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,7 @@ def evaluate_split(
             config.channels_last,
         )
         if logit_offset is not None:
-            logits = logits + logit_offset
+            logits = logits + logit_offset.to(logits.device)
         targets.append(split.records.labels[chunk[valid]])
         predictions.append(logits.argmax(1).numpy())
     metrics = compute_metrics(
@@ -211,7 +211,7 @@ def evaluate(
     prior: str = "dataset",
     **reading: Any,
 ) -> Evaluation:
-    """Evaluate at `prior` ('dataset': the logits as trained; 'balanced': prior-corrected).
+    """Evaluate at `prior` ('dataset': the training class mix; 'balanced': prior-corrected).
 
     reading: how the split is read and scored, as for `split_logits` (options, mapping, flip,
     device, batch_size, cache).

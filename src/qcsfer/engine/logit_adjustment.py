@@ -37,13 +37,13 @@ def prior_offset(
 
 
 def logit_adjusted(loss: LossFunction, offset: torch.Tensor) -> LossFunction:
-    """`loss` applied to logits shifted by `offset` (base and cross heads alike)."""
+    """`loss` applied to logits shifted by `offset` (base and cross heads alike; `offset` on
+    the logits' device)."""
 
     def adjusted(
         logits: BranchLogits, targets: torch.Tensor, keep: torch.Tensor | None = None
     ) -> torch.Tensor:
-        shift = offset.to(logits.base.device)
-        cross = None if logits.cross is None else logits.cross + shift
-        return loss(BranchLogits(logits.base + shift, cross), targets, keep)
+        cross = None if logits.cross is None else logits.cross + offset
+        return loss(BranchLogits(logits.base + offset, cross), targets, keep)
 
     return adjusted

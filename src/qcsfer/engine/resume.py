@@ -11,6 +11,7 @@ and a difference is refused, saying what changed, unless it is explicitly allowe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,9 @@ def keep_edited_config(run_dir: Path, config: TrainConfig) -> list[str]:
         on_disk = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         on_disk = f"<not readable YAML: {exc}>"
+    if isinstance(on_disk, dict):  # options added since the run started are not edits
+        with contextlib.suppress(TypeError, ValueError):  # an invalid edit: reported as it is
+            on_disk = to_dict(from_dict(TrainConfig, on_disk))
     changes = _differences(to_dict(config), on_disk)
     if not changes:
         return []

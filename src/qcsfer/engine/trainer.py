@@ -124,7 +124,7 @@ def _train(
     parts = _build(config, run_dir, checkpoint, dd, device, allow_data_change)
     model, sampler, train_split = parts.model, parts.sampler, parts.train
     if parts.prior_offset is not None:
-        loss = logit_adjusted(loss, parts.prior_offset)
+        loss = logit_adjusted(loss, parts.prior_offset.to(device))
     steps_per_epoch = len(sampler)
     optimizer, scheduler, scaler = build_optimization(model, config, steps_per_epoch, device.type)
     checkpoints = Checkpointer(

@@ -189,7 +189,8 @@ def create_app(settings: ServeSettings, recognizer: ExpressionRecognizer | None 
         request.state.timing = _timing(outcome)
         if options.annotated:
             return _annotated_image(outcome, options.annotated_format)
-        document = _document(outcome, options, service.recognizer.classes)
+        recognizer = service.recognizer
+        document = _document(outcome, options, recognizer.classes, recognizer.prior)
         document["request_id"] = request.state.request_id
         return JSONResponse(document)
 
@@ -209,8 +210,11 @@ def _timing(outcome: Outcome) -> dict[str, Any]:
     }
 
 
-def _document(outcome: Outcome, options: PredictOptions, classes: list[str]) -> dict[str, Any]:
-    """`qcsfer predict --format json`'s document, plus each image's status and the timing."""
+def _document(
+    outcome: Outcome, options: PredictOptions, classes: list[str], default_prior: str
+) -> dict[str, Any]:
+    """`qcsfer predict --format json`'s document, plus each image's status and the timing;
+    `prior` names the operating point applied (the model's default unless asked)."""
     results = []
     for item in outcome.images:
         record = item.result.to_dict()
@@ -222,7 +226,7 @@ def _document(outcome: Outcome, options: PredictOptions, classes: list[str]) -> 
         results.append(record)
     return {
         "classes": classes,
-        "prior": options.prior or "dataset",
+        "prior": options.prior or default_prior,
         "results": results,
         "summary": {
             "images": sum(i.status != "unreadable" for i in outcome.images),

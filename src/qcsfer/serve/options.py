@@ -34,7 +34,7 @@ class PredictOptions(BaseModel):
     )
     prior: Literal[PRIORS] | None = Field(  # type: ignore[valid-type]
         None,
-        description="class prior: 'dataset' (the training data's, as the model learned it) or "
+        description="class prior: 'dataset' (most accurate on the training data's class mix) or "
         "'balanced' (every class weighted equally; needs a model that records its training "
         "prior, see /v1/model); default: the server's",
     )
