@@ -16,14 +16,15 @@ def test_default_model_loads_offline_with_its_card() -> None:
     assert len(card.classes) == 8 and card.classes[0] == "neutral"
     assert card.preprocessing.image_size == 48 and card.preprocessing.grayscale
     assert card.provenance["dataset"].startswith("ferplus")
-    # A version-1 card: its metrics come from ship_model's provenance layout.
-    assert card.accuracy() == ("valid_flip", card.provenance["validation"]["flip"]["accuracy"])
+    # A calibrated card: its metrics are those of its `dataset` operating point, fitted on Valid.
+    dataset_point = card.provenance["calibration"]["operating_points"]["dataset"]
+    assert card.accuracy() == ("valid_flip", dataset_point["accuracy"])
 
 
 def test_info_default_prints_the_card_with_its_accuracy(capsys: pytest.CaptureFixture) -> None:
     assert main(["info", "default"]) == 0
     out = capsys.readouterr().out
-    accuracy = load_card().provenance["validation"]["flip"]["accuracy"]
+    accuracy = load_card().metrics["valid_flip"]["accuracy"]
     assert f"metrics valid_flip: accuracy {100 * accuracy:.2f}%" in out
     assert "classes (8): neutral, happiness" in out and "training graph (qcs" in out
 

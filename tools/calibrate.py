@@ -9,7 +9,9 @@ where there are any). Then `qcsfer.engine.calibration.fit_decision_rule` chooses
 point's prior strength (`dataset`: best accuracy; `balanced`: best balanced accuracy with
 accuracy >= --min-accuracy) and one temperature per operating point, and the JSON sidecar is
 rewritten with `decision` (the tensors are untouched, so their recorded sha256 still holds) and
-what was measured (`provenance.calibration`).
+what was measured (`provenance.calibration`); the card's metrics for the split (single view and
+flip) are measured again at the `dataset` point, what `qcsfer evaluate` reports by default
+(`provenance.validation` keeps the logits as trained).
 Calibrate on the validation split, never on test.
 """
 
@@ -26,6 +28,7 @@ from qcsfer.data.datasets import parse_spec
 from qcsfer.data.prior import training_prior
 from qcsfer.engine.calibration import fit_decision_rule
 from qcsfer.engine.evaluate import split_logits
+from qcsfer.engine.metrics import compute_metrics
 from qcsfer.pretrained import resolve_weights
 
 
@@ -69,7 +72,24 @@ def main() -> None:
             "operating_points": {name: asdict(r) for name, r in reports.items()},
         },
     }
-    json_path = write_card(result.card.replace(decision=rule, provenance=provenance), path)
+    metrics = dict(result.card.metrics)
+    for flip in (False, True):  # what `qcsfer evaluate` reports by default: the dataset point
+        view = (
+            result
+            if flip == args.flip
+            else split_logits(path, data_format, root, args.split, options=options, flip=flip)
+        )
+        measured = compute_metrics(
+            view.labels, rule.adjust(view.logits, "dataset").argmax(1), view.classes
+        )
+        metrics[f"{args.split}_flip" if flip else args.split] = {
+            "accuracy": measured.accuracy,
+            "balanced_accuracy": measured.balanced_accuracy,
+            "macro_f1": measured.macro_f1,
+            "images": measured.total,
+        }
+    card = result.card.replace(decision=rule, provenance=provenance, metrics=metrics)
+    json_path = write_card(card, path)
     print(f"training prior: {dict(zip(result.classes, np.round(prior, 4).tolist(), strict=True))}")
     for r in reports.values():
         print(
