@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from qcsfer.card import read_card
 from qcsfer.config import InitConfig
 from qcsfer.engine.warm_start import initialize
 from qcsfer.errors import TrainingError
@@ -31,7 +32,7 @@ from qcsfer.models import (
 )
 from qcsfer.models.complexity import count_parameters, measure_complexity
 from qcsfer.models.vit import ViT
-from qcsfer.models.weights import WeightsError, load_weights, read_card, save_weights
+from qcsfer.models.weights import WeightsError, load_weights, save_weights
 
 from .model_builders import tiny_model
 

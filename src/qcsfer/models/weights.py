@@ -39,7 +39,7 @@ from .base import BaseNetwork
 from .configs import ModelConfig
 from .qcs import TOPOLOGY, QCSModel
 
-__all__ = ["WeightsError", "load_weights", "read_card", "save_weights", "weights_paths"]
+__all__ = ["WeightsError", "load_weights", "save_weights", "weights_paths"]
 _LISTED = 20  # keys quoted per category in an error message
 
 
