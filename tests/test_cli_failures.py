@@ -437,3 +437,27 @@ def test_a_relative_data_root_that_is_not_found_says_where_it_was_looked_for(
         config = load_config(recipe)
     assert config.data.root == "../no-such-folder/ferplus"
     assert "is relative to the current folder" in caplog.text and str(recipe) in caplog.text
+
+
+# ---------------------------------------------------------------------------- audit: YAML input
+
+
+def test_bad_yaml_in_a_recipe_set_or_option_is_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = tmp_path / "broken.yaml"
+    recipe.write_text("mode: qcs\nmodel: [tiny\n")
+    binary = tmp_path / "photo.yaml"
+    binary.write_bytes(b"\xff\xd8\xff\xe0 a JPEG")
+    cases = [
+        (["train", recipe], f"{recipe}: not valid YAML (expected ',' or ']'"),
+        (["train", binary], f"{binary}: not a YAML text file"),
+        (["train", tmp_path], f"config file {tmp_path} is a folder, not a YAML file"),
+        (["train", tmp_path / "absent.yaml"], f"config file {tmp_path / 'absent.yaml'} does not"),
+        (["data", f"folder:{tmp_path}", "--option", "classes=[a,b"], "--option classes=[a,b: "),
+    ]
+    for args, message in cases:
+        code, _, err = cli(args, capsys)
+        assert code == 2 and message in err and "Traceback" not in err, (args, err)
+    with pytest.raises(ValueError, match=r"--set epochs=\[1: not a valid YAML value .*column 3"):
+        load_config(None, ["epochs=[1"])

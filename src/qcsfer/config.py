@@ -17,6 +17,7 @@ import yaml
 from .data.sampling import SamplerConfig
 from .data.sources import SourceConfig
 from .data.transforms import Augmentation
+from .errors import ConfigError
 from .models.configs import CSAConfig, ModelConfig, get_config
 from .preprocessing import Preprocessing
 from .typed_data import from_dict, to_dict
@@ -171,8 +172,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+            what = "is a folder, not a YAML file" if path.is_dir() else "does not exist"
+            raise FileNotFoundError(f"config file {path} {what}")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a YAML text file (it is not UTF-8 text)") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: the top level must be a mapping")
         _warn_relative_root(data, path)
@@ -187,9 +194,26 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> list[str]:
         if "=" not in item:
             raise ValueError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
-        _set_path(data, key.strip(), yaml.safe_load(raw))
+        _set_path(data, key.strip(), yaml_value(raw, f"--set {item}"))
         keys.append(key.strip())
     return keys
+
+
+def yaml_value(text: str, where: str) -> Any:
+    """A command-line value read as YAML (7 -> int, true -> bool, [a, b] -> list)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not a valid YAML value ({_yaml_problem(exc)})") from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's complaint and where, in one line: "expected ... at line 1, column 6"."""
+    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem is None:
+        return str(exc).replace("\n", " ")
+    mark = exc.problem_mark
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{exc.problem}{where}"
 
 
 def _warn_relative_root(data: dict[str, Any], path: Path) -> None:

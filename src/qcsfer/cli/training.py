@@ -180,12 +180,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _key_values(items: list[str], typed: bool) -> dict[str, object]:
     """KEY=VALUE arguments. Typed values are read as YAML (7 -> int, true -> bool); untyped ones
     stay strings (class names such as 'no' or '1' stay names)."""
-    import yaml
+    from ..config import yaml_value
 
     out: dict[str, object] = {}
     for item in items:
         if "=" not in item:
             raise ValueError(f"expected KEY=VALUE, got {item!r}")
         key, value = (part.strip() for part in item.split("=", 1))
-        out[key] = yaml.safe_load(value) if typed else value
+        out[key] = yaml_value(value, f"--option {item}") if typed else value
     return out
