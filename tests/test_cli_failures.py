@@ -461,3 +461,8 @@ def test_bad_yaml_in_a_recipe_set_or_option_is_one_line_naming_it(
         assert code == 2 and message in err and "Traceback" not in err, (args, err)
     with pytest.raises(ValueError, match=r"--set epochs=\[1: not a valid YAML value .*column 3"):
         load_config(None, ["epochs=[1"])
+
+
+def test_train_without_a_recipe_or_resume_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = cli(["train", "--set", "epochs=1"], capsys)
+    assert code == 2 and "give a recipe to train" in err
