@@ -11,6 +11,7 @@ import gc
 import io
 import itertools
 import json
+import math
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -189,6 +190,29 @@ def test_smoothing_depends_on_time_not_on_sampling() -> None:
 
 
 # -- memory on long videos ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"fps": math.nan}, "fps must be a finite number > 0, got nan"),
+        ({"fps": math.inf}, "fps must be a finite number > 0, got inf"),
+        ({"start": math.nan}, "need 0 <= start < end seconds, got start nan"),
+        ({"start": math.inf}, "need 0 <= start < end seconds, got start inf"),
+        ({"end": math.nan}, "need 0 <= start < end seconds, got start 0.0, end nan"),
+        ({"end": math.inf}, "need 0 <= start < end seconds, got start 0.0, end inf"),
+    ],
+)
+def test_sampling_options_that_are_not_finite_are_refused(options: dict, message: str) -> None:
+    """nan used to pass the range checks: one frame sampled, or a raw error while reading."""
+    with pytest.raises(ValueError, match=message):
+        FrameReader("clip.avi", **options)
+
+
+@pytest.mark.parametrize("tau", [math.nan, math.inf])
+def test_a_smoothing_constant_that_is_not_finite_is_refused(tau: float) -> None:
+    with pytest.raises(ValueError, match=f"finite seconds >= 0, got {tau}"):
+        ProbabilitySmoother(tau=tau)
 
 
 def test_drawn_timelines_leave_no_figure_behind(tmp_path: Path) -> None:

@@ -27,8 +27,8 @@ class ProbabilitySmoother:
     """Per-track log-space EMA; tau: time constant in seconds (0 turns smoothing off)."""
 
     def __init__(self, tau: float = 0.5) -> None:
-        if tau < 0:
-            raise ValueError("the smoothing time constant must be >= 0 seconds")
+        if not 0 <= tau < math.inf:  # also refuses nan, which would make every value nan
+            raise ValueError(f"the smoothing time constant must be finite seconds >= 0, got {tau}")
         self.tau = tau
         self._state: dict[int, tuple[float, np.ndarray]] = {}  # track -> (time, log-probs)
 

@@ -123,10 +123,10 @@ class FrameReader:
     ) -> None:
         if every < 1:
             raise ValueError("every must be >= 1")
-        if fps is not None and fps <= 0:
-            raise ValueError("fps must be > 0")
-        if start < 0 or (end is not None and end <= start):
-            raise ValueError("need 0 <= start < end (seconds)")
+        if fps is not None and not 0 < fps < math.inf:  # also refuses nan
+            raise ValueError(f"fps must be a finite number > 0, got {fps}")
+        if not 0 <= start < math.inf or (end is not None and not start < end < math.inf):
+            raise ValueError(f"need 0 <= start < end seconds, got start {start}, end {end}")
         self.source = os.fspath(source)
         self.camera = WEBCAM.fullmatch(self.source)
         self.every = every
