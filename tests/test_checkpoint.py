@@ -73,5 +73,23 @@ def test_foreign_and_future_files_are_refused(tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="version 99 is not supported"):
         load_checkpoint(tmp_path / "future.pt")
     (tmp_path / "garbage.pt").write_bytes(b"not a torch file")
-    with pytest.raises(TrainingError, match="not a readable qcsfer checkpoint"):
+    with pytest.raises(TrainingError, match=r"not a readable qcsfer checkpoint \(not a PyTorch"):
         load_checkpoint(tmp_path / "garbage.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(TrainingError, match=r"checkpoint \(empty file \(0 bytes\)\)"):
+        load_checkpoint(tmp_path / "empty.pt")
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("this must never be printed",))
+
+
+def test_a_checkpoint_naming_code_is_refused_in_one_line(tmp_path: Path) -> None:
+    """torch's paragraph, which suggests weights_only=False, is not passed on."""
+    torch.save({"format": "qcsfer-checkpoint", "payload": _Payload()}, tmp_path / "last.pt")
+    with pytest.raises(TrainingError) as refused:
+        load_checkpoint(tmp_path / "last.pt")
+    message = str(refused.value)
+    assert "GLOBAL print was not an allowed global" in message and "\n" not in message
+    assert "weights_only` set to `False`" not in message and "add_safe_globals" not in message

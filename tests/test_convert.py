@@ -130,6 +130,12 @@ def test_missing_and_empty_checkpoints_are_named(tmp_path: Path) -> None:
         load_reference_checkpoint(path, get_config("tiny"))
     with pytest.raises(WeightsError, match="no such checkpoint"):
         load_reference_checkpoint(tmp_path / "absent.pth", get_config("tiny"))
+    (tmp_path / "zero.pth").write_bytes(b"")
+    with pytest.raises(WeightsError, match=r"zero\.pth: not a readable .*: empty file \(0 bytes\)"):
+        load_reference_checkpoint(tmp_path / "zero.pth", get_config("tiny"))
+    (tmp_path / "photo.pth").write_bytes(b"\xff\xd8\xff\xe0 a JPEG")
+    with pytest.raises(WeightsError, match=r"photo\.pth: .*not a PyTorch file"):
+        load_reference_checkpoint(tmp_path / "photo.pth", get_config("tiny"))
 
 
 def _ir50_state(backbone: IRBackbone) -> dict[str, torch.Tensor]:
@@ -402,6 +408,11 @@ def test_code_in_a_checkpoint_is_refused_and_never_runs(payload: str, tmp_path: 
         load_reference_checkpoint(path, get_config("tiny"))
     with pytest.raises(WeightsError, match="refused"):
         load_ir50_backbone(path, IRBackbone((3, 4, 14), (4, 8, 16)))
+    legacy = tmp_path / "legacy.pth"  # a plain pickle, not torch's zip archive
+    legacy.write_bytes(pickle.dumps({"state_dict": Payload()}))
+    with pytest.raises(WeightsError, match=r"legacy\.pth: refused: it pickles") as info:
+        load_reference_checkpoint(legacy, get_config("tiny"))
+    assert "weights_only` set to `False`" not in str(info.value) and "\n" not in str(info.value)
     assert not marker.exists()
 
 

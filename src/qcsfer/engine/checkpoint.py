@@ -20,6 +20,7 @@ from ..config import TrainConfig, from_dict, to_dict
 from ..errors import TrainingError
 from ..io import atomic_write
 from ..models.qcs import QCSModel
+from ..models.unpickle import not_a_torch_file, torch_refusal
 from ..outputs import writing
 
 CHECKPOINT_FORMAT = "qcsfer-checkpoint"
@@ -132,7 +133,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for foreign or unsafe pickles
-        raise TrainingError(f"{path}: not a readable qcsfer checkpoint ({exc})") from exc
+        why = not_a_torch_file(path) or torch_refusal(exc)
+        raise TrainingError(f"{path}: not a readable qcsfer checkpoint ({why})") from exc
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise TrainingError(f"{path}: not a qcsfer training checkpoint")
     if checkpoint.get("version") != CHECKPOINT_VERSION:

@@ -27,7 +27,7 @@ from .backbone import IRBackbone
 from .base import BaseNetwork
 from .configs import ModelConfig
 from .qcs import Mode, QCSModel
-from .unpickle import UnsafeCheckpointError, load_restricted
+from .unpickle import UnsafeCheckpointError, load_restricted, not_a_torch_file, torch_refusal
 from .weights import WeightsError, mismatch_report, unwrap_module
 
 IR50_UNITS = (3, 4, 14, 3)  # IR-50 units per stage; stage 4 is not used here
@@ -69,12 +69,16 @@ def _torch_load(path: str | os.PathLike[str]) -> tuple[Any, tuple[str, ...]]:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such checkpoint file")
+    if problem := not_a_torch_file(path):
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint: {problem}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True), ()
     except pickle.UnpicklingError as exc:
-        refusal = exc
-    except Exception as exc:  # corrupt archive, truncated file, not a checkpoint at all
-        raise WeightsError(f"{path}: not a readable PyTorch checkpoint: {exc}") from exc
+        refusal = torch_refusal(exc)
+    except Exception as exc:  # corrupt archive, truncated file
+        raise WeightsError(
+            f"{path}: not a readable PyTorch checkpoint: {torch_refusal(exc)}"
+        ) from exc
     try:
         obj, opaque = load_restricted(path)
     except UnsafeCheckpointError as exc:
