@@ -352,6 +352,7 @@ def test_out_of_range_options_are_refused(setting: str, message: str) -> None:
         (["evaluate", "--data", "x", "--batch-size", "0"], "--batch-size: must be at least 1"),
         (["data", "x", "--check", "-5"], "--check: must be at least 0, got -5"),
         (["export", "w", "--opset", "5"], "--opset: must be at least 11, got 5"),
+        (["info", "paper", "--classes", "-3"], "--classes: must be at least 1, got -3"),
     ],
 )
 def test_bad_numbers_on_the_command_line_are_named(
@@ -466,3 +467,11 @@ def test_bad_yaml_in_a_recipe_set_or_option_is_one_line_naming_it(
 def test_train_without_a_recipe_or_resume_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = cli(["train", "--set", "epochs=1"], capsys)
     assert code == 2 and "give a recipe to train" in err
+
+
+def test_convert_checks_its_output_before_reading_the_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["convert", tmp_path / "absent.pth", "--dataset", "rafdb", "--out", tmp_path]
+    code, _, err = cli(args, capsys)
+    assert code == 2 and f"{tmp_path}: is a folder" in err

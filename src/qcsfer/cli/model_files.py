@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import MissingDependencyError
-from .options import REFERENCE_DATASETS, integer_from, reference_options
+from .options import REFERENCE_DATASETS, integer_from, positive, reference_options
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +16,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="a configuration (paper, small, tiny), 'default', a weights file or a run directory",
     )
     p.add_argument("--mode", default="qcs", choices=["baseline", "dcs", "qcs"])
-    p.add_argument("--classes", type=int, help="number of classes (default: the config's)")
+    p.add_argument("--classes", type=positive, help="number of classes (default: the config's)")
     reference_options(p, "target")
     p.set_defaults(func=_info)
 
@@ -80,8 +80,10 @@ def _export(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     from ..models.reference import convert_reference
+    from ..outputs import check_output_file
 
-    path, report = convert_reference(args.checkpoint, args.dataset, args.out, args.mode)
+    out = check_output_file(args.out)  # before the minutes of reading a large checkpoint
+    path, report = convert_reference(args.checkpoint, args.dataset, out, args.mode)
     print(report.summary())
     print(f"wrote {path} and {path.with_suffix('.json').name}")
     return 0
