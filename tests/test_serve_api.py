@@ -175,9 +175,18 @@ def test_unreadable_image_is_reported_per_image(client: TestClient) -> None:
     document = client.post("/v1/predict", files=files).json()
     broken, astronaut, empty = document["results"]
     assert broken["status"] == "unreadable" and "broken.jpg" in broken["error"]
+    assert "not an image format" in broken["error"] and "BytesIO" not in broken["error"]
     assert empty["status"] == "unreadable" and "empty" in empty["error"]
     assert astronaut["faces"][0]["label"] == "happiness"
     assert document["summary"]["unreadable"] == ["broken.jpg", "empty.png"]
+
+
+def test_json_nested_too_deeply_is_a_bad_request(client: TestClient) -> None:
+    body = b'{"images": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}"
+    response = client.post(
+        "/v1/predict", content=body, headers={"content-type": "application/json"}
+    )
+    assert (response.status_code, error_code(response)) == (400, "bad_request")
 
 
 def test_options_no_detect_boxes_and_invalid(client: TestClient) -> None:
@@ -195,6 +204,7 @@ def test_options_no_detect_boxes_and_invalid(client: TestClient) -> None:
         {"top_k": 0},
         {"detector": "../../etc/passwd"},
         {"boxes": "1,2,3"},
+        {"boxes": "nan,0,10,10"},
         {"unknown": "1"},
         {"annotated_format": "gif"},
     ):
@@ -303,6 +313,21 @@ def test_bearer_token(recognizer: ExpressionRecognizer, monkeypatch: pytest.Monk
     assert token_from(None) is None
     with pytest.raises(ValueError, match="empty token"):
         ServeSettings(token=" ")
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("timeout_s", float("nan")),
+        ("timeout_s", 0.0),
+        ("batch_window_ms", float("nan")),
+        ("batch_window_ms", float("inf")),
+        ("retry_after_s", -1),
+    ],
+)
+def test_times_that_are_not_finite_numbers_are_refused(setting: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"invalid server settings: {setting}={value}"):
+        ServeSettings(**{setting: value})
 
 
 def test_cors_off_unless_asked(client: TestClient, recognizer: ExpressionRecognizer) -> None:

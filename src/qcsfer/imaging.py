@@ -127,6 +127,8 @@ def _decode(
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # The warning arrives as an exception when warnings are errors (python -W error).
         raise ImageTooLarge(f"{name}: image too large ({exc})") from exc
+    except Image.UnidentifiedImageError:  # PIL's message names a BytesIO object for uploads
+        raise ImageError(f"{name}: cannot read image (not an image format PIL knows)") from None
     except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for unreadable data
         raise ImageError(f"{name}: cannot read image ({exc})") from exc
 

@@ -88,7 +88,7 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
         values = tuple(float(p) for p in parts)
     except ValueError:
         values = ()
-    if len(values) != 4:
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
         raise ValueError(f"a box is x0,y0,x1,y1 in pixels, got {text!r}")
     return values  # type: ignore[return-value]
 

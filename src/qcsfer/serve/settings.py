@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -51,8 +52,10 @@ class ServeSettings:
             "max_faces": self.max_faces,
         }
         bad = [f"{name}={value}" for name, value in positive.items() if value < 1]
-        if self.batch_window_ms < 0 or self.timeout_s <= 0 or self.retry_after_s < 0:
-            bad.append("batch_window_ms >= 0, timeout_s > 0 and retry_after_s >= 0 needed")
+        times = {"batch_window_ms": self.batch_window_ms, "retry_after_s": self.retry_after_s}
+        bad += [f"{name}={value}" for name, value in times.items() if not 0 <= value < math.inf]
+        if not 0 < self.timeout_s < math.inf:  # also refuses nan, which passed "<= 0"
+            bad.append(f"timeout_s={self.timeout_s}")
         if not 0 <= self.port <= 65535:
             bad.append(f"port={self.port}")
         if bad:

@@ -165,6 +165,8 @@ def _json(body: bytes) -> ParsedBody:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "bad_request", f"body is not valid JSON ({exc})") from exc
+    except RecursionError:  # [[[[...: a 500 from the parser otherwise
+        raise ApiError(400, "bad_request", "body is JSON nested too deeply") from None
     if not isinstance(document, dict) or not isinstance(document.get("images"), list):
         raise ApiError(
             400, "bad_request", "JSON body must be {'images': [{'name': ..., 'data': BASE64}]}"
