@@ -231,15 +231,20 @@ def report(suite: Suite = SUITES["short"]) -> str:
 
 
 def curves(suite: Suite) -> Path:
-    """Valid accuracy against images seen (in QCS anchor-epochs), mean and range over seeds."""
+    """Valid accuracy against images seen (in QCS anchor-epochs), mean and range over seeds.
+    Finished runs only: a run still training would cut its group's curve short."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     groups: dict[str, list[list[tuple[float, float]]]] = {}
-    for metrics in sorted((REPO / suite.runs).glob("*/metrics.jsonl")):
-        name, mode = metrics.parent.name, metrics.parent.name.split("-")[0]
+    for result in sorted(suite.results.glob("*.json")):
+        name, mode = result.stem, result.stem.split("-")[0]
+        metrics = REPO / suite.runs / name / "metrics.jsonl"
+        if not metrics.is_file():
+            print(f"{name}: no {metrics} here, left out of the curves", file=sys.stderr)
+            continue
         scale = BRANCHES[mode] / BRANCHES["qcs"]
         history = [json.loads(line) for line in metrics.read_text().splitlines()]
         points = [(h["epoch"] * scale, 100 * h["val_accuracy"]) for h in history]
