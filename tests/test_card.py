@@ -124,3 +124,20 @@ def test_write_card_replaces_only_the_card(tmp_path: Path) -> None:
     assert path.read_bytes() == tensors
     _, card = load_weights(path)
     assert card.decision == rule
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("model.onnx", "model.onnx: an exported ONNX model; this needs the PyTorch weights"),
+        ("photo.jpg", "photo.jpg: not a qcsfer weights file"),
+        ("checkpoint.pt", "checkpoint.pt: not a qcsfer weights file"),
+        ("model.safetensors", "model.json: metadata sidecar missing"),
+    ],
+)
+def test_a_file_without_a_card_is_named_for_what_it_is(
+    name: str, message: str, tmp_path: Path
+) -> None:
+    (tmp_path / name).write_bytes(b"something")
+    with pytest.raises(WeightsError, match=message):
+        read_card(tmp_path / name)

@@ -211,15 +211,27 @@ def read_card(path: str | os.PathLike[str]) -> ModelCard:
     """The validated card (the `.json` sidecar) of a weights file; no tensors are read."""
     tensor_path, json_path = weights_paths(path)
     if not json_path.is_file():
-        raise WeightsError(
-            f"{json_path}: metadata sidecar missing; {tensor_path.name} cannot be used without "
-            "it (it says which network, classes and preprocessing the tensors belong to)"
-        )
+        raise WeightsError(_no_card(tensor_path, json_path))
     try:
         data = json.loads(json_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise WeightsError(f"{json_path}: unreadable metadata: {exc}") from exc
     return ModelCard.from_dict(data, str(json_path))
+
+
+def _no_card(tensor_path: Path, json_path: Path) -> str:
+    """Why a file without a card cannot be used, by what it seems to be."""
+    if tensor_path.suffix.lower() == ".onnx":
+        return (
+            f"{tensor_path}: an exported ONNX model; this needs the PyTorch weights "
+            "(.safetensors and .json) it was exported from"
+        )
+    if tensor_path.suffix != ".safetensors":
+        return f"{tensor_path}: not a qcsfer weights file (NAME.safetensors beside its NAME.json)"
+    return (
+        f"{json_path}: metadata sidecar missing; {tensor_path.name} cannot be used without "
+        "it (it says which network, classes and preprocessing the tensors belong to)"
+    )
 
 
 def write_card(card: ModelCard, path: str | os.PathLike[str]) -> Path:
