@@ -7,6 +7,7 @@ import copy
 import io
 import json
 import logging
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -328,6 +329,20 @@ def test_bearer_token(recognizer: ExpressionRecognizer, monkeypatch: pytest.Monk
 def test_times_that_are_not_finite_numbers_are_refused(setting: str, value: float) -> None:
     with pytest.raises(ValueError, match=f"invalid server settings: {setting}={value}"):
         ServeSettings(**{setting: value})
+
+
+def test_a_port_in_use_is_refused_before_the_model_loads(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from qcsfer.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--port", str(port), "--model", "no-such-model"]) == 2
+    error = capsys.readouterr().err  # the model would have been refused second
+    assert f"cannot listen on 127.0.0.1:{port}" in error and "no-such-model" not in error
 
 
 def test_cors_off_unless_asked(client: TestClient, recognizer: ExpressionRecognizer) -> None:

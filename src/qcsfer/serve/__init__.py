@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import sys
 
+from ..errors import UsageError
 from .settings import ServeSettings
 
 __all__ = ["ServeSettings", "serve"]
@@ -30,6 +32,7 @@ def serve(settings: ServeSettings) -> None:
 
     from .app import create_app, load_recognizer
 
+    _check_can_listen(settings.host, settings.port)
     logging.getLogger("qcsfer.serve.access").setLevel(logging.INFO)
     _limit_torch_threads(settings.threads)
     if not is_loopback(settings.host):
@@ -49,6 +52,21 @@ def serve(settings: ServeSettings) -> None:
         log_level="warning",
         timeout_graceful_shutdown=5,
     )
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """An unknown host or a port in use, said before the model loads (uvicorn says it after,
+    without naming the address)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise UsageError(f"--host {host}: unknown host name ({exc.strerror})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
 
 
 def _limit_torch_threads(threads: int) -> None:
