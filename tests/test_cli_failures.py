@@ -337,6 +337,9 @@ def test_evaluating_a_set_with_no_readable_image_is_refused(
         ("augmentation.erasing=5", "augmentation.erasing is a probability"),
         ("schedule.warmup_epochs=-1", "schedule.warmup_epochs must be 0 or more"),
         ("sampler.anchors_per_epoch=0", "sampler.anchors_per_epoch must be >= 1"),
+        ("optim.lr=.inf", "config.optim.lr: expected a finite number, got inf"),
+        ("augmentation.rotation=.nan", "config.augmentation.rotation: expected a finite number"),
+        ("optim.lr=1e400", "config.optim.lr: expected a finite number, got '1e400'"),
     ],
 )
 def test_out_of_range_options_are_refused(setting: str, message: str) -> None:

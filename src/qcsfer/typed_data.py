@@ -9,8 +9,10 @@ way as one read from a file. Torch-free.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -81,14 +83,15 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise ValueError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
     if tp is float:
+        number = None
         if isinstance(value, str):  # YAML reads "1e-4" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ValueError(f"{where}: expected a number, got {value!r}")
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        if number is None or not math.isfinite(number):  # .nan/.inf: never a setting
+            raise ValueError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if tp is int and (not isinstance(value, int) or isinstance(value, bool)):
         raise ValueError(f"{where}: expected an integer, got {value!r}")
     if tp is bool and not isinstance(value, bool):
