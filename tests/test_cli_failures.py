@@ -478,3 +478,15 @@ def test_convert_checks_its_output_before_reading_the_checkpoint(
     args = ["convert", tmp_path / "absent.pth", "--dataset", "rafdb", "--out", tmp_path]
     code, _, err = cli(args, capsys)
     assert code == 2 and f"{tmp_path}: is a folder" in err
+
+
+def test_a_run_directory_that_is_a_file_is_named(tmp_path: Path) -> None:
+    from qcsfer.engine.trainer import train
+    from qcsfer.outputs import OutputError
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    config = load_config(None, [f"data.root={tmp_path / 'no-data'}", "device=cpu"])
+    with pytest.raises(OutputError, match=r"notes\.txt: exists and is not a folder"):
+        train(config, a_file)
+    assert a_file.read_text() == "mine"

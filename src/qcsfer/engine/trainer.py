@@ -28,7 +28,7 @@ from ..data.splits import Split, iterate_batches, load_splits
 from ..errors import TrainingError
 from ..models.qcs import QCSModel, branch_loss
 from ..models.vit import use_fused_attention
-from ..outputs import OutputError, reason
+from ..outputs import OutputError, check_output_folder, reason
 from .checkpoint import Checkpointer, RunState, load_checkpoint, run_config
 from .distributed import Distributed, GracefulStop, process_group, start_processes, step_seed
 from .evaluate import evaluate_split
@@ -71,6 +71,7 @@ def train(
     created = not run_dir.exists()
     lock = None
     if dd.is_main:
+        check_output_folder(run_dir)  # a file there, a folder that cannot be written, a full disk
         run_dir.mkdir(parents=True, exist_ok=True)
         lock = RunLock(run_dir).acquire()
     try:
