@@ -179,6 +179,13 @@ def test_ferplus_test_split_from_synthetic_folder(tmp_path: Path) -> None:
     np.testing.assert_allclose(soft.soft_labels[1], [0, 0.6, 0.4, 0, 0, 0, 0, 0])
 
 
+@pytest.mark.parametrize("reader", [read_ferplus, read_rafdb, read_affectnet, read_folder])
+def test_a_file_given_as_the_dataset_root_is_named_as_a_file(reader, tmp_path: Path) -> None:
+    (tmp_path / "labels.csv").write_text("path,label\n")
+    with raises_at(tmp_path / "labels.csv", match="is a file, not a folder"):
+        reader(tmp_path / "labels.csv")
+
+
 def test_ferplus_errors(tmp_path: Path) -> None:
     with raises_at(tmp_path / "nowhere", match="does not exist"):
         read_ferplus(tmp_path / "nowhere", "train")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .records import DatasetError, LabeledImages, check_files_exist
+from .records import DatasetError, LabeledImages, check_files_exist, check_folder
 
 CLASSES = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
 DEFAULT_LISTS = {"train": "training.csv", "val": "validation.csv", "valid": "validation.csv"}
@@ -116,8 +116,7 @@ def read_affectnet(
     root = Path(root)
     if num_classes not in (7, 8):
         raise DatasetError(f"AffectNet num_classes must be 7 or 8, got {num_classes!r}")
-    if not root.is_dir():
-        raise DatasetError(f"AffectNet image root {root} does not exist")
+    check_folder(root, "AffectNet image root")
     path = resolve_list_file(root, split, list_file)
     if not path.is_file():
         raise DatasetError(f"AffectNet {split}: missing list file {path}")

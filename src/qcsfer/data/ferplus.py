@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 
-from .records import DatasetError, LabeledImages, check_files_exist
+from .records import DatasetError, LabeledImages, check_files_exist, check_folder
 
 CLASSES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
 SPLITS = {"train": "FER2013Train", "valid": "FER2013Valid", "test": "FER2013Test"}
@@ -74,8 +74,7 @@ def read_ferplus(
         raise DatasetError(
             f"FERPlus label mode must be majority or probability, got {label_mode!r}"
         )
-    if not root.is_dir():
-        raise DatasetError(f"FERPlus root {root} does not exist")
+    check_folder(root, "FERPlus root")
     folder = root / SPLITS[split]
     label_file = folder / "label.csv"
     if not label_file.is_file():

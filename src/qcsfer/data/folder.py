@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..imaging import IMAGE_SUFFIXES
-from .records import DatasetError, LabeledImages
+from .records import DatasetError, LabeledImages, check_folder
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,7 @@ def read_folder(
     root: str | Path, split: str = "train", classes: ClassesOption = None
 ) -> LabeledImages:
     root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"folder dataset root {root} does not exist")
+    check_folder(root, "folder dataset root")
     tree = split_tree(root, split)
     fixed = parse_classes(classes, f"folder dataset {tree}")
     folders = {p.name: p for p in _visible_dirs(tree)}

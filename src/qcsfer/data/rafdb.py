@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 
-from .records import DatasetError, LabeledImages, check_files_exist
+from .records import DatasetError, LabeledImages, check_files_exist, check_folder
 
 CLASSES = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
 SPLITS = ("train", "test")
@@ -46,8 +46,7 @@ def read_rafdb(
         raise DatasetError(f"RAF-DB split must be one of {list(SPLITS)}, got {split!r}{hint}")
     if variant not in ("aligned", "original"):
         raise DatasetError(f"RAF-DB variant must be aligned or original, got {variant!r}")
-    if not root.is_dir():
-        raise DatasetError(f"RAF-DB root {root} does not exist")
+    check_folder(root, "RAF-DB root")
     label_file = root / LABEL_FILE
     if not label_file.is_file():
         raise DatasetError(f"RAF-DB {split}: missing label file {label_file}")

@@ -80,3 +80,10 @@ def check_files_exist(paths: Sequence[Path], where: str) -> None:
         raise DatasetError(
             f"{where}: {len(missing)} of {len(paths)} images are missing, e.g. {examples}"
         )
+
+
+def check_folder(root: Path, what: str) -> None:
+    """A dataset folder that is missing, or is a file (a list file given as the root, say)."""
+    if not root.is_dir():
+        state = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DatasetError(f"{what} {root} {state}")
