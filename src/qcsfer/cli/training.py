@@ -122,9 +122,10 @@ def _train(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..engine.trainer import train
 
-    if not args.config and not args.resume:  # not the defaults: hours of work nobody asked for
+    if not (args.config or args.resume or args.set):  # a bare `train`: hours nobody asked for
         raise ValueError(
-            "give a recipe to train (e.g. configs/ferplus_small_cpu.yaml), or --resume RUN_DIR"
+            "give a recipe to train (e.g. configs/ferplus_small_cpu.yaml), --set KEY=VALUE "
+            "to train the built-in defaults with changes, or --resume RUN_DIR"
         )
     if args.resume:
         if args.config or args.run_dir or args.overwrite:
