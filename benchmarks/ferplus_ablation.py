@@ -183,9 +183,9 @@ def report(suite: Suite = SUITES["short"]) -> str:
     by_name: dict[str, list[dict]] = {}
     for r in records:
         by_name.setdefault(r["name"].rsplit("-s", 1)[0], []).append(r)
-    # The QCS runs of the equal-image table are also QCS at equal anchor epochs.
+    # Where the suite has an equal-anchor-epochs table, its QCS runs are the equal-image ones.
     rows = sorted((rs[0]["group"], name, rs) for name, rs in by_name.items())
-    if "qcs-images" in by_name:
+    if "qcs-images" in by_name and any(row[0] == "equal anchor epochs" for row in rows):
         rows.insert(
             next((i for i, row in enumerate(rows) if row[0] == "equal images"), len(rows)),
             ("equal anchor epochs", "qcs-images (the same runs)", by_name["qcs-images"]),
