@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -356,6 +357,8 @@ def test_out_of_range_options_are_refused(setting: str, message: str) -> None:
         (["data", "x", "--check", "-5"], "--check: must be at least 0, got -5"),
         (["export", "w", "--opset", "5"], "--opset: must be at least 11, got 5"),
         (["info", "paper", "--classes", "-3"], "--classes: must be at least 1, got -3"),
+        (["serve", "--max-upload-mb", "-1"], "--max-upload-mb: must be at least 1, got -1"),
+        (["serve", "--workers", "0"], "--workers: must be at least 1, got 0"),
     ],
 )
 def test_bad_numbers_on_the_command_line_are_named(
@@ -492,3 +495,53 @@ def test_a_run_directory_that_is_a_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match=r"notes\.txt: exists and is not a folder"):
         train(config, a_file)
     assert a_file.read_text() == "mine"
+
+
+def test_a_box_may_start_left_of_or_above_the_image(
+    weights: Path, faces: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'--box -10,...' was read by argparse as an unknown option; it is clipped like any box."""
+    image = faces / "happiness" / "0.png"
+    code, out, err = cli(["predict", image, "--model", weights, "--box", "-10,-5,40,40"], capsys)
+    assert code == 0 and "0,0,40,40" in out and "1 face," in err
+
+
+@pytest.mark.parametrize(
+    ("size", "options", "message"),
+    [
+        ((1, 1), ["--no-detect"], "a 1x1 image is too small to be a face"),
+        ((48, 5), ["--no-detect"], "a 48x5 image is too small to be a face"),
+        ((48, 48), ["--box", "0,0,4,30"], "is 4x30 pixels in the image: too small"),
+        ((48, 48), ["--box", "44,0,60,20"], "is 4x20 pixels in the image: too small"),
+    ],
+)
+def test_a_face_too_small_to_read_is_skipped_not_guessed(
+    weights: Path,
+    tmp_path: Path,
+    size: tuple[int, int],
+    options: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A 1x1 image with --no-detect used to get a confident-looking label from 112 px of one
+    upscaled pixel; now it is a counted skip that says why."""
+    image = tmp_path / "small.png"
+    Image.new("L", size).save(image)
+    code, out, err = cli(["predict", image, "--model", weights, *options], capsys)
+    assert code == 1 and message in err and "1 skipped" in err
+    assert "small.png" not in out  # no row with a label for it
+
+
+def test_a_legacy_pickle_checkpoint_is_refused_in_one_line_without_torch_warnings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    legacy = tmp_path / "old.pth"
+    state = {"state_dict": {"w": torch.zeros(2)}}
+    torch.save(state, legacy, _use_new_zipfile_serialization=False, pickle_protocol=4)
+    args = ["convert", legacy, "--dataset", "rafdb", "--out", tmp_path / "out.safetensors"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _, err = cli(args, capsys)
+    assert code == 2 and "a legacy (non-zip) PyTorch checkpoint" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not [w for w in caught if "pickle protocol" in str(w.message)]  # torch's, before

@@ -602,9 +602,9 @@ def test_cli_table_reports_and_skips_bad_files(
     assert "no face found" in out and ASTRONAUT.name in out  # long paths are shortened
     for name in ("missing", "text", "zero"):
         assert f"skipped {bad_inputs[name]}" in err
-    assert "3 unreadable (skipped)" in err and "1 without a face" not in err
+    assert "3 skipped (unreadable or unusable)" in err and "1 without a face" not in err
     code, _, err = run_cli(["predict", bad_inputs["text"], "--model", weights], capsys)
-    assert code == 1 and "1 unreadable" in err
+    assert code == 1 and "1 skipped" in err
 
 
 def test_cli_folders_globs_and_annotated_output(

@@ -197,10 +197,12 @@ def test_smoothing_depends_on_time_not_on_sampling() -> None:
     [
         ({"fps": math.nan}, "fps must be a finite number > 0, got nan"),
         ({"fps": math.inf}, "fps must be a finite number > 0, got inf"),
-        ({"start": math.nan}, "need 0 <= start < end seconds, got start nan"),
-        ({"start": math.inf}, "need 0 <= start < end seconds, got start inf"),
-        ({"end": math.nan}, "need 0 <= start < end seconds, got start 0.0, end nan"),
-        ({"end": math.inf}, "need 0 <= start < end seconds, got start 0.0, end inf"),
+        ({"start": math.nan}, "start must be a finite number of seconds >= 0, got nan$"),
+        ({"start": math.inf}, "start must be a finite number of seconds >= 0, got inf$"),
+        ({"start": -1.0}, "start must be a finite number of seconds >= 0, got -1.0$"),
+        ({"end": math.nan}, "need start < end, a finite number of seconds; got 0.0, nan"),
+        ({"end": math.inf}, "need start < end, a finite number of seconds; got 0.0, inf"),
+        ({"start": 5.0, "end": 2.0}, "need start < end, a finite number of seconds; got 5.0, 2.0"),
     ],
 )
 def test_sampling_options_that_are_not_finite_are_refused(options: dict, message: str) -> None:

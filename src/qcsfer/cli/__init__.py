@@ -15,7 +15,7 @@ from .. import __version__
 from ..errors import QcsferError
 from ..exits import run_until_stopped
 from . import model_files, recognition, training
-from .options import resolve_reference
+from .options import attach_negative_values, resolve_reference
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(attach_negative_values(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",

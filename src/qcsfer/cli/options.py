@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..torch_files import looks_like_torch_file
+
 REFERENCE_DATASETS = ("rafdb", "ferplus", "affectnet7", "affectnet8")
-_PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")  # torch zip archive, legacy torch pickle
 
 
 def positive(text: str) -> int:
@@ -37,6 +38,26 @@ def model_options(p: argparse.ArgumentParser, backend: bool = True) -> None:
     if backend:
         p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"])
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto (PyTorch backend)")
+
+
+NEGATIVE_VALUED = ("--box",)  # options whose value may start with '-' (a box left of the image)
+
+
+def attach_negative_values(argv: list[str]) -> list[str]:
+    """`--box -10,0,90,100` as `--box=-10,0,90,100`: argparse reads a value starting with '-'
+    as an option of its own unless it is a plain negative number."""
+    joined: list[str] = []
+    values = iter(argv)
+    for item in values:
+        if item in NEGATIVE_VALUED:
+            value = next(values, None)
+            if value is not None and value.startswith("-") and value[1:2].isdigit():
+                joined.append(f"{item}={value}")
+                continue
+            joined.extend([item] if value is None else [item, value])
+        else:
+            joined.append(item)
+    return joined
 
 
 def face_options(p: argparse.ArgumentParser) -> None:
@@ -103,9 +124,7 @@ def resolve_reference(args: argparse.Namespace) -> None:
             str(converted_path(path, args.reference_dataset, args.reference_mode, cache)),
         )
         return
-    with path.open("rb") as f:
-        head = f.read(4)
-    if head.startswith(_PICKLE_MAGIC):
+    if looks_like_torch_file(path):
         raise ValueError(
             f"{path} is a PyTorch checkpoint, not qcsfer weights. If it is one of the authors' "
             f"QCS/DCS checkpoints, convert it once:\n  qcsfer convert {path} --dataset "

@@ -67,10 +67,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="address to listen on; 0.0.0.0 exposes the server to the network (use --token)",
     )
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=1, help="model threads (and decoding threads)")
+    p.add_argument(
+        "--workers", type=positive, default=1, help="model threads (and decoding threads)"
+    )
     p.add_argument(
         "--threads",
-        type=int,
+        type=positive,
         default=1,
         help="threads inside each model call (CPU use: workers x threads)",
     )
@@ -80,14 +82,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         default=5.0,
         help="how long to wait for faces of other requests to batch with (0: no batching)",
     )
-    p.add_argument("--max-batch-faces", type=int, default=64)
+    p.add_argument("--max-batch-faces", type=positive, default=64)
     p.add_argument(
-        "--max-pending", type=int, default=32, help="requests in progress before 503 busy"
+        "--max-pending", type=positive, default=32, help="requests in progress before 503 busy"
     )
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (504 after)")
-    p.add_argument("--max-upload-mb", type=int, default=20, help="largest request body (413)")
-    p.add_argument("--max-images", type=int, default=16, help="images per request (413)")
-    p.add_argument("--max-faces", type=int, default=32, help="faces per image")
+    p.add_argument("--max-upload-mb", type=positive, default=20, help="largest request body (413)")
+    p.add_argument("--max-images", type=positive, default=16, help="images per request (413)")
+    p.add_argument("--max-faces", type=positive, default=32, help="faces per image")
     p.add_argument(
         "--token", help="require 'Authorization: Bearer TOKEN' (default: $QCSFER_TOKEN if set)"
     )

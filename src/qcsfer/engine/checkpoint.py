@@ -20,8 +20,8 @@ from ..config import TrainConfig, from_dict, to_dict
 from ..errors import TrainingError
 from ..io import atomic_write
 from ..models.qcs import QCSModel
-from ..models.unpickle import not_a_torch_file, torch_refusal
 from ..outputs import writing
+from ..torch_files import load_tensors_only, not_a_torch_file, torch_refusal
 
 CHECKPOINT_FORMAT = "qcsfer-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -131,7 +131,7 @@ def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> Path:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A qcsfer training checkpoint, read without running any code it might hold."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = load_tensors_only(path)
     except Exception as exc:  # torch raises several types for foreign or unsafe pickles
         why = not_a_torch_file(path) or torch_refusal(exc)
         raise TrainingError(f"{path}: not a readable qcsfer checkpoint ({why})") from exc

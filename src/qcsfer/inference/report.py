@@ -22,7 +22,7 @@ class Summary:
     frames: int = 0  # sampled video frames
     faces: int = 0
     no_face: int = 0
-    unreadable: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)  # skipped: unreadable, or unusable
     annotated: list[Path] = field(default_factory=list)  # annotated images and videos written
     corrupt_frames: int = 0  # undecodable video frames skipped
     truncated: list[str] = field(default_factory=list)  # videos that ended early
@@ -33,7 +33,7 @@ class Summary:
             parts.append(f"{self.frames} video frames")
         parts.append(f"{self.faces} face{'s' * (self.faces != 1)}")
         parts.append(f"{self.no_face} without a face")
-        parts.append(f"{len(self.unreadable)} unreadable (skipped)")
+        parts.append(f"{len(self.unreadable)} skipped (unreadable or unusable)")
         if self.corrupt_frames:
             parts.append(f"{self.corrupt_frames} corrupt video frames skipped")
         if self.truncated:

@@ -125,8 +125,10 @@ class FrameReader:
             raise ValueError("every must be >= 1")
         if fps is not None and not 0 < fps < math.inf:  # also refuses nan
             raise ValueError(f"fps must be a finite number > 0, got {fps}")
-        if not 0 <= start < math.inf or (end is not None and not start < end < math.inf):
-            raise ValueError(f"need 0 <= start < end seconds, got start {start}, end {end}")
+        if not 0 <= start < math.inf:  # also refuses nan
+            raise ValueError(f"start must be a finite number of seconds >= 0, got {start}")
+        if end is not None and not start < end < math.inf:
+            raise ValueError(f"need start < end, a finite number of seconds; got {start}, {end}")
         self.source = os.fspath(source)
         self.camera = WEBCAM.fullmatch(self.source)
         self.every = every

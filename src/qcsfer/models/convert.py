@@ -23,11 +23,18 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ..torch_files import (
+    LEGACY_START,
+    file_start,
+    load_tensors_only,
+    not_a_torch_file,
+    torch_refusal,
+)
 from .backbone import IRBackbone
 from .base import BaseNetwork
 from .configs import ModelConfig
 from .qcs import Mode, QCSModel
-from .unpickle import UnsafeCheckpointError, load_restricted, not_a_torch_file, torch_refusal
+from .unpickle import UnsafeCheckpointError, load_restricted
 from .weights import WeightsError, mismatch_report, unwrap_module
 
 IR50_UNITS = (3, 4, 14, 3)  # IR-50 units per stage; stage 4 is not used here
@@ -72,13 +79,19 @@ def _torch_load(path: str | os.PathLike[str]) -> tuple[Any, tuple[str, ...]]:
     if problem := not_a_torch_file(path):
         raise WeightsError(f"{path}: not a readable PyTorch checkpoint: {problem}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True), ()
+        return load_tensors_only(path), ()
     except pickle.UnpicklingError as exc:
         refusal = torch_refusal(exc)
     except Exception as exc:  # corrupt archive, truncated file
         raise WeightsError(
             f"{path}: not a readable PyTorch checkpoint: {torch_refusal(exc)}"
         ) from exc
+    if file_start(path).startswith(LEGACY_START):  # the restricted reader reads zip archives only
+        raise WeightsError(
+            f"{path}: refused: a legacy (non-zip) PyTorch checkpoint that weights_only=True "
+            f"cannot read ({refusal}). If you trust it, load it where it was made and re-save "
+            "its state_dict with a current torch.save."
+        )
     try:
         obj, opaque = load_restricted(path)
     except UnsafeCheckpointError as exc:

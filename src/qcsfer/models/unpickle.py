@@ -231,31 +231,3 @@ def load_restricted(path: str | Path) -> tuple[Any, list[str]]:
             except Exception as exc:  # malformed opcodes, wrong argument counts, bad shapes
                 raise pickle.UnpicklingError(f"{type(exc).__name__}: {exc}") from exc
     return obj, sorted(unpickler.opaque)
-
-
-_TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")  # a torch zip archive, a legacy torch pickle
-_TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
-
-
-def not_a_torch_file(path: str | Path) -> str | None:
-    """Why `path` cannot be a PyTorch checkpoint at all (empty, another format), else None."""
-    try:
-        with open(path, "rb") as file:
-            head = file.read(4)
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    if not head:
-        return "empty file (0 bytes)"
-    if not head.startswith(_TORCH_FILE_STARTS):
-        return "not a PyTorch file (neither a zip archive nor a pickle)"
-    return None
-
-
-def torch_refusal(exc: Exception) -> str:
-    """torch.load's complaint in one line, without its boilerplate: a paragraph that suggests
-    weights_only=False or allowlisting the global, never to be done for a file that names code."""
-    text = str(exc)
-    _, marker, detail = text.partition("WeightsUnpickler error:")
-    lines = (line.strip() for line in (detail if marker else text).splitlines())
-    kept = " ".join(line for line in lines if line and not line.startswith(_TORCH_BOILERPLATE))
-    return kept.partition(" Please use ")[0] or type(exc).__name__
