@@ -410,7 +410,7 @@ def test_code_in_a_checkpoint_is_refused_and_never_runs(payload: str, tmp_path: 
         load_ir50_backbone(path, IRBackbone((3, 4, 14), (4, 8, 16)))
     legacy = tmp_path / "legacy.pth"  # a plain pickle, not torch's zip archive
     legacy.write_bytes(pickle.dumps({"state_dict": Payload()}))
-    with pytest.raises(WeightsError, match=r"legacy\.pth: refused: it pickles") as info:
+    with pytest.raises(WeightsError, match=r"legacy\.pth: refused: a legacy") as info:
         load_reference_checkpoint(legacy, get_config("tiny"))
     assert "weights_only` set to `False`" not in str(info.value) and "\n" not in str(info.value)
     assert not marker.exists()

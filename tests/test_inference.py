@@ -414,8 +414,11 @@ def test_bad_inputs_give_clear_results(
             rec(bad_inputs[name])
         assert str(bad_inputs[name]) in str(info.value)
     assert rec(bad_inputs["one_pixel"]) == []  # no face in one pixel, and no crash
-    (whole,) = ExpressionRecognizer(weights, detect=False)(bad_inputs["one_pixel"])
-    assert whole.box == (0, 0, 1, 1)
+    whole_images = ExpressionRecognizer(weights, detect=False)
+    with pytest.raises(ValueError, match="a 1x1 image is too small to be a face"):
+        whole_images(bad_inputs["one_pixel"])  # used to be labelled from one upscaled pixel
+    (result,) = whole_images.predict_many([bad_inputs["one_pixel"]])
+    assert not result.ok and "too small" in str(result.error)
     for name in ("16bit", "cmyk", "rgba", "palette"):
         assert len(rec(bad_inputs[name])) == 1, name  # the astronaut's face, found again
     results = rec.predict_many(list(bad_inputs.values()))

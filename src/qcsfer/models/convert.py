@@ -89,8 +89,8 @@ def _torch_load(path: str | os.PathLike[str]) -> tuple[Any, tuple[str, ...]]:
     if file_start(path).startswith(LEGACY_START):  # the restricted reader reads zip archives only
         raise WeightsError(
             f"{path}: refused: a legacy (non-zip) PyTorch checkpoint that weights_only=True "
-            f"cannot read ({refusal}). If you trust it, load it where it was made and re-save "
-            "its state_dict with a current torch.save."
+            f"does not read ({refusal}), and the restricted reader reads zip checkpoints only. "
+            "Re-save only its state_dict with torch.save."
         )
     try:
         obj, opaque = load_restricted(path)
