@@ -22,14 +22,6 @@ def file_start(path: str | os.PathLike[str]) -> bytes:
         return file.read(4)
 
 
-def looks_like_torch_file(path: str | os.PathLike[str]) -> bool:
-    """Whether `path` starts like a PyTorch checkpoint (zip archive or legacy pickle)."""
-    try:
-        return file_start(path).startswith((ZIP_START, LEGACY_START))
-    except OSError:
-        return False
-
-
 def not_a_torch_file(path: str | Path) -> str | None:
     """Why `path` cannot be a PyTorch checkpoint at all (empty, another format), else None."""
     try:

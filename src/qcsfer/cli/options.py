@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..torch_files import looks_like_torch_file
+from ..torch_files import not_a_torch_file
 
 REFERENCE_DATASETS = ("rafdb", "ferplus", "affectnet7", "affectnet8")
 
@@ -124,7 +124,7 @@ def resolve_reference(args: argparse.Namespace) -> None:
             str(converted_path(path, args.reference_dataset, args.reference_mode, cache)),
         )
         return
-    if looks_like_torch_file(path):
+    if not_a_torch_file(path) is None:
         raise ValueError(
             f"{path} is a PyTorch checkpoint, not qcsfer weights. If it is one of the authors' "
             f"QCS/DCS checkpoints, convert it once:\n  qcsfer convert {path} --dataset "

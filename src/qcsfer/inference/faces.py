@@ -25,6 +25,7 @@ DEFAULT_MARGIN = HAAR_MARGIN  # for given boxes and detectors without a margin o
 # The smallest face side classified: below it no expression is left to read (FERPlus faces are
 # 48 px, and the detectors look for nothing under 20 px), and upscaling it only invents one.
 MIN_FACE_SIDE = 8
+_AT_LEAST = f"a face needs at least {MIN_FACE_SIDE}x{MIN_FACE_SIDE} pixels"
 
 
 @dataclass(frozen=True, order=True)
@@ -65,9 +66,6 @@ class Face:
 def sort_faces(faces: Iterable[Face]) -> list[Face]:
     """Stable reading order: left-to-right, then top-to-bottom (then size)."""
     return sorted(faces, key=lambda f: (f.x0, f.y0, f.x1, f.y1))
-
-
-_AT_LEAST = f"a face needs at least {MIN_FACE_SIDE}x{MIN_FACE_SIDE} pixels"
 
 
 def whole_image(width: int, height: int) -> Face:
