@@ -26,11 +26,11 @@ class WeightsError(QcsferError, ValueError):
 
 
 class DatasetError(QcsferError, ValueError):
-    """A dataset that cannot be read as asked; the message names the file or class."""
+    """A dataset on disk that does not match what its reader expects; the message says where."""
 
 
 class ImageError(QcsferError, ValueError):
-    """An image that cannot be read or is not an image."""
+    """An input that cannot be used as an image; the message names it and says why."""
 
 
 class TrainingError(QcsferError, RuntimeError):

@@ -24,6 +24,8 @@ from typing import Literal, TypeAlias
 import numpy as np
 from PIL import Image, ImageOps
 
+from .errors import ImageError
+
 # Refuse images with more pixels than this. `open_image` checks the header itself, before
 # decoding, so PIL's global guard (Image.MAX_IMAGE_PIXELS, which only raises above twice its
 # limit and merely warns in between) is left at PIL's default rather than changed at import.
@@ -36,10 +38,6 @@ IMAGE_SUFFIXES = frozenset(
 
 Color = Literal["rgb", "bgr"]
 ImageInput: TypeAlias = "str | os.PathLike[str] | Image.Image | np.ndarray"
-
-
-class ImageError(ValueError):
-    """An input that cannot be used as an image; the message names it and says why."""
 
 
 class ImageTooLarge(ImageError):

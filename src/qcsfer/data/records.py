@@ -8,9 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-class DatasetError(ValueError):
-    """A dataset on disk does not match what its reader expects; the message says where."""
+from ..errors import DatasetError
 
 
 @dataclass(frozen=True)
