@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..io import atomic_write
 from .annotate import annotate
 from .timeline import Timeline, draw_timeline
 from .track_summary import TrackSummaries
@@ -129,7 +129,10 @@ class VideoOutputs:
             "reading": _reading(stats, interrupted),
             "tracks": rows,
         }
-        _atomic_json(self.folder / "tracks.json", document)
+        text = json.dumps(document, indent=2) + "\n"
+        atomic_write(
+            self.folder / "tracks.json", lambda tmp: tmp.write_text(text, encoding="utf-8")
+        )
         self._draw_ended(None)  # last: the tables above matter most
 
 
@@ -145,12 +148,6 @@ def _reading(stats: ReadStats | None, interrupted: bool) -> dict[str, Any]:
         "truncated": stats.truncated,
         "interrupted": interrupted,
     }
-
-
-def _atomic_json(path: Path, document: dict[str, Any]) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
 
 
 def with_outputs(
