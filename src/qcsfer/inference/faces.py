@@ -27,6 +27,8 @@ DEFAULT_MARGIN = HAAR_MARGIN  # for given boxes and detectors without a margin o
 MIN_FACE_SIDE = 8
 _AT_LEAST = f"a face needs at least {MIN_FACE_SIDE}x{MIN_FACE_SIDE} pixels"
 
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in image pixels (x1, y1 exclusive)
+
 
 @dataclass(frozen=True, order=True)
 class Face:
@@ -51,7 +53,7 @@ class Face:
             raise ValueError(f"empty face box ({self.x0}, {self.y0}, {self.x1}, {self.y1})")
 
     @property
-    def box(self) -> tuple[int, int, int, int]:
+    def box(self) -> Box:
         return (self.x0, self.y0, self.x1, self.y1)
 
     @property

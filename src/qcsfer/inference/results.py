@@ -12,9 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .faces import Face
-
-Box = tuple[int, int, int, int]
+from .faces import Box, Face
 
 
 @dataclass(frozen=True)

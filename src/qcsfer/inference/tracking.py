@@ -22,9 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .faces import Face
-
-Box = tuple[int, int, int, int]
+from .faces import Box, Face
 
 
 def iou(a: Box | tuple[float, ...], b: Box | tuple[float, ...]) -> float:
