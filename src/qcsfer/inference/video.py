@@ -21,16 +21,7 @@ from .model_input import stack_crops
 from .results import ImageResult, Prediction
 from .smoothing import ProbabilitySmoother
 from .tracking import Tracker, distinct
-from .video_io import VIDEO_SUFFIXES, WEBCAM, FrameReader, ReadStats, Sampled, is_video
-
-__all__ = [
-    "VIDEO_SUFFIXES",
-    "WEBCAM",
-    "TrackedPrediction",
-    "VideoAnalysis",
-    "VideoFrame",
-    "is_video",
-]
+from .video_io import FrameReader, ReadStats, Sampled
 
 DETECT_SIDE = 640  # detection runs on frames downscaled to at most this many pixels
 
