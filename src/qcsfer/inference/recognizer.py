@@ -23,7 +23,7 @@ from .backends import LoadedModel, load_backend
 from .detectors import make_detector
 from .faces import DEFAULT_MARGIN, Detector, Face, crop_face, given_box, whole_image
 from .model_input import stack_crops
-from .results import ImageResult, Prediction
+from .results import ImageResult, Prediction, add_predictions
 from .video import VideoAnalysis
 
 
@@ -197,17 +197,18 @@ class ExpressionRecognizer:
             return [rgb]
         return [crop_face(rgb, face, self.margin, self.align) for face in faces]
 
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 B x C x L x L face batch -> B x K logits, `batch_size` faces per model call."""
+        if len(batch) == 0:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        size = self.batch_size
+        return np.concatenate(
+            [self.backend.logits(batch[i : i + size]) for i in range(0, len(batch), size)]
+        )
+
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """uint8 B x C x L x L face batch -> B x K class probabilities (float64)."""
-        if len(batch) == 0:
-            return np.zeros((0, len(self.classes)))
-        logits = np.concatenate(
-            [
-                self.backend.logits(batch[i : i + self.batch_size])
-                for i in range(0, len(batch), self.batch_size)
-            ]
-        )
-        return self.decision.probabilities(logits, self.prior).astype(np.float64)
+        return self.decision.probabilities(self.logits(batch), self.prior).astype(np.float64)
 
     def _prepare(
         self,
@@ -234,9 +235,4 @@ class ExpressionRecognizer:
         if not batches:
             return
         probs = self.probabilities(np.concatenate(batches))
-        row = 0
-        for item in pending:
-            for face in item.faces:
-                prediction = Prediction.from_probabilities(face, probs[row], self.classes)
-                item.result.predictions.append(prediction)
-                row += 1
+        add_predictions([(p.result, p.faces) for p in pending], probs, self.classes)

@@ -26,7 +26,7 @@ from ..inference.detectors import make_detector
 from ..inference.faces import Face
 from ..inference.model_input import stack_crops
 from ..inference.recognizer import ExpressionRecognizer
-from ..inference.results import ImageResult, Prediction
+from ..inference.results import ImageResult, add_predictions
 from .batching import BatchInfo, FaceBatcher
 from .errors import ApiError
 from .options import PredictOptions
@@ -63,7 +63,7 @@ class InferenceService:
         self._local = threading.local()
         self._prepare_pool = ThreadPoolExecutor(settings.workers, "qcsfer-prepare")
         self.batcher = FaceBatcher(
-            self._logits,
+            recognizer.logits,  # logits only: each request applies its own prior to its rows
             workers=settings.workers,
             window_s=settings.batch_window_ms / 1000,
             max_faces=settings.max_batch_faces,
@@ -149,12 +149,8 @@ class InferenceService:
         logits, batch = await asyncio.wrap_future(future)
         prior = options.prior or self.recognizer.prior
         probabilities = self.recognizer.decision.probabilities(logits, prior).astype(np.float64)
-        row, classes = 0, self.recognizer.classes
-        for item in with_faces:
-            for face in item.faces:
-                prediction = Prediction.from_probabilities(face, probabilities[row], classes)
-                item.result.predictions.append(prediction)
-                row += 1
+        items = [(p.result, p.faces) for p in with_faces]
+        add_predictions(items, probabilities, self.recognizer.classes)
         return Outcome(list(prepared), prepare_ms, batch)
 
     def _prepare(
@@ -187,13 +183,6 @@ class InferenceService:
         )
         keep = rgb if options.annotated else None
         return PreparedImage(result, "ok" if faces else "no_face", faces, crops, keep)
-
-    def _logits(self, batch: np.ndarray) -> np.ndarray:
-        """Logits of a shared batch (each request applies its own prior to its rows)."""
-        size, backend = self.recognizer.batch_size, self.recognizer.backend
-        return np.concatenate(
-            [backend.logits(batch[i : i + size]) for i in range(0, len(batch), size)]
-        )
 
     def _detector_name(self, options: PredictOptions) -> str | None:
         """The detector a request asked for, else the server's; None: no detection."""
