@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable
 from pathlib import Path
@@ -77,12 +78,4 @@ def stratified_split(
     held_mask[held] = True
     train = data.subset(np.flatnonzero(~held_mask))
     val = data.subset(np.flatnonzero(held_mask))
-    return train, LabeledImages(
-        name=val.name,
-        split=f"{data.split}-heldout",
-        classes=val.classes,
-        paths=val.paths,
-        labels=val.labels,
-        soft_labels=val.soft_labels,
-        notes=val.notes,
-    )
+    return train, dataclasses.replace(val, split=f"{data.split}-heldout")

@@ -51,8 +51,7 @@ class Split:
         cache_dir: Path | None,
         framing: float = 1.0,
     ) -> Split:
-        channels = 1 if prep.grayscale else 3
-        size_gb = len(records) * channels * prep.load_size**2 / 1e9
+        size_gb = len(records) * prep.channels * prep.load_size**2 / 1e9
         if storage == "disk" or (storage == "auto" and size_gb > MEMORY_LIMIT_GB):
             log.info(
                 "%s/%s: decoding from disk per batch (%.1f GB decoded)",
