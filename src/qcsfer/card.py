@@ -4,8 +4,7 @@ Like torchvision's weights objects, a card travels with the tensors (the `.json`
 weights file, the metadata inside an exported ONNX file) and carries everything a runtime and
 a reader need: class names, preprocessing, the network's configuration, the decision rule
 (training class prior, operating points with their calibration), measured metrics and
-provenance. Torch-free, so the
-ONNX backend reads it where torch is not installed.
+provenance. Torch-free, so the ONNX backend reads it where torch is not installed.
 
 The JSON schema (format "qcsfer-weights", versioned by `format_version`):
 
@@ -21,8 +20,8 @@ The JSON schema (format "qcsfer-weights", versioned by `format_version`):
     provenance   how it was made (dataset, config, commit, ...), a free mapping
     tensors      the tensor file: file, sha256, count, parameters (and v2: id, see weights.py)
 
-Version 1 files (no metrics) are read unchanged: their metrics are
-taken from either provenance layout (the trainer's `val_accuracy`, `tools/ship_model.py`'s
+Version 1 files (no metrics) are read unchanged: their metrics are taken from either
+provenance layout (the trainer's `val_accuracy`, `tools/ship_model.py`'s
 `validation.{plain,flip}`).
 """
 
@@ -35,13 +34,16 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import __version__
 from .decision import DecisionRule
 from .errors import WeightsError
 from .io import atomic_write
 from .preprocessing import Preprocessing
+
+if TYPE_CHECKING:
+    from .models.configs import ModelConfig
 
 FORMAT = "qcsfer-weights"
 FORMAT_VERSION = 2
@@ -87,7 +89,7 @@ class ModelCard:
         """The training class frequencies, in class order, when the decision rule records them."""
         return self.decision.training_prior
 
-    def model_config(self) -> Any:
+    def model_config(self) -> ModelConfig:
         """The ModelConfig this card describes (imports the models package, hence torch)."""
         from .models.configs import ModelConfig
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
@@ -25,7 +25,8 @@ def select_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
-def autocast(device: torch.device, precision: str):
+def autocast(device: torch.device, precision: str) -> AbstractContextManager[None]:
+    """Mixed precision for "bf16"/"fp16" (fp16 on CUDA only); nothing for "fp32"."""
     if precision == "fp32":
         return nullcontext()
     if precision == "fp16" and device.type != "cuda":

@@ -40,14 +40,11 @@ def leftover_temporaries(run_dir: Path) -> list[Path]:
     return sorted(found)
 
 
-def remove_temporaries(run_dir: Path) -> int:
-    """Remove leftovers of interrupted writes; returns the bytes freed (logged)."""
-    freed = 0
+def remove_temporaries(run_dir: Path) -> None:
+    """Remove leftovers of interrupted writes, each one logged."""
     for path in leftover_temporaries(run_dir):
-        freed += path.stat().st_size
         path.unlink()
         log.info("removed %s, left by an interrupted write", path)
-    return freed
 
 
 def prepare_new_run(run_dir: Path, overwrite: bool) -> None:

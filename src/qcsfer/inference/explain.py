@@ -67,7 +67,7 @@ def class_token_attention(
     return logits, [Attention(m, float(r[0])) for m, r in zip(maps, row.cpu(), strict=True)]
 
 
-def _figure_module() -> Any:
+def _figure_class() -> Any:
     try:
         from matplotlib.figure import Figure
     except ImportError as exc:
@@ -86,7 +86,7 @@ def render(
     stage_sides: tuple[int, int, int],
 ) -> Path:
     """Face, then the face under each scale's attention (one colour scale for all three)."""
-    figure_class = _figure_module()
+    figure_class = _figure_class()
     fig = figure_class(figsize=(11, 3.3), dpi=100, layout="constrained")
     axes = fig.subplots(1, 4)
     height, width = face.shape[:2]
@@ -129,7 +129,7 @@ def explain(
     backend = recognizer.backend
     if not isinstance(backend, TorchBackend):
         raise UsageError("explain needs a PyTorch model (a weights file), not an ONNX one")
-    _figure_module()  # fail before any work when matplotlib is missing
+    _figure_class()  # fail before any work when matplotlib is missing
     rgb = to_rgb_array(image)
     faces = recognizer.find_faces(rgb, boxes)
     if not faces:
@@ -220,7 +220,7 @@ def explain_csa(
     images = torch.from_numpy(stack_crops(crops, prep)).to(next(model.parameters()).device)
     inputs = eval_transform(images, prep).unsqueeze(1)
     maps = csa_maps(model, inputs)
-    figure_class = _figure_module()
+    figure_class = _figure_class()
     g = model.branches
     fig = figure_class(figsize=(2.6 * g + 1, 7.5), dpi=100, layout="constrained")
     axes = fig.subplots(3, g, squeeze=False)
