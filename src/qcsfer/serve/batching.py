@@ -63,7 +63,7 @@ class FaceBatcher:
             thread.start()
 
     def submit(self, faces: np.ndarray) -> Future:
-        """Future of (probabilities for `faces`, BatchInfo); cancel it to drop the job."""
+        """Future of (`classify`'s rows for `faces`, BatchInfo); cancel it to drop the job."""
         job = _Job(faces, time.perf_counter())
         self._jobs.put(job)
         return job.future
@@ -123,7 +123,7 @@ class FaceBatcher:
     def _run(self, group: list[_Job]) -> None:
         start = time.perf_counter()
         try:
-            probabilities = self._classify(np.concatenate([job.faces for job in group]))
+            outputs = self._classify(np.concatenate([job.faces for job in group]))
         except Exception as exc:  # handed to every waiting request, which reports it
             for job in group:
                 job.future.set_exception(exc)
@@ -135,5 +135,5 @@ class FaceBatcher:
         row = 0
         for job in group:
             info = BatchInfo(len(group), faces, (start - job.submitted) * 1000, model_ms)
-            job.future.set_result((probabilities[row : row + len(job.faces)], info))
+            job.future.set_result((outputs[row : row + len(job.faces)], info))
             row += len(job.faces)
