@@ -225,7 +225,7 @@ class _Parts(NamedTuple):
     val: Split
     held_out: dict[str, Split]
     data: dict[str, dict]  # fingerprints of the splits, kept in every checkpoint
-    classes: list[str]
+    classes: tuple[str, ...]
     model: QCSModel
     sampler: BranchSampler
     prior_offset: torch.Tensor | None  # tau x log(training prior) under logit adjustment
