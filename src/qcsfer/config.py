@@ -18,7 +18,7 @@ from .data.sampling import SamplerConfig
 from .data.sources import SourceConfig
 from .data.transforms import Augmentation
 from .errors import ConfigError
-from .models.configs import CSAConfig, ModelConfig, get_config
+from .models.configs import ModelConfig, get_config
 from .preprocessing import Preprocessing
 from .typed_data import from_dict, to_dict
 
@@ -236,13 +236,15 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
 
 
 __all__ = [
-    "CSAConfig",
     "DataConfig",
-    "ModelConfig",
+    "InitConfig",
     "OptimConfig",
     "ScheduleConfig",
     "TrainConfig",
+    "apply_overrides",
+    "from_dict",
     "load_config",
     "save_config",
     "to_dict",
+    "yaml_value",
 ]
