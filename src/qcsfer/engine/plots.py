@@ -12,26 +12,28 @@ from .metrics import Metrics
 log = logging.getLogger(__name__)
 
 
-def _pyplot():
-    try:
-        import matplotlib
+def _figure(figsize: tuple[float, float]):
+    """A bare Figure, or None (logged) without matplotlib.
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    Figure rather than pyplot: no global backend switch or figure registry in the
+    programs that train through the library.
+    """
+    try:
+        from matplotlib.figure import Figure
     except ImportError:
         log.info("matplotlib is not installed: no plots (pip install 'qcsfer[plots]')")
         return None
-    return plt
+    return Figure(figsize=figsize)
 
 
 def plot_confusion(metrics: Metrics, path: str | Path, title: str = "") -> bool:
     """Row-normalised matrix coloured, with the counts and percentages written in each cell."""
-    plt = _pyplot()
-    if plt is None:
-        return False
     k = len(metrics.classes)
+    fig = _figure((1.0 * k + 2.5, 1.0 * k + 2))
+    if fig is None:
+        return False
     norm = metrics.normalized()
-    fig, ax = plt.subplots(figsize=(1.0 * k + 2.5, 1.0 * k + 2))
+    ax = fig.subplots()
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     for i in range(k):
         for j in range(k):
@@ -54,17 +56,16 @@ def plot_confusion(metrics: Metrics, path: str | Path, title: str = "") -> bool:
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return True
 
 
 def plot_curves(history: list[dict], path: str | Path) -> bool:
     """Loss and validation accuracy per epoch."""
-    plt = _pyplot()
-    if plt is None or not history:
+    fig = _figure((10, 3.8)) if history else None
+    if fig is None:
         return False
     epochs = np.array([h["epoch"] for h in history])
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    left, right = fig.subplots(1, 2)
     left.plot(epochs, [h["train_loss"] for h in history], marker="o")
     left.set_xlabel("epoch")
     left.set_ylabel("train loss")
@@ -80,5 +81,4 @@ def plot_curves(history: list[dict], path: str | Path) -> bool:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return True
