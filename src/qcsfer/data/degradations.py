@@ -79,14 +79,16 @@ def _some(
     return x
 
 
-def _uniform(n: int, bounds: tuple[float, float], g: torch.Generator, device) -> torch.Tensor:
-    low, high = bounds
+def uniform(
+    n: int, low: float, high: float, g: torch.Generator, device: torch.device
+) -> torch.Tensor:
+    """n draws from U[low, high) on the generator; the augmentations share it."""
     return torch.rand(n, generator=g, device=device) * (high - low) + low
 
 
 def _gamma(x: torch.Tensor, bounds: tuple[float, float], g: torch.Generator) -> torch.Tensor:
     log_bounds = (math.log(bounds[0]), math.log(bounds[1]))
-    exponent = torch.exp(_uniform(x.shape[0], log_bounds, g, x.device)).view(-1, 1, 1, 1)
+    exponent = torch.exp(uniform(x.shape[0], *log_bounds, g, x.device)).view(-1, 1, 1, 1)
     return x.clamp(min=1e-6).pow(exponent)
 
 
@@ -95,7 +97,7 @@ def _gaussian_blur(
 ) -> torch.Tensor:
     """Separable Gaussian, one sigma per image, as a grouped convolution."""
     b, c, h, w = x.shape
-    sigma = _uniform(b, bounds, g, x.device)
+    sigma = uniform(b, *bounds, g, x.device)
     radius = math.ceil(3 * bounds[1])
     offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     kernel = torch.exp(-0.5 * (offsets / sigma.view(-1, 1)) ** 2)
@@ -166,6 +168,6 @@ def _jpeg(x: torch.Tensor, bounds: tuple[int, int], g: torch.Generator) -> torch
 
 
 def _noise(x: torch.Tensor, bounds: tuple[float, float], g: torch.Generator) -> torch.Tensor:
-    sigma = _uniform(x.shape[0], bounds, g, x.device).view(-1, 1, 1, 1) / 255
+    sigma = uniform(x.shape[0], *bounds, g, x.device).view(-1, 1, 1, 1) / 255
     noise = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
     return (x + noise * sigma).clamp(0, 1)

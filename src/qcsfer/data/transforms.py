@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..preprocessing import Preprocessing
-from .degradations import Degradation, degrade
+from .degradations import Degradation, degrade, uniform
 
 
 @dataclass(frozen=True)
@@ -74,12 +74,6 @@ def eval_transform(images: torch.Tensor, prep: Preprocessing, flip: bool = False
     return normalize(x, prep)
 
 
-def _uniform(
-    n: int, low: float, high: float, g: torch.Generator, device: torch.device
-) -> torch.Tensor:
-    return torch.rand(n, generator=g, device=device) * (high - low) + low
-
-
 def train_transform(
     images: torch.Tensor, prep: Preprocessing, aug: Augmentation, generator: torch.Generator
 ) -> torch.Tensor:
@@ -101,8 +95,8 @@ def _random_affine(
     """Flip, rotation, zoom and crop as one warp: output pixel -> input location."""
     b, device = x.shape[0], x.device
     crop = prep.image_size / prep.load_size  # the output window covers this fraction of the input
-    angle = _uniform(b, -aug.rotation, aug.rotation, g, device) * (math.pi / 180)
-    scale = crop / _uniform(b, aug.zoom[0], aug.zoom[1], g, device)
+    angle = uniform(b, -aug.rotation, aug.rotation, g, device) * (math.pi / 180)
+    scale = crop / uniform(b, aug.zoom[0], aug.zoom[1], g, device)
     flip = torch.where(torch.rand(b, generator=g, device=device) < aug.hflip, -1.0, 1.0)
     # Random crop: the window moves within the loaded image; plus optional extra translation.
     slack = (1 - crop) + 2 * aug.translate
@@ -132,7 +126,7 @@ def _color_jitter(x: torch.Tensor, aug: Augmentation, g: torch.Generator) -> tor
     b, device = x.shape[0], x.device
 
     def factor(strength: float) -> torch.Tensor:
-        return _uniform(b, 1 - strength, 1 + strength, g, device).view(b, 1, 1, 1)
+        return uniform(b, 1 - strength, 1 + strength, g, device).view(b, 1, 1, 1)
 
     if aug.brightness:
         x = x * factor(aug.brightness)
@@ -143,7 +137,7 @@ def _color_jitter(x: torch.Tensor, aug: Augmentation, g: torch.Generator) -> tor
         gray = _gray(x)
         x = (x - gray) * factor(aug.saturation) + gray
     if x.shape[1] == 3 and aug.hue:
-        x = _rotate_hue(x, _uniform(b, -aug.hue, aug.hue, g, device) * 2 * math.pi)
+        x = _rotate_hue(x, uniform(b, -aug.hue, aug.hue, g, device) * 2 * math.pi)
     return x.clamp_(0, 1)
 
 
@@ -171,8 +165,8 @@ def _random_erasing(x: torch.Tensor, aug: Augmentation, g: torch.Generator) -> t
     """Zero (the normalised mean) one random rectangle per selected image."""
     b, _, h, w = x.shape
     device = x.device
-    area = _uniform(b, *aug.erasing_scale, g, device) * h * w
-    log_ratio = _uniform(
+    area = uniform(b, *aug.erasing_scale, g, device) * h * w
+    log_ratio = uniform(
         b, math.log(aug.erasing_ratio[0]), math.log(aug.erasing_ratio[1]), g, device
     )
     ratio = torch.exp(log_ratio)
