@@ -221,9 +221,14 @@ def read_card(path: str | os.PathLike[str]) -> ModelCard:
     return ModelCard.from_dict(data, str(json_path))
 
 
+def is_onnx_file(model: object) -> bool:
+    """A path to an exported model (which carries its card inside; see inference.contract)."""
+    return isinstance(model, str | os.PathLike) and os.fspath(model).lower().endswith(".onnx")
+
+
 def _no_card(tensor_path: Path, json_path: Path) -> str:
     """Why a file without a card cannot be used, by what it seems to be."""
-    if tensor_path.suffix.lower() == ".onnx":
+    if is_onnx_file(tensor_path):
         return (
             f"{tensor_path}: an exported ONNX model; this needs the PyTorch weights "
             "(.safetensors and .json) it was exported from"

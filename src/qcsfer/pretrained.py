@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .card import ModelCard, read_card
+from .card import ModelCard, is_onnx_file, read_card
 from .errors import NotFoundError
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ def load_card(weights: str | Path | None = None) -> ModelCard:
     """The card of 'default', a run directory, a weights file or an exported .onnx file (the
     card embedded in it), without reading tensors."""
     path = resolve_weights(weights)
-    if path.suffix.lower() == ".onnx":
+    if is_onnx_file(path):
         from .inference.contract import onnx_card, onnx_session
 
         return onnx_card(onnx_session(path), str(path))

@@ -37,13 +37,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from ..card import is_onnx_file
     from ..models.complexity import measure_complexity
     from ..models.configs import CONFIGS, get_config
 
     if args.target in CONFIGS:
         config = get_config(args.target, **({"num_classes": args.classes} if args.classes else {}))
         report = measure_complexity(config, mode=args.mode)
-    elif str(args.target).lower().endswith(".onnx"):  # the card embedded at export
+    elif is_onnx_file(args.target):  # the card embedded at export
         from ..pretrained import load_card
 
         card = load_card(args.target)

@@ -136,12 +136,13 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
+    from ..card import is_onnx_file
     from ..inference.explain import explain
     from ..inference.recognizer import ExpressionRecognizer
     from ..outputs import check_output_folder
 
     check_output_folder(args.out)
-    if str(args.model).lower().endswith(".onnx"):
+    if is_onnx_file(args.model):
         raise ValueError(
             f"{args.model}: explain reads the attention of the PyTorch model; give its weights "
             "file, run directory or 'default' (an exported .onnx file cannot be explained)"

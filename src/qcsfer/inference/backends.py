@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..card import ModelCard
+from ..card import ModelCard, is_onnx_file
 from ..errors import NotFoundError, UsageError
 from ..preprocessing import Preprocessing
 from .contract import INPUT_NAME, OUTPUT_NAME, onnx_card, onnx_session
@@ -74,10 +74,6 @@ class OnnxBackend:
     def logits(self, batch: np.ndarray) -> np.ndarray:
         x = numpy_eval_transform(batch, self.preprocessing)
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0].astype(np.float32)
-
-
-def is_onnx_file(model: object) -> bool:
-    return isinstance(model, str | os.PathLike) and os.fspath(model).lower().endswith(".onnx")
 
 
 def load_backend(
