@@ -365,6 +365,21 @@ def test_given_boxes_and_no_detect(rec: ExpressionRecognizer, weights: Path) -> 
     assert [p.box for p in whole] == [(0, 0, 600, 400)]
 
 
+def test_predict_frame_labels_the_whole_result(rec: ExpressionRecognizer) -> None:
+    rgb = np.asarray(Image.open(ASTRONAUT).convert("RGB"))
+    result = rec.predict_frame(rgb, source="webcam", frame=7, keep_image=True)
+    assert (result.source, result.frame, result.width, result.height) == (
+        "webcam",
+        7,
+        rgb.shape[1],
+        rgb.shape[0],
+    )
+    assert np.array_equal(result.image, rgb)
+    assert [p.box for p in result.predictions] == [p.box for p in rec(rgb)]
+    with pytest.raises(ImageError):
+        rec.predict_frame(np.zeros((4, 4, 5), np.uint8), source="webcam")
+
+
 def test_predict_many_batches_faces_across_images(
     weights: Path, three_faces: tuple[Path, list[tuple[int, int]]]
 ) -> None:

@@ -109,9 +109,8 @@ class ExpressionRecognizer:
 
         Raises ImageError (a ValueError) when the input cannot be read as an image.
         """
-        pending = self._prepare(image, color, boxes, describe(image), None, keep_image=False)
-        self._classify([pending])
-        return pending.result.predictions
+        result = self.predict_frame(image, source=describe(image), color=color, boxes=boxes)
+        return result.predictions
 
     def predict_frame(
         self,
@@ -123,7 +122,8 @@ class ExpressionRecognizer:
         boxes: Sequence[Sequence[float]] | None = None,
         keep_image: bool = False,
     ) -> ImageResult:
-        """One image (or video frame) as an ImageResult; raises ImageError if unreadable."""
+        """One image (or a frame of a stream) as an ImageResult, labelled with source and frame
+        so the caller's rows carry them; raises ImageError if unreadable."""
         pending = self._prepare(image, color, boxes, source, frame, keep_image)
         self._classify([pending])
         return pending.result
