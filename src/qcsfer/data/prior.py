@@ -7,12 +7,16 @@ against is the prior its operating points correct for.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from ..config import TrainConfig
 from .records import LabeledImages
 from .sources import read_source
 from .splits import read_main_records
+
+if TYPE_CHECKING:  # config builds on data's settings; data reads a config only when given one
+    from ..config import TrainConfig
 
 
 def class_prior(records: LabeledImages, weights: np.ndarray | None = None) -> np.ndarray:

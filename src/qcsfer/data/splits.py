@@ -12,17 +12,20 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from ..config import TrainConfig
 from ..errors import TrainingError
 from ..preprocessing import Preprocessing
 from .datasets import read_dataset, stratified_split
 from .images import DiskImages, MemoryImages, default_cache_dir, load_images
 from .records import LabeledImages
 from .sources import combine, read_source
+
+if TYPE_CHECKING:  # config builds on data's settings; data reads a config only when given one
+    from ..config import TrainConfig
 
 log = logging.getLogger("qcsfer.train")
 
