@@ -146,6 +146,11 @@ def execute(run: Run, suite: Suite = SUITES["short"]) -> None:
         "val_balanced_accuracy": best["val_balanced_accuracy"],
         "final_val_accuracy": history[-1]["val_accuracy"],
         "k": history[-1]["k"],
+        # The curve travels with the result: run directories are scratch and get lost.
+        "history": [
+            {key: h[key] for key in ("epoch", "val_accuracy", "val_balanced_accuracy")}
+            for h in history
+        ],
     }
     results.mkdir(parents=True, exist_ok=True)
     result.write_text(json.dumps(record, indent=2))
@@ -227,33 +232,76 @@ def report(suite: Suite = SUITES["short"]) -> str:
                 f"- {run} - {other} (seeds {', '.join(str(a['seed']) for a, _ in pairs)}): "
                 f"accuracy {_points(accuracy)}; balanced {_points(balanced)}"
             )
-    return "\n".join(lines)
+    return "\n".join(lines + equal_image_tables(records))
+
+
+def equal_image_points(record: dict) -> list[tuple[int, float, float]]:
+    """(images seen in QCS anchor-epochs, accuracy, balanced accuracy) at each whole QCS epoch.
+
+    The points where every mode has seen the same images, so runs of different modes compare
+    at each of them, not only at the end."""
+    per_epoch, per_qcs_epoch = BRANCHES[record["mode"]], BRANCHES["qcs"]
+    return [
+        (h["epoch"] * per_epoch // per_qcs_epoch, h["val_accuracy"], h["val_balanced_accuracy"])
+        for h in record.get("history", [])
+        if h["epoch"] * per_epoch % per_qcs_epoch == 0
+    ]
+
+
+def equal_image_tables(records: list[dict]) -> list[str]:
+    """Each run's accuracy after the same images, and each comparison's mean paired difference
+    at every point: where one method leads and where the other catches up."""
+    points = {r["name"]: equal_image_points(r) for r in records if r.get("history")}
+    if not points:
+        return []
+    length = max(len(p) for p in points.values())
+    lines = [
+        "",
+        "Valid accuracy / balanced accuracy (%) after the same number of images, counted in QCS"
+        " anchor-epochs:",
+        "",
+        "| run | " + " | ".join(str(i + 1) for i in range(length)) + " |",
+        "|---|" + "---|" * length,
+    ]
+    for name, run_points in points.items():
+        cells = [f"{100 * acc:.2f} / {100 * bal:.2f}" for _, acc, bal in run_points]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Mean paired differences at each of those points (points):", ""]
+    for run, other in COMPARISONS:
+        seeds = [s for s in SEEDS if f"{run}-s{s}" in points and f"{other}-s{s}" in points]
+        pairs = [(points[f"{run}-s{s}"], points[f"{other}-s{s}"]) for s in seeds]
+        if pairs:
+            width = min(min(len(mine), len(theirs)) for mine, theirs in pairs)
+            means = [
+                [statistics.mean(100 * (m[i][k] - t[i][k]) for m, t in pairs) for i in range(width)]
+                for k in (1, 2)  # accuracy, balanced accuracy
+            ]
+            accuracy, balanced = (", ".join(f"{d:+.2f}" for d in row) for row in means)
+            lines.append(
+                f"- {run} - {other} (seeds {', '.join(map(str, seeds))}): accuracy {accuracy}; "
+                f"balanced {balanced}"
+            )
+    return lines
 
 
 def curves(suite: Suite) -> Path:
-    """Valid accuracy against images seen (in QCS anchor-epochs), mean and range over seeds.
-    Finished runs only: a run still training would cut its group's curve short."""
-    import matplotlib
+    """Valid accuracy against images seen (in QCS anchor-epochs), mean and range over seeds, at
+    the equal-image points. Finished runs only, read from their result files."""
+    from matplotlib.figure import Figure  # not pyplot: no global backend to switch
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups: dict[str, list[list[tuple[float, float]]]] = {}
+    groups: dict[str, list[list[tuple[int, float, float]]]] = {}
     for result in sorted(suite.results.glob("*.json")):
-        name, mode = result.stem, result.stem.split("-")[0]
-        metrics = REPO / suite.runs / name / "metrics.jsonl"
-        if not metrics.is_file():
-            print(f"{name}: no {metrics} here, left out of the curves", file=sys.stderr)
+        record = json.loads(result.read_text())
+        if not record.get("history"):
+            print(f"{result.name}: no history recorded, left out of the curves", file=sys.stderr)
             continue
-        scale = BRANCHES[mode] / BRANCHES["qcs"]
-        history = [json.loads(line) for line in metrics.read_text().splitlines()]
-        points = [(h["epoch"] * scale, 100 * h["val_accuracy"]) for h in history]
-        groups.setdefault(name.rsplit("-s", 1)[0], []).append(points)
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+        groups.setdefault(record["name"].rsplit("-s", 1)[0], []).append(equal_image_points(record))
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.subplots()
     for name, runs in sorted(groups.items()):
         length = min(len(r) for r in runs)
         x = [runs[0][i][0] for i in range(length)]
-        values = [[r[i][1] for r in runs] for i in range(length)]
+        values = [[100 * r[i][1] for r in runs] for i in range(length)]
         line = axes.plot(x, [statistics.mean(v) for v in values], label=f"{name} ({len(runs)})")
         axes.fill_between(
             x,
