@@ -251,7 +251,8 @@ def equal_image_points(record: dict) -> list[tuple[int, float, float]]:
 def equal_image_tables(records: list[dict]) -> list[str]:
     """Each run's accuracy after the same images, and each comparison's mean paired difference
     at every point: where one method leads and where the other catches up."""
-    points = {r["name"]: equal_image_points(r) for r in records if r.get("history")}
+    points = {r["name"]: equal_image_points(r) for r in records}
+    points = {name: run_points for name, run_points in points.items() if run_points}
     if not points:
         return []
     length = max(len(p) for p in points.values())
