@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .affectnet import read_affectnet
+from .carves import find_carve, read_carved
 from .csv import read_csv_list
 from .ferplus import read_ferplus
 from .folder import read_folder
@@ -58,6 +59,9 @@ def read_dataset(format: str, root: str | Path, split: str, **options: Any) -> L
     unknown = sorted(set(options) - set(known))
     if unknown and not takes_any:
         raise DatasetError(f"{format} reader: unknown option(s) {unknown}; it takes {known}")
+    carve = find_carve(format, root)  # a dev split held out of train: train never holds it
+    if carve is not None:
+        return read_carved(carve, root, split, lambda name: reader(root, name, **options))
     return reader(root, split, **options)
 
 
