@@ -1,8 +1,8 @@
 """A run directory holds exactly one run, written by one process at a time.
 
-- A new run refuses a directory that already holds files, unless told to `overwrite` it (then
-  the old run's files are removed first, so no `best.*` or `metrics.jsonl` of the old run is
-  mixed into the new one) or to `resume` it.
+- A new run refuses a directory that already holds files, unless told to `overwrite` a run
+  there (then the old run's files, and only those, are removed first, so no `best.*` or
+  `metrics.jsonl` of the old run is mixed into the new one) or to `resume` it.
 - `RunLock` is an exclusive lock (`run.lock`, an OS file lock, so a killed process never
   leaves it held); a lock file left by a killed process is reported with its pid and taken over.
 - Temporary files of interrupted atomic writes (`.NAME.*.tmp`, as large as a checkpoint) are
@@ -11,20 +11,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import shutil
 import socket
 from pathlib import Path
 from types import TracebackType
 
 from ..errors import TrainingError
+from ..outputs import check_output_folder
+from .runfiles import LOCK_NAME, is_run_dir, remove_run_files, temporaries
 
 log = logging.getLogger("qcsfer.train")
-
-LOCK_NAME = "run.lock"
-# Files a qcsfer run writes: --overwrite removes a directory only when it holds one of them.
-RUN_MARKERS = ("config.yaml", "last.pt", "metrics.jsonl", "train.log", "best.safetensors")
 
 
 class RunDirError(TrainingError):
@@ -33,11 +31,7 @@ class RunDirError(TrainingError):
 
 def leftover_temporaries(run_dir: Path) -> list[Path]:
     """Temporary files of interrupted atomic writes (see qcsfer.io.atomic_write)."""
-    found = []
-    for folder in (run_dir, run_dir / "checkpoints"):
-        if folder.is_dir():
-            found += [p for p in folder.glob(".*.tmp") if p.is_file()]
-    return sorted(found)
+    return temporaries(run_dir) + temporaries(run_dir / "checkpoints")
 
 
 def remove_temporaries(run_dir: Path) -> None:
@@ -48,29 +42,58 @@ def remove_temporaries(run_dir: Path) -> None:
 
 
 def prepare_new_run(run_dir: Path, overwrite: bool) -> None:
-    """Make sure a new run starts in an empty directory (call with the lock held)."""
+    """Make sure a new run starts in an empty directory (call with the lock held).
+
+    --overwrite replaces only a folder recognisably written by qcsfer, and removes only the
+    files a run writes there (engine/runfiles.py): anything else in it is kept, and named.
+    """
     present = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME)
     if not present:
         return
+    listed = f"{', '.join(present[:5])}{', ...' if len(present) > 5 else ''}"
+    if not is_run_dir(run_dir):
+        raise RunDirError(
+            f"{run_dir} holds files that are not a qcsfer run ({listed}); nothing there is "
+            "replaced (--overwrite only replaces a run directory written by qcsfer): choose "
+            "another --run-dir"
+        )
     if not overwrite:
+        if (run_dir / "last.pt").is_file():
+            raise RunDirError(
+                f"{run_dir} already holds a run ({listed}): continue it with "
+                f"`qcsfer train --resume {run_dir}`, replace it with --overwrite, "
+                "or choose another --run-dir"
+            )
         raise RunDirError(
-            f"{run_dir} already holds a run ({', '.join(present[:5])}"
-            f"{', ...' if len(present) > 5 else ''}): continue it with "
-            f"`qcsfer train --resume {run_dir}`, replace it with --overwrite, "
-            "or choose another --run-dir"
+            f"{run_dir} holds a run that stopped before its first checkpoint ({listed}), so "
+            "there is nothing to resume: replace it with --overwrite, or choose another --run-dir"
         )
-    if not any((run_dir / name).exists() for name in RUN_MARKERS):
-        raise RunDirError(
-            f"{run_dir} holds files that are not a qcsfer run ({', '.join(present[:5])}); "
-            "--overwrite only replaces run directories: choose another --run-dir"
+    kept = remove_run_files(run_dir)
+    log.warning("--overwrite: removed the earlier run's files in %s", run_dir)
+    if kept:
+        log.warning(
+            "--overwrite: kept %d entries the run did not write: %s", len(kept), ", ".join(kept)
         )
-    for name in present:
-        path = run_dir / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-    log.warning("--overwrite: removed the earlier run in %s (%d entries)", run_dir, len(present))
+
+
+def claim_run_dir(run_dir: Path, new: bool, overwrite: bool) -> tuple[RunLock, bool]:
+    """Lock the run directory and ready it (a new run gets it free of any earlier run's files).
+    Returns the held lock and whether the directory was created; a refusal changes nothing."""
+    created = not run_dir.exists()
+    check_output_folder(run_dir)  # a file there, a folder that cannot be written, a full disk
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(run_dir).acquire()
+    try:
+        remove_temporaries(run_dir)
+        if new:
+            prepare_new_run(run_dir, overwrite)
+    except BaseException:
+        lock.release()
+        if created:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+        raise
+    return lock, created
 
 
 class RunLock:

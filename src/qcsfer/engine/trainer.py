@@ -12,9 +12,9 @@ continues exactly as if it had never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-import shutil
 from pathlib import Path
 from typing import NamedTuple
 
@@ -28,14 +28,15 @@ from ..data.splits import Split, iterate_batches, load_splits
 from ..errors import TrainingError
 from ..models.qcs import QCSModel, branch_loss
 from ..models.vit import use_fused_attention
-from ..outputs import OutputError, check_output_folder, reason
+from ..outputs import OutputError, reason
 from .checkpoint import Checkpointer, RunState, load_checkpoint, run_config
 from .distributed import Distributed, GracefulStop, process_group, start_processes, step_seed
 from .evaluate import evaluate_split
 from .logit_adjustment import logit_adjusted, prior_offset
 from .optim import build_optimization
 from .resume import check_data, keep_edited_config, resumed_config
-from .rundir import RunLock, prepare_new_run, remove_temporaries
+from .rundir import claim_run_dir
+from .runfiles import discard_failed_start
 from .runlog import EpochProgress, RunLog, default_run_dir, epoch_record, export_best, open_run_dir
 from .step import LossFunction, TrainStep
 from .warm_start import initialize
@@ -68,12 +69,9 @@ def train(
         raise TrainingError("a configuration is needed to start a run")
     dd, device = start_processes(config.device)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
-    created = not run_dir.exists()
-    lock = None
-    if dd.is_main:
-        check_output_folder(run_dir)  # a file there, a folder that cannot be written, a full disk
-        run_dir.mkdir(parents=True, exist_ok=True)
-        lock = RunLock(run_dir).acquire()
+    lock, created = (
+        claim_run_dir(run_dir, checkpoint is None, overwrite) if dd.is_main else (None, False)
+    )
     try:
         return _train(
             config,
@@ -82,13 +80,16 @@ def train(
             dd,
             device,
             loss=loss,
-            overwrite=overwrite,
             overrides=overrides or [],
             allow_data_change=allow_data_change,
         )
     except BaseException:
-        if dd.is_main and created and not (run_dir / "last.pt").exists():
-            shutil.rmtree(run_dir, ignore_errors=True)  # a failed start leaves nothing behind
+        if lock is not None and checkpoint is None:  # a failed start: set-up files go, results stay
+            discard_failed_start(run_dir)
+            lock.release()
+            if created:
+                with contextlib.suppress(OSError):  # only when nothing is left in it
+                    run_dir.rmdir()
         raise
     finally:
         if lock is not None:
@@ -103,17 +104,12 @@ def _train(
     device: torch.device,
     *,
     loss: LossFunction,
-    overwrite: bool,
     overrides: list[str],
     allow_data_change: bool,
 ) -> Path:
     """The run itself, in a directory this process holds (see `train`)."""
-    if dd.is_main:
-        remove_temporaries(run_dir)
-        if checkpoint is None:
-            prepare_new_run(run_dir, overwrite)
-        else:
-            keep_edited_config(run_dir, config)
+    if dd.is_main and checkpoint is not None:
+        keep_edited_config(run_dir, config)
     if checkpoint is not None:
         config = resumed_config(config, overrides, checkpoint["epoch"])
         if checkpoint["epoch"] >= config.epochs:
