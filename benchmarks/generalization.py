@@ -1,0 +1,273 @@
+"""The generalization suite: how a model reads faces from four sources, at both operating points.
+
+    python benchmarks/generalization.py MODEL [--datasets ../shared/datasets] [--detector auto]
+        [--centre-crop 0.72] [--min-support 20] [--out benchmarks/results] [--no-cache]
+
+MODEL is what `qcsfer predict --model` takes: `default`, a weights file, a run directory or an
+.onnx file. Sources (never a training split):
+
+- FERPlus Valid, majority labels, each face averaged with its mirror image;
+- affectnet-web `dev`: the carve of 5% per class that the data layer holds out of its `train`
+  (`qcsfer.data.carves`), so no training run reads it;
+- tcce `dev` (192 px head-and-shoulders photos) through the recognizer's own pipeline: the
+  default face detector, the largest face, cropped as `qcsfer predict` crops it; a photo with no
+  face found counts as wrong. The same photos with a fixed centred square crop are reported
+  beside it for comparison (`--centre-crop`, a fraction of the shorter side: 0.72 is the median
+  side of MTCNN's crops on these photos);
+- lfw-imfdb `dev` (already face crops, read whole like `predict --no-detect`).
+
+Per source and operating point: accuracy, balanced accuracy over the classes with at least
+`--min-support` faces, and every class's recall. The suite score is the mean balanced accuracy
+of FERPlus, affectnet-web, tcce through the detector and lfw-imfdb. Writes
+generalization-NAME.json and .md under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from suite_scores import SourceReading, markdown, score_readings
+
+from qcsfer.data.datasets import read_dataset
+from qcsfer.data.images import default_cache_dir, load_images
+from qcsfer.data.records import DatasetError, LabeledImages
+from qcsfer.errors import ImageError
+from qcsfer.imaging import read_image
+from qcsfer.inference.faces import Detector, Face, crop_face
+from qcsfer.inference.model_input import stack_crops
+from qcsfer.inference.recognizer import ExpressionRecognizer
+from qcsfer.io import atomic_write
+from qcsfer.pretrained import DEFAULT_WEIGHTS
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
+SUITE = ("ferplus-valid", "affectnet-web-dev", "tcce-dev-detector", "lfw-imfdb-dev")
+
+
+def model_labels(
+    data: LabeledImages, classes: list[str]
+) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """(kept indices, labels in the model's classes, notes): classes matched by name; faces of
+    classes the model does not have are left out and counted."""
+    lookup = np.array([classes.index(c) if c in classes else -1 for c in data.classes])
+    mapped = lookup[data.labels] if len(data) else np.zeros(0, np.int64)
+    kept = np.flatnonzero(mapped >= 0)
+    notes = {"class not in the model": len(data) - len(kept)}
+    return kept, mapped[kept].astype(np.int64), notes
+
+
+def read_split(fmt: str, root: Path, split: str, **options: object) -> LabeledImages:
+    try:
+        return read_dataset(fmt, root, split, **options)
+    except DatasetError as exc:
+        raise SystemExit(f"generalization suite: {exc} (see --datasets)") from exc
+
+
+def read_crops(
+    recognizer: ExpressionRecognizer,
+    key: str,
+    title: str,
+    data: LabeledImages,
+    cache: bool,
+    flip: bool = False,
+) -> SourceReading:
+    """Face crops decoded as training and `evaluate` decode them (the image cache applies)."""
+    prep = recognizer.preprocessing
+    kept, labels, notes = model_labels(data, recognizer.classes)
+    store = load_images(
+        [data.paths[i] for i in kept],
+        prep.load_size,
+        prep.grayscale,
+        default_cache_dir() if cache else None,
+    )
+    batch = store.images[torch.from_numpy(np.flatnonzero(store.valid))].numpy()
+    logits = recognizer.logits(batch)
+    if flip:  # the mirror image, as `evaluate --flip` (load and image size are equal here)
+        logits = (logits + recognizer.logits(np.ascontiguousarray(batch[..., ::-1]))) / 2
+    notes["unreadable"] = store.skipped
+    found = np.ones(len(batch), dtype=bool)
+    return SourceReading(key, title, labels[store.valid], logits, found, notes)
+
+
+def detector_name(recognizer: ExpressionRecognizer) -> str:
+    return getattr(recognizer.detector, "name", "none")
+
+
+def centre_box(width: int, height: int, fraction: float) -> Face:
+    """The centred square of `fraction` x the shorter side."""
+    side = max(1, round(min(width, height) * fraction))
+    x0, y0 = (width - side) // 2, (height - side) // 2
+    return Face(x0, y0, x0 + side, y0 + side)
+
+
+def read_photos(
+    recognizer: ExpressionRecognizer, data: LabeledImages, centre: float
+) -> tuple[SourceReading, SourceReading, dict]:
+    """Photos through the recognizer's detector (the largest face, cropped as predict crops),
+    and the same photos with a fixed centred crop; plus the detector crops' median geometry."""
+    kept, labels, notes = model_labels(data, recognizer.classes)
+    found, detected, centred, rows, geometry = [], [], [], [], []
+    several = unreadable = 0
+    for i, label in zip(kept, labels, strict=True):
+        try:
+            rgb = read_image(data.paths[i])
+        except ImageError:
+            unreadable += 1
+            continue
+        height, width = rgb.shape[:2]
+        rows.append(label)
+        centred.append(crop_face(rgb, centre_box(width, height, centre), margin=0.0))
+        faces = recognizer.find_faces(rgb)
+        several += len(faces) > 1
+        found.append(bool(faces))
+        if faces:
+            face = max(faces, key=lambda f: f.width * f.height)
+            detected.append(recognizer.crops(rgb, [face])[0])
+            geometry.append(_geometry(face, recognizer.margin, width, height))
+    prep = recognizer.preprocessing
+    found_mask = np.array(found, dtype=bool)
+    logits = np.zeros((len(rows), len(recognizer.classes)), np.float32)
+    if detected:
+        logits[found_mask] = recognizer.logits(stack_crops(detected, prep))
+    labels_read = np.array(rows, dtype=np.int64)
+    base = {**notes, "unreadable": unreadable}
+    via_detector = SourceReading(
+        "tcce-dev-detector",
+        f"tcce dev, {detector_name(recognizer)} detector",
+        labels_read,
+        logits,
+        found_mask,
+        {
+            **base,
+            "no face found (counted wrong)": int((~found_mask).sum()),
+            "several faces": several,
+        },
+    )
+    via_centre = SourceReading(
+        "tcce-dev-centre",
+        f"tcce dev, centre crop {centre:g}",
+        labels_read,
+        recognizer.logits(stack_crops(centred, prep)),
+        np.ones(len(rows), dtype=bool),
+        base,
+    )
+    median = np.median(np.array(geometry), 0) if geometry else np.full(3, np.nan)
+    crop = {
+        "crop_side_over_image_side": float(median[0]),
+        "crop_centre_offset_x": float(median[1]),
+        "crop_centre_offset_y": float(median[2]),
+    }
+    return via_detector, via_centre, crop
+
+
+def _geometry(face: Face, margin: float, width: int, height: int) -> tuple[float, float, float]:
+    """The predict crop's side over the image's shorter side, and its centre's offset from the
+    image centre (fractions of the shorter side)."""
+    short = min(width, height)
+    side = max(face.width, face.height) * (1 + 2 * margin)
+    cx, cy = (face.x0 + face.x1) / 2, (face.y0 + face.y1) / 2
+    return side / short, (cx - width / 2) / short, (cy - height / 2) / short
+
+
+def run(args: argparse.Namespace, detector: str | Detector = "auto") -> dict:
+    """Read every source, score both operating points, return the result document."""
+    started = time.perf_counter()
+    recognizer = ExpressionRecognizer(
+        args.model, device=args.device, detector=detector, batch_size=args.batch_size
+    )
+    cache = not args.no_cache
+    datasets = args.datasets
+    ferplus = read_split("ferplus", datasets / "ferplus", "valid", label_mode="majority")
+    affectnet = read_split("folder", datasets / "affectnet-web", "dev")
+    tcce = read_split("folder", datasets / "tcce", "dev")
+    lfw = read_split("folder", datasets / "lfw-imfdb", "dev")
+    fer = read_crops(recognizer, "ferplus-valid", "FERPlus Valid (flip)", ferplus, cache, True)
+    web = read_crops(recognizer, "affectnet-web-dev", "affectnet-web dev carve", affectnet, cache)
+    via_detector, via_centre, crop = read_photos(recognizer, tcce, args.centre_crop)
+    faces = read_crops(recognizer, "lfw-imfdb-dev", "lfw-imfdb dev", lfw, cache)
+    readings = [fer, web, via_detector, via_centre, faces]
+    rule = recognizer.decision
+    sources, suite = score_readings(readings, rule, recognizer.classes, args.min_support, SUITE)
+    return {
+        "model": args.name,
+        "model_path": str(args.model),
+        "classes": recognizer.classes,
+        "operating_points": {p: dataclasses.asdict(rule.point(p)) for p in suite},
+        "default_point": rule.default,
+        "detector": detector_name(recognizer),
+        "detector_margin": recognizer.margin,
+        "tcce_detector_crop": crop,
+        "centre_crop": args.centre_crop,
+        "min_support": args.min_support,
+        "suite_sources": list(SUITE),
+        "suite": suite,
+        "sources": sources,
+        "command": "python benchmarks/generalization.py " + " ".join(args.argv),
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "seconds": round(time.perf_counter() - started),
+    }
+
+
+def machine() -> str:
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("model", help="'default', a weights file, a run directory or an .onnx")
+    parser.add_argument("--name", help="the model's name in results (default: from MODEL)")
+    parser.add_argument("--datasets", type=Path, default=SHARED_DATASETS)
+    parser.add_argument("--centre-crop", type=float, default=0.72, metavar="FRACTION")
+    parser.add_argument("--min-support", type=int, default=20, metavar="FACES")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=1, help="torch and OpenCV threads")
+    parser.add_argument("--no-cache", action="store_true", help="decode without the image cache")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    if not 0 < args.centre_crop <= 2:
+        parser.error("--centre-crop must be in (0, 2]")
+    if args.min_support < 1 or args.batch_size < 1:
+        parser.error("--min-support and --batch-size must be at least 1")
+    if args.name is None:
+        model = Path(str(args.model))
+        args.name = DEFAULT_WEIGHTS if args.model == "default" else (model.stem or model.name)
+        if model.is_dir():
+            args.name = model.name
+    args.argv = sys.argv[1:] if argv is None else list(argv)
+    return args
+
+
+def main(argv: list[str] | None = None, detector: str | Detector = "auto") -> dict:
+    """Run the suite; `detector` replaces the default one (tests pass a stub)."""
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    result = run(args, detector)
+    stem = f"generalization-{args.name}"
+    text = json.dumps(result, indent=2) + "\n"
+    atomic_write(args.out / f"{stem}.json", lambda path: path.write_text(text))
+    table = markdown(result)
+    atomic_write(args.out / f"{stem}.md", lambda path: path.write_text(table))
+    print(table)
+    return result
+
+
+if __name__ == "__main__":
+    main()
