@@ -25,11 +25,11 @@ from starlette.exceptions import HTTPException
 from .. import __version__
 from ..inference.annotate import annotate
 from ..inference.recognizer import ExpressionRecognizer
+from .admission import Deadline, within
 from .errors import ApiError, error_body
 from .options import PredictOptions, describe_validation
 from .service import InferenceService, Outcome, model_description
 from .settings import ServeSettings
-from .uploads import parse_body, read_body
 
 access_log = logging.getLogger("qcsfer.serve.access")
 log = logging.getLogger("qcsfer.serve")
@@ -160,12 +160,19 @@ def create_app(settings: ServeSettings, recognizer: ExpressionRecognizer | None 
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="the model is loaded and warm: send requests")
+    @app.get("/readyz", summary="the model is loaded and a request would be admitted now")
     async def readyz(request: Request) -> dict[str, Any]:
         service = getattr(request.app.state, "service", None)
         if service is None or not service.ready:
             raise ApiError(503, "not_ready", "the model is not loaded yet")
-        return {"status": "ready", "pending": service.pending}
+        if service.pending >= settings.max_pending:  # what /v1/predict would answer now
+            raise ApiError(503, "busy", f"all {settings.max_pending} places are taken")
+        return {
+            "status": "ready",
+            "pending": service.pending,
+            "max_pending": settings.max_pending,
+            "receiving": service.readers.count,  # bodies arriving; they hold no place
+        }
 
     @app.get("/v1/model", dependencies=[Depends(authorized)], summary="the loaded model")
     async def model(request: Request) -> dict[str, Any]:
@@ -179,16 +186,15 @@ def create_app(settings: ServeSettings, recognizer: ExpressionRecognizer | None 
     )
     async def predict(request: Request, options: Annotated[PredictOptions, Query()]) -> Response:
         service: InferenceService = request.app.state.service
-        with service.admit():
-            body = await read_body(request, settings.max_body_bytes)
-            parsed = parse_body(body, request.headers.get("content-type", ""), settings.max_images)
-            options = options.merged(parsed.fields)
-            if options.annotated and len(parsed.uploads) != 1:
-                raise ApiError(400, "bad_request", "annotated=true takes exactly one image")
-            outcome = await service.predict(parsed.uploads, options)
-        request.state.timing = _timing(outcome)
-        if options.annotated:
-            return _annotated_image(outcome, options.annotated_format)
+        deadline = Deadline(settings.timeout_s)  # covers the body's arrival too
+        body = await service.readers.read(request, settings.max_body_bytes, deadline)
+        content_type = request.headers.get("content-type", "")
+        with service.admit():  # only now: a slow sender holds no place
+            outcome, options = await within(deadline, service.run(body, content_type, options))
+            request.state.timing = _timing(outcome)
+            if options.annotated:
+                fmt = options.annotated_format
+                return await within(deadline, service.in_pool(_annotated_image, outcome, fmt))
         recognizer = service.recognizer
         document = _document(outcome, options, recognizer.classes, recognizer.prior)
         document["request_id"] = request.state.request_id
@@ -239,6 +245,7 @@ def _document(
 
 
 def _annotated_image(outcome: Outcome, fmt: str) -> Response:
+    """The image with its faces drawn on (seconds for a large one: run in the prepare pool)."""
     item = outcome.images[0]
     if item.rgb is None:
         raise ApiError(422, item.status, item.result.error or "no image to draw on")

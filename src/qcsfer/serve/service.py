@@ -3,7 +3,8 @@
 Decoding and detection run in a bounded thread pool (one recognizer copy per thread, each with
 its own detector: OpenCV cascades are not safe to share between threads); the model runs in
 the `FaceBatcher`'s threads. At most `max_pending` requests are inside at once; the next one is
-told to come back later (503, Retry-After) rather than queued without limit.
+told to come back later (503, Retry-After) rather than queued without limit. A request is
+admitted once its body has arrived (`admission.py`), so slow senders hold no place.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import contextlib
 import copy
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -27,11 +28,14 @@ from ..inference.faces import Face
 from ..inference.model_input import stack_crops
 from ..inference.recognizer import ExpressionRecognizer
 from ..inference.results import ImageResult, add_predictions
+from .admission import BodyReaders
 from .batching import BatchInfo, FaceBatcher
 from .errors import ApiError
 from .options import PredictOptions
 from .settings import ServeSettings
-from .uploads import DECODE_FORMATS, Upload
+from .uploads import DECODE_FORMATS, Upload, parse_body
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -60,6 +64,7 @@ class InferenceService:
         self.settings = settings
         self.default_detector = settings.detector or getattr(recognizer.detector, "name", "alt2")
         self.pending = 0  # admitted requests; changed on the event loop only
+        self.readers = BodyReaders()  # requests whose body is arriving (not admitted yet)
         self._local = threading.local()
         self._prepare_pool = ThreadPoolExecutor(settings.workers, "qcsfer-prepare")
         self.batcher = FaceBatcher(
@@ -112,22 +117,30 @@ class InferenceService:
         finally:
             self.pending -= 1
 
+    async def in_pool(self, work: Callable[..., T], *args: Any) -> T:
+        """`work(*args)` in the prepare pool: CPU-heavy steps (parsing a large body, drawing
+        on a large image) off the event loop, so /healthz and other requests keep answering."""
+        return await asyncio.get_running_loop().run_in_executor(self._prepare_pool, work, *args)
+
+    async def run(
+        self, body: bytes, content_type: str, options: PredictOptions
+    ) -> tuple[Outcome, PredictOptions]:
+        """A request body's results and its options (query merged with the body's fields).
+
+        The caller puts this under the request's deadline (`admission.within`).
+        """
+        parsed = await self.in_pool(parse_body, body, content_type, self.settings.max_images)
+        options = options.merged(parsed.fields)
+        if options.annotated and len(parsed.uploads) != 1:
+            raise ApiError(400, "bad_request", "annotated=true takes exactly one image")
+        return await self.predict(parsed.uploads, options), options
+
     async def predict(self, uploads: list[Upload], options: PredictOptions) -> Outcome:
-        """Results for every upload within the request timeout (504 past it)."""
+        """Results for every upload (the caller bounds the time)."""
         try:
             self.recognizer.decision.point(options.prior)
         except ValueError as exc:  # balanced, for a model without its training prior
             raise ApiError(422, "prior_unavailable", str(exc)) from exc
-        try:
-            return await asyncio.wait_for(
-                self._predict(uploads, options), timeout=self.settings.timeout_s
-            )
-        except asyncio.TimeoutError:  # TimeoutError from 3.11 on; another class in 3.10
-            raise ApiError(
-                504, "timeout", f"request took longer than {self.settings.timeout_s:g} s"
-            ) from None
-
-    async def _predict(self, uploads: list[Upload], options: PredictOptions) -> Outcome:
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
         boxes = options.box_list()

@@ -20,6 +20,13 @@ from starlette.requests import Request
 
 from .errors import ApiError
 
+# Structural characters (,:[{) a JSON body may hold. json.loads holds the GIL for as long as it
+# runs, so even in a worker thread a body of millions of tiny values stalls the event loop;
+# counting them first is cheap, and a body of `max_images` images needs a few dozen.
+MAX_JSON_STRUCTURE = 10_000
+# Parts a multipart body may hold besides its images (option fields); more is refused at once.
+MAX_EXTRA_PARTS = 64
+
 # Declared types an image upload may carry (browsers send octet-stream for unknown suffixes).
 ACCEPTED_TYPES = frozenset(
     {
@@ -54,7 +61,12 @@ class ParsedBody:
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refused with 413 as soon as it is known to exceed `limit` bytes."""
-    too_large = ApiError(413, "payload_too_large", f"request body over the limit of {limit} bytes")
+    too_large = ApiError(
+        413,
+        "payload_too_large",
+        f"request body over the limit of {limit} bytes",
+        headers={"Connection": "close"},  # the rest of it is not read
+    )
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -73,7 +85,7 @@ def parse_body(body: bytes, content_type: str, max_images: int) -> ParsedBody:
     """Images and option fields of a multipart or JSON body; 415/400/413 when unusable."""
     media = content_type.split(";", 1)[0].strip().lower()
     if media == "multipart/form-data":
-        parsed = _multipart(body, content_type)
+        parsed = _multipart(body, content_type, max_images + MAX_EXTRA_PARTS)
     elif media == "application/json":
         parsed = _json(body)
     else:
@@ -107,7 +119,8 @@ def _check_type(name: str, declared: str) -> None:
 class _PartCollector:
     """python-multipart callbacks gathering each part's headers and bytes."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_parts: int) -> None:
+        self.max_parts = max_parts
         self.parts: list[tuple[dict[str, str], bytes]] = []
         self._headers: dict[str, str] = {}
         self._field = b""
@@ -125,6 +138,10 @@ class _PartCollector:
         }
 
     def _begin(self) -> None:
+        if len(self.parts) >= self.max_parts:  # stop parsing here, not after a million parts
+            raise ApiError(
+                413, "too_many_parts", f"multipart body with over {self.max_parts} parts"
+            )
         self._headers, self._data = {}, bytearray()
 
     def _header_end(self) -> None:
@@ -134,12 +151,12 @@ class _PartCollector:
         self._field, self._value = b"", b""
 
 
-def _multipart(body: bytes, content_type: str) -> ParsedBody:
+def _multipart(body: bytes, content_type: str, max_parts: int) -> ParsedBody:
     _, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")
     if not boundary:
         raise ApiError(400, "bad_request", "multipart/form-data without a boundary")
-    collector = _PartCollector()
+    collector = _PartCollector(max_parts)
     try:
         parser = MultipartParser(boundary, collector.callbacks())
         parser.write(body)
@@ -161,6 +178,14 @@ def _multipart(body: bytes, content_type: str) -> ParsedBody:
 
 
 def _json(body: bytes) -> ParsedBody:
+    structure = sum(body.count(mark) for mark in (b",", b":", b"[", b"{"))
+    if structure > MAX_JSON_STRUCTURE:
+        raise ApiError(
+            413,
+            "json_too_complex",
+            f"JSON body with {structure} separators and brackets (the limit is "
+            f"{MAX_JSON_STRUCTURE}): send {{'images': [...]}} with a few images",
+        )
     try:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
