@@ -10,9 +10,13 @@ import contextlib
 import http.client
 import io
 import json
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -229,3 +233,32 @@ def test_drawing_is_inside_the_timeout(
     assert drawing.is_set()  # the deadline passed while drawing
     assert response.status_code == 504 and response.json()["error"]["code"] == "timeout"
     assert elapsed < 2.9  # answered at the deadline, not when drawing ended
+
+
+# -- item 13: exit codes of `qcsfer serve` -----------------------------------------------------
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_serve_exits_130_on_sigint_and_143_on_sigterm(signum: int, code: int) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "qcsfer", "serve", "--port", str(port)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        process.send_signal(signum)
+        _, errors = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == code, errors[-2000:]
+    assert ("interrupted" if code == 130 else "terminated") in errors
+    assert "Traceback" not in errors

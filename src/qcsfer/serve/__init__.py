@@ -27,7 +27,8 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(settings: ServeSettings) -> None:
-    """Run the server in the foreground until Ctrl-C."""
+    """Run the server in the foreground until Ctrl-C or SIGTERM, which propagate (as
+    KeyboardInterrupt / `exits.Terminated`) once it has shut down, for exit codes 130 / 143."""
     import uvicorn
 
     from .app import create_app, load_recognizer
@@ -44,7 +45,7 @@ def serve(settings: ServeSettings) -> None:
     recognizer = load_recognizer(settings)  # a bad model is a clear error, before listening
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     print(f"qcsfer serve: http://{host}:{settings.port}/ (Ctrl-C stops)", file=sys.stderr)
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings, recognizer),
         host=settings.host,
         port=settings.port,
@@ -52,6 +53,9 @@ def serve(settings: ServeSettings) -> None:
         log_level="warning",
         timeout_graceful_shutdown=5,
     )
+    # Not uvicorn.run: it swallows the KeyboardInterrupt that uvicorn.Server raises again after
+    # a graceful shutdown on SIGINT/SIGTERM, and the command then exited 0 instead of 130/143.
+    uvicorn.Server(config).run()
 
 
 def _check_can_listen(host: str, port: int) -> None:
