@@ -29,7 +29,9 @@ from qcsfer.serve.settings import TOKEN_ENV, ServeSettings, token_from
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "qcsfer" / "assets"
 ASTRONAUT = (ASSETS / "astronaut.jpg").read_bytes()
 COFFEE = (ASSETS / "coffee.jpg").read_bytes()
-SETTINGS = ServeSettings(workers=1, batch_window_ms=2.0, timeout_s=600)  # a busy CPU is slow
+SETTINGS = ServeSettings(  # a busy CPU is slow; TestClient sends Host: testserver
+    workers=1, batch_window_ms=2.0, timeout_s=600, allowed_hosts=("testserver",)
+)
 
 
 @pytest.fixture(scope="module")

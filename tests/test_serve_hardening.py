@@ -32,9 +32,12 @@ from qcsfer.inference.recognizer import ExpressionRecognizer
 from qcsfer.serve import app as app_module
 from qcsfer.serve import service as service_module
 from qcsfer.serve.app import create_app
+from qcsfer.serve.hosts import HostPolicy
 from qcsfer.serve.settings import ServeSettings
 
-SETTINGS = ServeSettings(workers=1, batch_window_ms=2.0, timeout_s=600)
+SETTINGS = ServeSettings(  # TestClient sends Host: testserver
+    workers=1, batch_window_ms=2.0, timeout_s=600, allowed_hosts=("testserver",)
+)
 
 
 @pytest.fixture(scope="module")
@@ -233,6 +236,59 @@ def test_drawing_is_inside_the_timeout(
     assert drawing.is_set()  # the deadline passed while drawing
     assert response.status_code == 504 and response.json()["error"]["code"] == "timeout"
     assert elapsed < 2.9  # answered at the deadline, not when drawing ended
+
+
+# -- item 6: the Host header (DNS rebinding) ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bound", "extra", "header", "allowed"),
+    [
+        ("127.0.0.1", (), "127.0.0.1:8000", True),
+        ("127.0.0.1", (), "localhost:8000", True),
+        ("127.0.0.1", (), "LocalHost.", True),
+        ("127.0.0.1", (), "[::1]:8000", True),
+        ("127.0.0.1", (), "app.localhost:8000", True),
+        ("127.0.0.1", (), None, True),  # HTTP/1.0 without Host: not a browser
+        ("127.0.0.1", (), "rebound.example:8000", False),
+        ("127.0.0.1", (), "127.0.0.1.rebound.example", False),
+        ("127.0.0.1", (), "192.168.1.5:8000", False),
+        ("127.0.0.1", (), "localhost:80x", False),
+        ("127.0.0.1", (), "[::1", False),
+        ("127.0.0.1", ("Box.LAN",), "box.lan:8000", True),
+        ("127.0.0.1", ("*",), "anything.example", True),
+        ("192.168.1.5", (), "192.168.1.5:8000", True),
+        ("192.168.1.5", (), "192.168.1.6:8000", False),
+        ("0.0.0.0", (), "10.1.2.3:8000", True),  # an address is the page's own origin
+        ("0.0.0.0", (), socket.gethostname(), True),
+        ("0.0.0.0", (), "rebound.example", False),
+        ("::", (), "[fe80::1]:8000", True),
+    ],
+)
+def test_host_policy(bound: str, extra: tuple[str, ...], header: str | None, allowed: bool) -> None:
+    assert HostPolicy(bound, extra).allows(header) is allowed
+
+
+def test_a_request_to_another_name_is_refused(recognizer: ExpressionRecognizer) -> None:
+    with TestClient(create_app(replace(SETTINGS, allowed_hosts=()), recognizer)) as client:
+        refused = client.get("/v1/model")  # TestClient's Host: testserver
+        assert refused.status_code == 403
+        error = refused.json()["error"]
+        assert error["code"] == "host_not_allowed" and "--allowed-host" in error["message"]
+        assert error["request_id"] == refused.headers["x-request-id"]
+        local = client.get("/v1/model", headers={"Host": "localhost:8000"})
+        assert local.status_code == 200 and local.json()["classes"]
+    with running(recognizer) as (port, _):  # a real socket and the Host a rebound page sends
+        assert get(port, "/healthz", host="rebound.example:8000")[0] == 403
+        assert get(port, "/healthz", host=f"127.0.0.1:{port}") == (200, {"status": "ok"})
+
+
+def test_allowed_host_option() -> None:
+    from qcsfer.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--allowed-host", "a.lan", "--allowed-host", "b"])
+    assert args.allowed_host == ["a.lan", "b"]
+    assert build_parser().parse_args(["serve"]).allowed_host == []
 
 
 # -- item 13: exit codes of `qcsfer serve` -----------------------------------------------------

@@ -96,6 +96,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--cors", action="append", default=[], metavar="ORIGIN", help="allow this web origin"
     )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests sent to this host name (default: localhost and the --host "
+        "address only, against DNS rebinding; '*': any)",
+    )
     p.set_defaults(func=_serve)
 
 
@@ -216,6 +224,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_faces=args.max_faces,
         token=token_from(args.token),
         cors_origins=tuple(args.cors),
+        allowed_hosts=tuple(args.allowed_host),
     )
     serve(settings)
     return 0

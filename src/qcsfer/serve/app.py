@@ -27,6 +27,7 @@ from ..inference.annotate import annotate
 from ..inference.recognizer import ExpressionRecognizer
 from .admission import Deadline, within
 from .errors import ApiError, error_body
+from .hosts import HostPolicy, add_host_check
 from .options import PredictOptions, describe_validation
 from .service import InferenceService, Outcome, model_description
 from .settings import ServeSettings
@@ -143,7 +144,8 @@ def create_app(settings: ServeSettings, recognizer: ExpressionRecognizer | None 
             allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
             expose_headers=["X-Request-Id", "Retry-After"],
         )
-    _add_access_log(app)
+    add_host_check(app, HostPolicy(settings.host, settings.allowed_hosts))
+    _add_access_log(app)  # added last: the outermost, so it logs refused hosts too
     _add_error_handlers(app)
     app.state.settings = settings
     page, docs = static_text("index.html"), static_text("docs.html")

@@ -39,6 +39,7 @@ class ServeSettings:
     max_faces: int = 32
     token: str | None = None
     cors_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered besides the defaults (hosts.py)
 
     def __post_init__(self) -> None:
         positive = {
