@@ -9,7 +9,6 @@ per family the way the reference's model files differ (class count, DCS without 
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import os
@@ -125,7 +124,7 @@ def test_reference_checkpoint_errors_name_the_keys(reference_state: dict) -> Non
 
 def test_missing_and_empty_checkpoints_are_named(tmp_path: Path) -> None:
     path = tmp_path / "empty.pth"
-    torch.save({"state_dict": {}, "args": argparse.Namespace(lr=1)}, path)  # not weights_only
+    torch.save({"state_dict": {}, "losses": np.zeros(3)}, path)  # not weights_only
     with pytest.raises(WeightsError, match=r"empty\.pth: no state dict found"):
         load_reference_checkpoint(path, get_config("tiny"))
     with pytest.raises(WeightsError, match="no such checkpoint"):
@@ -420,8 +419,9 @@ def _touch_marker(path: str) -> None:
     Path(path).write_text("ran")
 
 
-def test_unknown_callables_become_inert(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A function of the script's own `__main__` is an unknown name: stored, never called."""
+def test_unknown_callables_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A callable outside the allow-list is refused by name, never called (issue 30: it used
+    to be read as an inert placeholder; tests/test_unpickle.py has the other variants)."""
     marker = tmp_path / "called"
 
     class Recorder:
@@ -431,7 +431,7 @@ def test_unknown_callables_become_inert(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(sys.modules[__name__], "_touch_marker", _touch_marker)
     path = tmp_path / "ckpt.pth"
     torch.save({"state_dict": {"w": torch.zeros(2)}, "recorder": Recorder()}, path)
-    with pytest.raises(WeightsError, match="does not fit"):  # read fine; the keys do not fit
+    with pytest.raises(WeightsError, match=rf"refused: it names {__name__}\._touch_marker"):
         load_reference_checkpoint(path, get_config("tiny"))
     assert not marker.exists()
 

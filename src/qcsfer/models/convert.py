@@ -71,7 +71,7 @@ def _torch_load(path: str | os.PathLike[str]) -> tuple[Any, tuple[str, ...]]:
     """(contents, classes read as inert placeholders) of a pickle checkpoint; never runs code.
 
     weights_only=True first; a file it refuses is read again by the restricted unpickler,
-    which refuses in turn a pickle that names code (see `models.unpickle`).
+    which refuses in turn any global outside its allow-list (see `models.unpickle`).
     """
     path = Path(path)
     if not path.is_file():

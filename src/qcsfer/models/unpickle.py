@@ -3,22 +3,24 @@
 The reference training script saves its progress recorders (instances of classes defined in
 its own `__main__`, holding numpy arrays) beside the state dict, so `torch.load(...,
 weights_only=True)` refuses the file and `weights_only=False` would execute whatever the pickle
-names. This reader parses the same zip archive with an unpickler that imports nothing:
+names. This reader parses the same zip archive with an unpickler that imports nothing and
+accepts an allow-list, the globals that script writes and nothing else:
 
-- tensors, their storages and `OrderedDict` are rebuilt by our own small functions;
-- names from the standard library or torch that are not on the short list below are refused:
-  that is where code-running payloads point (`os.system`, `builtins.eval`, `subprocess.Popen`,
-  `torch.load`), and such a file is not one to trust at all;
-- any other name (the recorders, numpy's array constructors, harmless standard types such as
-  `argparse.Namespace`) becomes an inert `Opaque` object: calling, building or filling it only
-  stores its arguments. Nothing the file names is ever imported or called.
+- tensors, their storages, dtypes and `OrderedDict`, rebuilt by our own small functions, and
+  `_codecs.encode` (how protocol 2 spells bytes), checked before use;
+- the script's two recorder classes and numpy's array reconstruction (`_reconstruct`,
+  `ndarray`, `dtype`, in numpy 1 and 2 spellings) become inert `Opaque` objects: calling,
+  building or filling one only stores its arguments;
+- any other global is refused with an error that names it (`os.system`, `builtins.eval`, a
+  third-party callable such as `numpy.testing._private.utils.runstring`, another class of the
+  script): a loader people trust says no to what it does not expect, rather than guessing
+  what is harmless. Nothing the file names is ever imported or called.
 """
 
 from __future__ import annotations
 
 import _compat_pickle
 import pickle
-import sys
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -39,32 +41,21 @@ _DTYPES = {
     "BoolStorage": torch.bool,
     "UntypedStorage": torch.uint8,
 }
-# Standard-library names that are plain data and may become Opaque (they are never imported).
-_INERT_STDLIB = {
-    ("argparse", "Namespace"),
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("builtins", "slice"),
-    ("builtins", "complex"),
-    ("builtins", "bytearray"),
-    ("builtins", "object"),
-    ("collections", "defaultdict"),
-    ("collections", "deque"),
-    ("copyreg", "_reconstructor"),
-    ("datetime", "datetime"),
-    ("datetime", "date"),
-    ("datetime", "time"),
-    ("datetime", "timedelta"),
-    ("datetime", "timezone"),
-    ("decimal", "Decimal"),
-    ("fractions", "Fraction"),
-    ("pathlib", "PosixPath"),
-    ("pathlib", "WindowsPath"),
+# The other globals the reference training script (main_QCS_*.py, main_DCS_*.py) writes: its
+# progress recorders, classes of the script run as __main__, and the numpy arrays they hold
+# (numpy 1.x pickles `numpy.core`, numpy 2.x `numpy._core`). Each is read as an inert Opaque.
+_REFERENCE_OBJECTS = {
+    ("__main__", "RecorderMeter_loss"),
+    ("__main__", "RecorderMeter_matrix"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
 }
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
-    """The pickle names something that could run code; nothing it names was called."""
+    """The pickle names a global outside the allow-list; nothing it names was called."""
 
 
 class Opaque:
@@ -155,10 +146,6 @@ def _python3_name(module: str, name: str) -> tuple[str, str]:
     return _compat_pickle.IMPORT_MAPPING.get(module, module), name
 
 
-def _is_trusted_root(module: str) -> bool:
-    return module.split(".")[0] in (*sys.stdlib_module_names, "torch")
-
-
 class _Unpickler(pickle.Unpickler):
     def __init__(self, file: Any, archive: zipfile.ZipFile, prefix: str) -> None:
         super().__init__(file)
@@ -172,15 +159,17 @@ class _Unpickler(pickle.Unpickler):
             return _TORCH[module, name]
         if module == "torch" and name in _DTYPES:
             return _StorageType(_DTYPES[name])
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-        if _is_trusted_root(module) and (module, name) not in _INERT_STDLIB:
-            raise UnsafeCheckpointError(
-                f"it names {module}.{name}, which is not plain data (a pickle that calls it "
-                "could run code); nothing was called"
-            )
-        self.opaque.add(f"{module}.{name}")
-        return type(name, (Opaque,), {"qualified_name": f"{module}.{name}"})
+        if module == "torch" and name.isidentifier() and not name.startswith("_"):
+            dtype = getattr(torch, name, None)  # torch.float32 and the like, as pickled
+            if isinstance(dtype, torch.dtype):
+                return dtype
+        if (module, name) in _REFERENCE_OBJECTS:
+            self.opaque.add(f"{module}.{name}")
+            return type(name, (Opaque,), {"qualified_name": f"{module}.{name}"})
+        raise UnsafeCheckpointError(
+            f"it names {module}.{name}, which is not among what the reference training script "
+            "writes (tensors, its progress recorders, numpy arrays); nothing was called"
+        )
 
     def persistent_load(self, pid: Any) -> _Storage:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
