@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from qcsfer.cli import main
-from qcsfer.inference import ExpressionRecognizer, ImageError
+from qcsfer.imaging import ImageTooLarge
+from qcsfer.inference import ExpressionRecognizer, ImageError, video_io
 from qcsfer.inference.faces import Face
 from qcsfer.inference.haar import HaarDetector
 from qcsfer.inference.runner import run_predict
@@ -274,6 +275,23 @@ def test_corrupt_frames_are_skipped_and_counted_truncation_reported(tmp_path: Pa
     assert [round(s.time, 2) for s in reader] == [0.5, 0.9, 1.3]
     with pytest.raises(ImageError, match="no decodable frame after 5 s"):
         list(FrameReader(video, start=5.0))
+
+
+def test_frames_over_the_pixel_limit_are_refused_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    video = write_video(tmp_path / "clip.avi", [compose([])] * 3)
+    pixels = SIZE[0] * SIZE[1]
+    assert len(list(FrameReader(video, max_pixels=pixels))) == 3
+    reader = FrameReader(video, max_pixels=pixels - 1)
+    with pytest.raises(ImageTooLarge, match=f"480 x 270 = {pixels} pixels > {pixels - 1}"):
+        list(reader)
+    assert reader.stats.decoded == 0  # told by the header: nothing decoded
+    monkeypatch.setattr(video_io, "MAX_PIXELS", pixels - 1)  # the image limit is the default
+    assert main(["predict", str(video), "--model", "default"]) == 1  # one input skipped
+    assert f"clip.avi: video frames too large (480 x 270 = {pixels} pixels" in (
+        capsys.readouterr().err
+    )
 
 
 # -- the whole pipeline: API, CLI outputs, interruption -------------------------------------------

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UsageError
-from ..imaging import ImageError
+from ..imaging import MAX_PIXELS, ImageError, ImageTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,9 @@ class FrameReader:
 
     Sampling: every Nth frame (`every`), or frames `1 / fps` seconds apart (`fps`, by the
     video's timestamps; never more often than the video's own rate). Iterating raises ImageError
-    when the source cannot be read at all; `stats` tells what was met.
+    when the source cannot be read at all, and ImageTooLarge for frames of more than
+    `max_pixels` (default: the image limit, `imaging.MAX_PIXELS`), told by the header before
+    any frame is decoded; `stats` tells what was met.
     """
 
     def __init__(
@@ -120,6 +122,7 @@ class FrameReader:
         fps: float | None = None,
         start: float = 0.0,
         end: float | None = None,
+        max_pixels: int | None = None,
     ) -> None:
         if every < 1:
             raise ValueError("every must be >= 1")
@@ -135,6 +138,7 @@ class FrameReader:
         self.sample_fps = fps
         self.start = start
         self.end = end
+        self.max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
         self.stats = ReadStats()
 
     @property
@@ -162,6 +166,9 @@ class FrameReader:
         import cv2
 
         stats = self.stats
+        width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+        height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        self._check_size(width, height)  # from the header, before a frame is decoded
         stats.fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
         if self.camera is None:
             stats.declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
@@ -199,6 +206,7 @@ class FrameReader:
             stats.decoded += 1
             stats.position += 1
             if wanted:
+                self._check_size(frame.shape[1], frame.shape[0])  # a header that said less
                 stats.sampled += 1
                 if self.sample_fps is not None:
                     next_time = max(next_time + 1.0 / self.sample_fps, seconds)
@@ -208,6 +216,14 @@ class FrameReader:
             what = "the camera gave" if self.camera else "the video has"
             after = f" after {self.start:g} s" if self.start else ""
             raise ImageError(f"{self.source}: {what} no decodable frame{after}")
+
+    def _check_size(self, width: int, height: int) -> None:
+        """Refuse frames over the pixel limit: decoding one 100-megapixel frame takes 1.4 GB."""
+        if width * height > self.max_pixels:
+            raise ImageTooLarge(
+                f"{self.source}: video frames too large ({width} x {height} = {width * height} "
+                f"pixels > {self.max_pixels})"
+            )
 
     def _wanted(self, index: int, seconds: float, next_time: float) -> bool:
         if self.sample_fps is not None:
