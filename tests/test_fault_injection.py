@@ -99,7 +99,8 @@ real_save, calls = torch.save, [0]
 def save_then_die(obj, f, *args, **kwargs):
     calls[0] += 1
     if calls[0] == 3:  # the third checkpoint: half written, then SIGKILL
-        Path(f).write_bytes(b"half a checkpoint" * 5000)
+        f.write(b"half a checkpoint" * 5000)  # the open temporary file
+        f.flush()
         os.kill(os.getpid(), signal.SIGKILL)
     return real_save(obj, f, *args, **kwargs)
 
@@ -138,7 +139,7 @@ def test_disk_full_during_a_save_is_a_message_and_the_run_resumes(
     def fills_the_disk(obj: object, f: object, *args: object, **kwargs: object) -> None:
         calls[0] += 1
         if calls[0] == 3:
-            Path(f).write_bytes(b"the first megabytes")  # type: ignore[arg-type]
+            f.write(b"the first megabytes")  # type: ignore[attr-defined]
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_save(obj, f, *args, **kwargs)
 

@@ -9,14 +9,20 @@ a generated dataset, a few seconds each.
 
 from __future__ import annotations
 
+import resource
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 
-from qcsfer.engine.rundir import RunDirError
+from qcsfer.cli import main
+from qcsfer.engine.checkpoint import load_checkpoint
+from qcsfer.engine.rundir import RunDirError, leftover_temporaries
 from qcsfer.engine.trainer import train
 
-from .test_fault_injection import config, write_faces
+from .test_fault_injection import config, overrides, write_faces
 
 
 @pytest.fixture
@@ -87,3 +93,78 @@ def test_a_run_is_recognised_by_its_checkpoint_when_its_config_is_gone(
     (run_dir / "config.yaml").unlink()
     train(config(faces, seed=1, max_steps=1), run_dir, overwrite=True)
     assert (run_dir / "config.yaml").is_file()
+
+
+# ---------------------------------------------------------------------------- item 2: full disks
+
+TORCH_WRITE_FAILURE = "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"
+
+
+def test_a_failed_first_last_pt_is_one_line_and_keeps_the_epochs_results(
+    faces: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """torch.save raises RuntimeError, not OSError, for ENOSPC/EFBIG; the first save of the
+    run is best.pt (end of epoch 1), the second last.pt."""
+    run_dir = tmp_path / "run"
+    real_save, calls = torch.save, [0]
+
+    def disk_fills_after_best(obj: object, f: object, *args: object, **kwargs: object) -> None:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise RuntimeError(TORCH_WRITE_FAILURE)
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_fills_after_best)
+    settings = [arg for item in overrides(faces, epochs=1) for arg in ("--set", item)]
+    code = main(["-q", "train", "--run-dir", str(run_dir), *settings])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"{run_dir / 'last.pt'}: cannot write" in err and "disk full" in err
+    assert "cannot be resumed" in err and "best.pt" in err
+    left = {p.name for p in run_dir.iterdir()}
+    assert {"best.pt", "best.safetensors", "metrics.jsonl", "train.log", "config.yaml"} <= left
+    assert "last.pt" not in left and "run.lock" not in left
+    assert leftover_temporaries(run_dir) == []
+    assert load_checkpoint(run_dir / "best.pt")["epoch"] == 1  # intact
+
+
+@contextmanager
+def file_size_limit(limit: int) -> Iterator[None]:
+    """`ulimit -f` for this process (Python ignores SIGXFSZ, so writes fail with EFBIG)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_a_file_size_limit_names_the_file_and_the_os_reason(tmp_path: Path) -> None:
+    """A real EFBIG: torch.save's RuntimeError and safetensors' SafetensorError both become
+    'FILE: cannot write (File too large)', and no partial file is left."""
+    from qcsfer.engine.checkpoint import save_checkpoint
+    from qcsfer.models.weights import save_weights
+    from qcsfer.outputs import OutputError
+    from qcsfer.preprocessing import Preprocessing
+    from qcsfer.typed_data import to_dict
+
+    from .model_builders import tiny_model
+
+    model = tiny_model("baseline")
+    with file_size_limit(100_000), pytest.raises(OutputError) as checkpoint_error:
+        save_checkpoint({"model": model.state_dict()}, tmp_path / "last.pt")
+    assert str(checkpoint_error.value).startswith(f"{tmp_path / 'last.pt'}: cannot write")
+    assert "File too large" in str(checkpoint_error.value)
+    with file_size_limit(100_000), pytest.raises(OutputError, match="File too large"):
+        save_weights(
+            model,
+            tmp_path / "best.safetensors",
+            classes=[str(i) for i in range(5)],
+            preprocessing=to_dict(Preprocessing(image_size=48, load_size=48)),
+            provenance={"mode": "baseline"},
+        )
+    assert list(tmp_path.iterdir()) == []

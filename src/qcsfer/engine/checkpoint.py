@@ -20,7 +20,7 @@ from ..config import TrainConfig, from_dict, to_dict
 from ..errors import TrainingError
 from ..io import atomic_write
 from ..models.qcs import QCSModel
-from ..outputs import writing
+from ..outputs import OutputError, reason, writing
 from ..torch_files import load_tensors_only, not_a_torch_file, torch_refusal
 
 CHECKPOINT_FORMAT = "qcsfer-checkpoint"
@@ -102,11 +102,11 @@ class Checkpointer:
         checkpoints/step-N.pt (a byte copy: no second pickling)."""
         if not self.writes:
             return
-        with writing(self.run_dir / name):  # a full disk: say which file; the old one stays
-            path = save_checkpoint(self.state_dict(state), self.run_dir / name)
+        path = save_checkpoint(self.state_dict(state), self.run_dir / name)  # the old one stays
         if self.config.keep_checkpoints and name == "last.pt":
             kept = self.run_dir / "checkpoints" / f"step-{state.step:07d}.pt"
-            atomic_write(kept, lambda tmp: shutil.copyfile(path, tmp))
+            with writing(kept):
+                atomic_write(kept, lambda tmp: shutil.copyfile(path, tmp))
 
     def restore(self, checkpoint: dict[str, Any]) -> RunState:
         self.model.load_state_dict(checkpoint["model"])
@@ -124,8 +124,33 @@ class Checkpointer:
 
 
 def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> Path:
-    """A checkpoint is either the old file or the complete new one, never half of one."""
-    return atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+    """A checkpoint is either the old file or the complete new one, never half of one.
+
+    A write that fails (a full disk, a file-size limit) is an OutputError naming the file and
+    the reason. torch.save reports those as a RuntimeError; written through a Python file, the
+    OSError it failed on is that error's context, so the reason is the operating system's.
+    """
+
+    def write(temporary: Path) -> None:
+        with temporary.open("wb") as file:
+            torch.save(checkpoint, file)
+
+    try:
+        return atomic_write(path, write)
+    except (OSError, RuntimeError) as exc:
+        raise OutputError(f"{path}: cannot write ({_write_problem(exc)})") from exc
+
+
+def _write_problem(exc: BaseException) -> str:
+    """The OSError behind a failed write if there is one ("File too large"), else torch's
+    complaint, which names no cause: the likely ones are said."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError):
+            return reason(cause)
+        cause = cause.__cause__ or cause.__context__
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"PyTorch could not write it: {first_line}; is the disk full or a file-size limit hit?"
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import TrainingError
+
 LOCK_NAME = "run.lock"
 # What a run writes into its directory (besides run.lock and temporaries of atomic writes).
 SETUP_FILES = ("config.yaml", "config.edited.yaml", "train.log", "validation_split.json")
@@ -112,3 +114,32 @@ def discard_failed_start(run_dir: Path) -> None:
         return
     with contextlib.suppress(OSError):  # best effort: the original error is what matters
         remove_run_files(run_dir)
+
+
+def kept_checkpoint(run_dir: Path) -> str:
+    """What a stopped run leaves to continue from, for its message."""
+    last = run_dir / "last.pt"
+    if last.is_file():
+        return f"the last complete checkpoint {last} is kept"
+    return "no checkpoint had been written yet"
+
+
+def write_failure(problem: str, run_dir: Path) -> TrainingError:
+    """A write that failed mid-run (a full disk, a file-size limit), in one line: what failed,
+    what is kept, and the one way forward."""
+    if (run_dir / "last.pt").is_file():
+        return TrainingError(
+            f"{problem}; {kept_checkpoint(run_dir)} with everything written so far: free space "
+            f"(or raise the file-size limit), then `qcsfer train --resume {run_dir}`"
+        )
+    kept = [p.name for p in run_files(run_dir) if p.name in RESULT_FILES]
+    if kept:
+        return TrainingError(
+            f"{problem}; no checkpoint could be written, so the run cannot be resumed; what it "
+            f"wrote is kept in {run_dir} ({', '.join(kept)}): free space (or raise the "
+            "file-size limit), then start it again (--overwrite replaces it)"
+        )
+    return TrainingError(
+        f"{problem}; no checkpoint had been written yet: free space (or raise the file-size "
+        "limit), then start the run again"
+    )

@@ -36,7 +36,7 @@ from .logit_adjustment import logit_adjusted, prior_offset
 from .optim import build_optimization
 from .resume import check_data, keep_edited_config, resumed_config
 from .rundir import claim_run_dir
-from .runfiles import discard_failed_start
+from .runfiles import discard_failed_start, kept_checkpoint, write_failure
 from .runlog import EpochProgress, RunLog, default_run_dir, epoch_record, export_best, open_run_dir
 from .step import LossFunction, TrainStep
 from .warm_start import initialize
@@ -175,7 +175,7 @@ def _train(
                         raise TrainingError(
                             f"non-finite loss or gradients ({step_loss}) at epoch "
                             f"{state.epoch + 1}, step {b}: stopping without applying it; "
-                            + _kept_checkpoint(run_dir)
+                            + kept_checkpoint(run_dir)
                         )
                     scheduler.step()
                     state.add_step(step_loss)
@@ -206,13 +206,10 @@ def _train(
         if dd.is_main:
             log.warning("interrupted: resume with qcsfer train --resume %s", run_dir)
         raise
-    except (OSError, OutputError) as exc:  # a full disk, a folder removed under the run
+    except (OSError, OutputError) as exc:  # a full disk, a file-size limit, a folder removed
         where = f"{exc.filename}: " if isinstance(exc, OSError) and exc.filename else ""
-        raise TrainingError(
-            f"{where}{reason(exc) if isinstance(exc, OSError) else exc}; "
-            f"{_kept_checkpoint(run_dir)}: free space (or fix the folder), then "
-            f"`qcsfer train --resume {run_dir}`"
-        ) from exc
+        problem = f"{where}{reason(exc) if isinstance(exc, OSError) else exc}"
+        raise write_failure(problem, run_dir) from exc
     return run_dir
 
 
@@ -314,13 +311,6 @@ def _validate(
         seconds=seconds,
         skipped_images=parts.train.skipped + parts.val.skipped,
     )
-
-
-def _kept_checkpoint(run_dir: Path) -> str:
-    last = run_dir / "last.pt"
-    if last.is_file():
-        return f"the last complete checkpoint {last} is kept"
-    return "no checkpoint had been written yet"
 
 
 def _finished(run_dir: Path, done: str) -> Path:

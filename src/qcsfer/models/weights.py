@@ -35,6 +35,7 @@ from ..card import (
 from ..decision import DecisionRule
 from ..errors import WeightsError
 from ..io import atomic_write
+from ..outputs import OutputError
 from .base import BaseNetwork
 from .configs import ModelConfig
 from .qcs import TOPOLOGY, QCSModel
@@ -117,7 +118,11 @@ def save_weights(
     def write_tensors(temporary: Path) -> None:
         save_file(tensors, temporary, metadata={"format": "pt", "qcsfer": network, "id": pair_id})
 
-    atomic_write(tensor_path, write_tensors)
+    try:
+        atomic_write(tensor_path, write_tensors)
+    except SafetensorError as exc:  # its I/O errors (a full disk, a file-size limit) as text
+        detail = str(exc).partition("I/O error: ")[2] or str(exc)
+        raise OutputError(f"{tensor_path}: cannot write ({detail})") from exc
     card = card.replace(
         tensors={
             "file": tensor_path.name,
