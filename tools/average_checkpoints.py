@@ -26,6 +26,7 @@ from qcsfer.engine.checkpoint import (
     weights_only,
 )
 from qcsfer.errors import QcsferError
+from qcsfer.outputs import check_not_an_input
 
 
 def main() -> None:
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("checkpoints", type=Path, nargs="+")
     args = parser.parse_args()
 
+    check_not_an_input(args.out, args.checkpoints)  # OUT.pt among the inputs: refused
     checkpoints = [load_checkpoint(path) for path in args.checkpoints]
     last = checkpoints[-1]
     if any(c["config"] != last["config"] or c["classes"] != last["classes"] for c in checkpoints):

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from qcsfer.card import weights_paths
 from qcsfer.data.prior import training_prior
 from qcsfer.data.splits import load_splits
 from qcsfer.engine.averaging import average_states, validation_summary
@@ -36,6 +37,7 @@ from qcsfer.engine.checkpoint import (
 )
 from qcsfer.errors import QcsferError
 from qcsfer.models.weights import load_weights
+from qcsfer.outputs import check_not_an_input
 
 
 def main() -> None:
@@ -49,6 +51,7 @@ def main() -> None:
     parser.add_argument("--write", type=float, required=True, help="the alpha to write")
     args = parser.parse_args()
 
+    check_not_an_input(args.out, [*weights_paths(args.start), *args.end])
     ends = [load_checkpoint(path) for path in args.end]
     end = ends[0]
     config = run_config(end)

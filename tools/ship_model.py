@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from qcsfer.card import read_card
+from qcsfer.card import read_card, weights_paths
 from qcsfer.config import TrainConfig, from_dict
 from qcsfer.data.prior import training_prior
 from qcsfer.decision import DecisionRule, OperatingPoint
@@ -31,6 +31,7 @@ from qcsfer.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from qcsfer.engine.evaluate import evaluate
 from qcsfer.errors import QcsferError
 from qcsfer.models.weights import save_weights
+from qcsfer.outputs import check_not_an_input
 from qcsfer.pretrained import DEFAULT_WEIGHTS, WEIGHTS_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,7 +82,11 @@ def main() -> None:
     parser.add_argument("--trained-on", help="the hardware the run trained on, for provenance")
     args = parser.parse_args()
 
-    checkpoint = load_checkpoint(args.checkpoint or args.run_dir / "best.pt")
+    source = args.checkpoint or args.run_dir / "best.pt"
+    destination = args.out or WEIGHTS_DIR / f"{args.name}.safetensors"
+    for written in weights_paths(destination):  # the tensors and the card beside them
+        check_not_an_input(written, [source])
+    checkpoint = load_checkpoint(source)
     config, classes = checkpoint["config"], checkpoint["classes"]
     if args.data_root:
         config["data"]["root"] = args.data_root
@@ -147,7 +152,7 @@ def main() -> None:
             + previous.get("train_minutes_all_stages", previous["train_minutes"]),
             1,
         )
-    out = write(args.out or WEIGHTS_DIR / f"{args.name}.safetensors", provenance)
+    out = write(destination, provenance)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     print(json.dumps(measured, indent=2))
 

@@ -18,6 +18,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from qcsfer.errors import QcsferError
+from qcsfer.outputs import check_not_an_input
+
 ROOT = Path(__file__).resolve().parents[1]
 VALID = ROOT.parent / "shared" / "datasets" / "ferplus" / "FER2013Valid"
 CLASSES = ["neutral", "happiness", "surprise", "sadness", "anger"]
@@ -44,11 +47,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="the video to write (.mp4)")
     args = parser.parse_args()
+    photo_path = ROOT / "src" / "qcsfer" / "assets" / "astronaut.jpg"
+    face_paths = agreed_faces()
+    check_not_an_input(args.out, [photo_path, *face_paths.values()])
     faces = {
         name: cv2.resize(cv2.imread(str(path)), (170, 170), interpolation=cv2.INTER_CUBIC)
-        for name, path in agreed_faces().items()
+        for name, path in face_paths.items()
     }
-    photo = cv2.imread(str(ROOT / "src" / "qcsfer" / "assets" / "astronaut.jpg"))
+    photo = cv2.imread(str(photo_path))
     head = cv2.resize(photo[40:200, 145:305], (110, 110), interpolation=cv2.INTER_AREA)
     writer = cv2.VideoWriter(str(args.out), cv2.VideoWriter_fourcc(*"mp4v"), FPS, SIZE)
     total = round(len(SEQUENCE) * HOLD * FPS)
@@ -70,4 +76,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except QcsferError as exc:  # a message, not a traceback
+        raise SystemExit(f"{Path(__file__).name}: error: {exc}") from None

@@ -7,10 +7,11 @@ command refused later (or interrupted) leaves no empty folders behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -65,6 +66,25 @@ def check_output_file(path: str | os.PathLike[str]) -> Path:
         raise OutputError(f"{path}: is a folder (give a file name, e.g. {path / 'model'}...)")
     check_output_folder(path.parent)
     return path
+
+
+def check_not_an_input(
+    output: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str] | None]
+) -> Path:
+    """Refuse an output file that is one of the command's inputs (the same file by any path
+    or link): writing it would destroy what is being read, e.g. `export W --out W`."""
+    output = Path(output)
+    for given in inputs:
+        if given is None:
+            continue
+        source = Path(given)
+        with contextlib.suppress(OSError):  # either one missing: they cannot be the same
+            if os.path.samefile(output, source):
+                raise OutputError(
+                    f"{output}: is also an input of this command ({source}); writing it would "
+                    "replace what is being read: write to another file"
+                )
+    return output
 
 
 @contextmanager

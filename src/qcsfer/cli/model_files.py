@@ -64,10 +64,13 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from ..card import weights_paths
     from ..inference.export import export_weights
-    from ..outputs import check_output_file
+    from ..outputs import check_not_an_input, check_output_file
+    from ..pretrained import resolve_weights
 
     out = check_output_file(args.out or Path(args.weights).stem + ".onnx")
+    check_not_an_input(out, weights_paths(resolve_weights(args.weights)))  # tensors and card
     try:
         report = export_weights(args.weights, args.format, out, opset=args.opset)
     except ImportError as exc:  # onnx / onnxruntime missing
@@ -80,10 +83,13 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    from ..card import weights_paths
     from ..models.reference import convert_reference
-    from ..outputs import check_output_file
+    from ..outputs import check_not_an_input, check_output_file
 
     out = check_output_file(args.out)  # before the minutes of reading a large checkpoint
+    for written in weights_paths(out):  # the tensors and the card beside them
+        check_not_an_input(written, [args.checkpoint])
     path, report = convert_reference(args.checkpoint, args.dataset, out, args.mode)
     print(report.summary())
     print(f"wrote {path} and {path.with_suffix('.json').name}")

@@ -23,7 +23,7 @@ from ..data.transforms import eval_transform
 from ..io import atomic_write
 from ..models.base import BaseNetwork
 from ..models.vit import use_fused_attention
-from ..outputs import check_output_folder, writing
+from ..outputs import OutputError, check_output_folder, writing
 from ..preprocessing import Preprocessing
 from ..pretrained import load_model
 from .calibration import PointReport, measure_operating_points
@@ -31,6 +31,7 @@ from .device import autocast, select_device
 from .distributed import Distributed
 from .metrics import Metrics, compute_metrics
 from .plots import plot_confusion
+from .runfiles import is_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +219,11 @@ def evaluate(
     """
     if out_dir is not None:
         check_output_folder(out_dir)  # before the work, not after it
+        if Path(out_dir).is_dir() and is_run_dir(Path(out_dir)):
+            raise OutputError(
+                f"{out_dir}: is a training run's directory, whose confusion_matrix.png this "
+                f"would replace: choose another --out (e.g. {Path(out_dir) / 'evaluation'})"
+            )
     result = split_logits(weights, data_format, root, split, **reading)
     rule = result.card.decision
     rule.point(prior)  # an unknown prior or a missing training prior fails before any work
