@@ -163,7 +163,7 @@ def test_suite_on_a_synthetic_tree(bench, tmp_path: Path) -> None:
     assert saved["suite"] == result["suite"]
     table = (out / "generalization-constant.md").read_text()
     assert "| **suite score** (mean balanced, 4 sources) |" in table
-    assert "| tcce dev, centre crop 0.72 (comparison) | 13 |" in table
+    assert "| tcce dev, centre crop 0.7 (comparison) | 13 |" in table
 
 
 def test_missing_source_is_one_message(bench, tmp_path: Path) -> None:
