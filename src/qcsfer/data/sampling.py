@@ -8,6 +8,8 @@ class index, vectorised over the whole epoch.
 
 An epoch is a pure function of (seed, epoch): a resumed run re-creates it and skips the
 batches already done. Under data parallelism each rank takes a disjoint shard of the anchors.
+Anchors that do not fill a last batch are dropped, unless `drop_last: false`: the reference's
+DataLoaders keep that smaller last batch (one process only, as the reference ran).
 
 A class with a single image cannot give a different image of its class: its positive (or
 negative2) is then the image itself, with a warning naming the class.
@@ -24,6 +26,9 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 NegativeRule = Literal["frequency", "uniform-class"]
+# One epoch's batches: an array (batches x branches x batch_size), or with `drop_last: false`
+# and anchors left over, a list of (branches x n) arrays whose last one is shorter.
+Batches = np.ndarray | list[np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -34,7 +39,9 @@ class SamplerConfig:
     balanced: bool = False  # draw anchors with weights 1/class count, with replacement
     # (per-image source weights, where several datasets are combined, multiply these)
     anchors_per_epoch: int | None = None  # default: epoch_fraction x the dataset size
-    epoch_fraction: float = 1.0  # AffectNet's reference draws len/12 (QCS) or len/8 (DCS)
+    # AffectNet's QCS reference draws len/12; its DCS scripts' imbalanced.py draws len
+    epoch_fraction: float = 1.0
+    drop_last: bool = True  # false: train the leftover anchors as a smaller last batch
 
     def __post_init__(self) -> None:
         anchors = self.anchors_per_epoch
@@ -66,6 +73,11 @@ class BranchSampler:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        if world_size > 1 and config is not None and not config.drop_last:
+            raise ValueError(
+                "sampler.drop_last: false (the reference's smaller last batch) runs in one "
+                "process; under data parallelism set sampler.drop_last=true"
+            )
         self.labels = np.asarray(labels, dtype=np.int64)
         if self.labels.size == 0:
             raise ValueError("cannot sample from an empty dataset")
@@ -98,10 +110,11 @@ class BranchSampler:
         return self.config.anchors_per_epoch or round(self.config.epoch_fraction * len(self.labels))
 
     def __len__(self) -> int:
-        """Batches per epoch for each rank (incomplete batches are dropped)."""
-        return self.anchors_per_epoch // (self.batch_size * self.world_size)
+        """Batches per epoch for each rank (with an incomplete last one unless drop_last)."""
+        full, rest = divmod(self.anchors_per_epoch, self.batch_size * self.world_size)
+        return full + int(rest > 0 and not self.config.drop_last)
 
-    def epoch(self, epoch: int) -> np.ndarray:
+    def epoch(self, epoch: int) -> Batches:
         rng = np.random.default_rng([self.seed, epoch])
         anchors = self._anchors(rng)
         columns = [anchors]
@@ -110,11 +123,14 @@ class BranchSampler:
         if self.branches == 4:
             negatives = self._negatives(anchors, rng)
             columns += [negatives, self._other_of_same_class(negatives, rng)]
-        batches = len(self)
+        table = np.stack(columns)  # branches x anchors
+        batches = self.anchors_per_epoch // (self.batch_size * self.world_size)
         used = batches * self.batch_size * self.world_size
-        table = np.stack(columns)[:, :used]  # branches x used
-        table = table.reshape(self.branches, batches, self.world_size, self.batch_size)
-        return np.ascontiguousarray(table[:, :, self.rank].transpose(1, 0, 2))
+        full = table[:, :used].reshape(self.branches, batches, self.world_size, self.batch_size)
+        full = np.ascontiguousarray(full[:, :, self.rank].transpose(1, 0, 2))
+        if self.config.drop_last or used == table.shape[1]:
+            return full
+        return [*full, np.ascontiguousarray(table[:, used:])]  # one process: no sharding
 
     def _anchors(self, rng: np.random.Generator) -> np.ndarray:
         n = len(self.labels)

@@ -22,6 +22,7 @@ from ..preprocessing import Preprocessing
 from .datasets import read_dataset, stratified_split
 from .images import DiskImages, MemoryImages, default_cache_dir, load_images
 from .records import LabeledImages
+from .sampling import Batches
 from .sources import combine, read_source
 
 if TYPE_CHECKING:  # config builds on data's settings; data reads a config only when given one
@@ -167,7 +168,7 @@ def load_splits(config: TrainConfig, run_dir: Path | None) -> tuple[Split, Split
 
 
 def iterate_batches(
-    source: MemoryImages | DiskImages, batches: np.ndarray, start: int, stop: int | None = None
+    source: MemoryImages | DiskImages, batches: Batches, start: int, stop: int | None = None
 ) -> Iterator[tuple[int, torch.Tensor, np.ndarray]]:
     """(batch number, uint8 images, validity) for batches start..stop-1; from disk, the next
     batch is decoded in a background thread while the current one trains."""
