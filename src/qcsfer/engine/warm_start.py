@@ -11,6 +11,7 @@ from ..models.convert import load_ir50_backbone, load_reference_checkpoint
 from ..models.qcs import QCSModel
 from ..models.weights import load_weights
 from ..pretrained import resolve_weights
+from .weight_fit import load_fitting
 
 log = logging.getLogger("qcsfer.train")
 
@@ -26,16 +27,17 @@ def initialize(model: QCSModel, init: InitConfig) -> None:
         log.info(report.summary())
     if init.backbone_from:
         source, _ = load_weights(resolve_weights(init.backbone_from), base_only=True)
-        model.base.backbone.load_state_dict(source.backbone.state_dict())
+        backbone = source.backbone.state_dict()
+        load_fitting(model.base.backbone, backbone, init.backbone_from, option="init.backbone_from")
         log.info("backbone initialised from %s", init.backbone_from)
     if init.weights:
         source, card = load_weights(resolve_weights(init.weights))  # 'default', a run dir
         if card.network == "base" or model.mode == "baseline":  # a baseline: the base alone
             base = source if card.network == "base" else source.base
-            model.base.load_state_dict(base.state_dict())
+            load_fitting(model.base, base.state_dict(), init.weights, card.model)
             loaded = "base network"
         elif card.mode == model.mode:
-            model.load_state_dict(source.state_dict())
+            load_fitting(model, source.state_dict(), init.weights, card.model)
             loaded = "all weights"
         else:
             raise TrainingError(

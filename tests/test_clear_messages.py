@@ -1,0 +1,90 @@
+"""The last tracebacks of training and evaluation become one-line messages, and settings that
+cannot work are refused (issue 27, items 7, 8, 11, 14, 16 and 17)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qcsfer.cli import main
+from qcsfer.engine.trainer import train
+from qcsfer.errors import TrainingError
+from qcsfer.models.weights import save_weights
+from qcsfer.preprocessing import Preprocessing
+from qcsfer.typed_data import to_dict
+
+from .model_builders import tiny_model
+from .test_fault_injection import config, overrides, write_faces
+
+
+@pytest.fixture
+def faces(tmp_path: Path) -> Path:
+    return write_faces(tmp_path / "faces", {"train": 8, "valid": 2})
+
+
+def as_set_options(items: list[str]) -> list[str]:
+    return [arg for item in items for arg in ("--set", item)]
+
+
+def one_line_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run the command line; it must fail with exit code 2 and one line, which is returned."""
+    code = main(["-q", *args])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+# ---------------------------------------------------------------------------- 7: init.weights
+
+
+def saved_model(path: Path, model: str = "tiny", classes: int = 8) -> Path:
+    network = tiny_model("baseline", num_classes=classes) if model == "tiny" else None
+    if network is None:
+        from qcsfer.models.configs import get_config
+        from qcsfer.models.qcs import QCSModel
+
+        network = QCSModel(get_config(model, num_classes=classes), "baseline")
+    return save_weights(
+        network,
+        path,
+        classes=[f"class{i}" for i in range(classes)],
+        preprocessing=to_dict(Preprocessing(image_size=48, load_size=48)),
+        provenance={"mode": "baseline"},
+    )
+
+
+def test_init_weights_of_another_class_count_says_what_differs_and_what_to_do(
+    faces: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    weights = saved_model(tmp_path / "eight.safetensors", classes=8)
+    settings = overrides(faces, max_steps=1)
+    err = one_line_error(
+        [
+            "train",
+            "--run-dir",
+            str(tmp_path / "run"),
+            *as_set_options([*settings, f"init.weights={weights}"]),
+        ],
+        capsys,
+    )
+    assert "does not fit this run's model" in err
+    assert "num_classes: 8 in the file, 4 in this run" in err
+    assert "2 tensors differ, in vit.head (2);" in err  # only the head differs
+    assert f"--set init.backbone_from={weights}" in err
+    # the suggestion works: the backbone alone starts the run
+    train(config(faces, max_steps=1, **{"init.backbone_from": weights}), tmp_path / "run2")
+
+
+def test_init_weights_of_another_architecture_says_nothing_of_it_fits(
+    faces: Path, tmp_path: Path
+) -> None:
+    weights = saved_model(tmp_path / "small.safetensors", model="small", classes=4)
+    with pytest.raises(TrainingError, match="does not fit this run's model") as info:
+        train(config(faces, max_steps=1, **{"init.weights": weights}), tmp_path / "run")
+    message = str(info.value)
+    assert "name: 'small' in the file, 'tiny' in this run" in message
+    assert "its backbone differs too" in message and "\n" not in message
+    with pytest.raises(TrainingError, match=r"init\.backbone_from=.* does not fit"):
+        train(config(faces, max_steps=1, **{"init.backbone_from": weights}), tmp_path / "run")
