@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from qcsfer.cli import main
 from qcsfer.engine.trainer import train
@@ -16,6 +17,7 @@ from qcsfer.typed_data import to_dict
 
 from .model_builders import tiny_model
 from .test_fault_injection import config, overrides, write_faces
+from .test_inference import save_tiny
 
 
 @pytest.fixture
@@ -88,3 +90,52 @@ def test_init_weights_of_another_architecture_says_nothing_of_it_fits(
     assert "its backbone differs too" in message and "\n" not in message
     with pytest.raises(TrainingError, match=r"init\.backbone_from=.* does not fit"):
         train(config(faces, max_steps=1, **{"init.backbone_from": weights}), tmp_path / "run")
+
+
+# ---------------------------------------------------------------------------- 8: --device mps
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="needs a machine without MPS")
+def test_mps_where_there_is_none_is_one_line_for_train_evaluate_and_predict(
+    faces: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    weights = save_tiny(tmp_path / "tiny.safetensors")
+    image = faces / "valid" / "anger" / "0.png"
+    commands = [
+        [
+            "train",
+            "--run-dir",
+            str(tmp_path / "run"),
+            *as_set_options(overrides(faces, device="mps")),
+        ],
+        [
+            "evaluate",
+            str(weights),
+            "--data",
+            f"folder:{faces}",
+            "--split",
+            "valid",
+            "--device",
+            "mps",
+            "--out",
+            str(tmp_path / "eval"),
+        ],
+        ["predict", str(image), "--no-detect", "--model", str(weights), "--device", "mps"],
+    ]
+    for args in commands:
+        err = one_line_error(args, capsys)
+        assert "'mps' requested but MPS (Apple silicon GPU) is not available" in err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "eval").exists()
+
+
+def test_devices_are_checked_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    from qcsfer.engine.device import select_device
+    from qcsfer.errors import DeviceError
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert select_device("mps").type == "mps"  # taken as given where MPS exists
+    for name in ("meta", "xpu"):
+        with pytest.raises(DeviceError, match=f"qcsfer does not run on {name}"):
+            select_device(name)
+    with pytest.raises(DeviceError, match="unknown device 'gpu'"):
+        select_device("gpu")

@@ -8,20 +8,35 @@ import torch
 
 from ..errors import DeviceError
 
+KNOWN = "use cpu, cuda, cuda:N, mps or auto"
+
 
 def select_device(name: str, local_rank: int = 0) -> torch.device:
-    """The one resolver of device names: "auto" is CUDA when available, else the CPU."""
+    """The one resolver of device names: "auto" is CUDA when available, else the CPU.
+
+    A device is checked here, before any work, rather than failing at the first tensor moved
+    there (torch's RuntimeError, deep inside a run): CUDA and Apple's MPS must be available,
+    and device types qcsfer does not run on are refused by name.
+    """
     if name == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError as exc:  # torch's message lists every device type it knows
-        raise DeviceError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from exc
+        raise DeviceError(f"unknown device {name!r}; {KNOWN}") from exc
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise DeviceError(f"device {name!r} requested but CUDA is not available")
         if device.index is None:
             device = torch.device(f"cuda:{local_rank}")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise DeviceError(
+                f"device {name!r} requested but MPS (Apple silicon GPU) is not available on this "
+                "machine or in this PyTorch build; use cpu"
+            )
+    elif device.type != "cpu":
+        raise DeviceError(f"device {name!r}: qcsfer does not run on {device.type}; {KNOWN}")
     return device
 
 

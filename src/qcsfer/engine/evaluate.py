@@ -164,6 +164,7 @@ def split_logits(
     """Logits of the readable images; refuses a split with no readable image to score."""
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    target = select_device(device)  # an unavailable device: refused before any work
     model, card = load_model(weights)
     classes, prep = card.classes, card.preprocessing
     data = read_dataset(data_format, root, split, **dict(options or {}))
@@ -184,7 +185,6 @@ def split_logits(
             f"{data.name}/{split}: none of its {len(kept)} images could be read (see the "
             "warnings above); nothing to evaluate"
         )
-    target = select_device(device)
     model = use_fused_attention(model.to(target), target.type == "cuda")
     logits = predict_logits(
         model, store.images[torch.from_numpy(valid)], prep, target, "fp32", flip, batch_size
