@@ -18,9 +18,11 @@ import pytest
 import torch
 
 from qcsfer.cli import main
+from qcsfer.config import save_config
 from qcsfer.engine.checkpoint import load_checkpoint
 from qcsfer.engine.rundir import RunDirError, leftover_temporaries
 from qcsfer.engine.trainer import train
+from qcsfer.errors import TrainingError
 
 from .test_fault_injection import config, overrides, write_faces
 
@@ -168,3 +170,28 @@ def test_a_file_size_limit_names_the_file_and_the_os_reason(tmp_path: Path) -> N
             provenance={"mode": "baseline"},
         )
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------- item 9: no checkpoint
+
+
+def test_a_run_killed_before_its_first_checkpoint_has_one_way_forward(
+    faces: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What SIGKILL during data loading leaves: config.yaml and train.log, no last.pt."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_config(config(faces, max_steps=1), run_dir / "config.yaml")
+    (run_dir / "train.log").write_text("... loading the data\n")
+    command = f"qcsfer train {run_dir / 'config.yaml'} --run-dir {run_dir} --overwrite"
+
+    with pytest.raises(TrainingError, match=r"stopped before its first last\.pt") as resumed:
+        train(None, run_dir, resume=True)
+    assert command in str(resumed.value)
+    with pytest.raises(RunDirError, match="nothing to resume: replace it with --overwrite") as new:
+        train(config(faces, max_steps=1), run_dir)
+    assert "--resume" not in str(new.value)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "train.log"]  # untouched
+
+    assert main(["-q", *command.split()[1:]]) == 0, capsys.readouterr().err
+    assert load_checkpoint(run_dir / "last.pt")["step"] == 1

@@ -65,8 +65,9 @@ def prepare_new_run(run_dir: Path, overwrite: bool) -> None:
                 "or choose another --run-dir"
             )
         raise RunDirError(
-            f"{run_dir} holds a run that stopped before its first checkpoint ({listed}), so "
-            "there is nothing to resume: replace it with --overwrite, or choose another --run-dir"
+            f"{run_dir} holds a run that stopped before its first last.pt was written ({listed}), "
+            "so there is nothing to resume: replace it with --overwrite, or choose another "
+            "--run-dir"
         )
     kept = remove_run_files(run_dir)
     log.warning("--overwrite: removed the earlier run's files in %s", run_dir)

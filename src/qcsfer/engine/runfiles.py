@@ -143,3 +143,22 @@ def write_failure(problem: str, run_dir: Path) -> TrainingError:
         f"{problem}; no checkpoint had been written yet: free space (or raise the file-size "
         "limit), then start the run again"
     )
+
+
+def last_checkpoint(run_dir: Path | None) -> Path:
+    """The checkpoint `--resume` continues from, or the one way forward when there is none."""
+    if run_dir is None:
+        raise TrainingError("resuming needs the run directory")
+    run_dir = Path(run_dir)
+    last = run_dir / "last.pt"
+    if last.is_file():
+        return last
+    if not run_dir.is_dir():
+        raise TrainingError(f"cannot resume: {run_dir} does not exist")
+    if is_run_config(run_dir / "config.yaml"):
+        raise TrainingError(
+            f"cannot resume {run_dir}: the run stopped before its first last.pt was written, so "
+            "there is nothing to continue from; start it again with "
+            f"`qcsfer train {run_dir / 'config.yaml'} --run-dir {run_dir} --overwrite`"
+        )
+    raise TrainingError(f"cannot resume: {run_dir} holds no qcsfer run (no {last.name})")

@@ -36,7 +36,7 @@ from .logit_adjustment import logit_adjusted, prior_offset
 from .optim import build_optimization
 from .resume import check_data, keep_edited_config, resumed_config
 from .rundir import claim_run_dir
-from .runfiles import discard_failed_start, kept_checkpoint, write_failure
+from .runfiles import discard_failed_start, kept_checkpoint, last_checkpoint, write_failure
 from .runlog import EpochProgress, RunLog, default_run_dir, epoch_record, export_best, open_run_dir
 from .step import LossFunction, TrainStep
 from .warm_start import initialize
@@ -63,7 +63,7 @@ def train(
     """
     checkpoint = None
     if resume:
-        checkpoint = load_checkpoint(_last_checkpoint(run_dir))
+        checkpoint = load_checkpoint(last_checkpoint(run_dir))
         config = run_config(checkpoint)  # before anything depends on it
     elif config is None:
         raise TrainingError("a configuration is needed to start a run")
@@ -323,12 +323,3 @@ def _finished(run_dir: Path, done: str) -> Path:
         run_dir,
     )
     return run_dir
-
-
-def _last_checkpoint(run_dir: Path | None) -> Path:
-    if run_dir is None:
-        raise TrainingError("resuming needs the run directory")
-    last = Path(run_dir) / "last.pt"
-    if not last.is_file():
-        raise TrainingError(f"cannot resume: {last} does not exist")
-    return last
