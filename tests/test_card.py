@@ -126,6 +126,69 @@ def test_write_card_replaces_only_the_card(tmp_path: Path) -> None:
     assert card.decision == rule
 
 
+def _edit_card(path: Path, edit) -> None:
+    """Change the card's JSON as a text editor would (indentation changed too)."""
+    card_path = path.with_suffix(".json")
+    data = json.loads(card_path.read_text())
+    edit(data)
+    card_path.write_text(json.dumps(data, indent=4))
+
+
+@pytest.mark.parametrize(
+    ("edit", "fields"),
+    [
+        (lambda d: d["classes"].reverse(), "classes"),
+        (lambda d: d["preprocessing"].update(grayscale=False), "preprocessing"),
+        (lambda d: d["decision"].update(training_prior=[0.5, 0.3, 0.2]), "decision"),
+        (lambda d: d.update(mode="dcs", network="training"), "mode"),
+        (lambda d: (d["classes"].sort(reverse=True), d["model"].update(heads=1)), "model, classes"),
+    ],
+)
+def test_a_hand_edited_meaning_is_refused(tmp_path: Path, edit, fields: str) -> None:
+    path = _training_file(tmp_path / "best.safetensors")
+    _edit_card(path, edit)
+    with pytest.raises(WeightsError, match=f": {fields} changed after this card was written"):
+        load_weights(path)
+    with pytest.raises(WeightsError, match="meaning_sha256 does not match"):
+        read_card(path)
+
+
+def test_edits_that_change_no_meaning_are_accepted(tmp_path: Path) -> None:
+    path = _training_file(tmp_path / "best.safetensors")
+    assert set(json.loads(path.with_suffix(".json").read_text())["meaning_sha256"]) == {
+        "network",
+        "mode",
+        "model",
+        "classes",
+        "preprocessing",
+        "decision",
+    }
+    _edit_card(path, lambda d: d["provenance"].update(note="re-indented, a note added"))
+    _, card = load_weights(path)
+    assert card.classes == CLASSES and card.provenance["note"].startswith("re-indented")
+    _edit_card(path, lambda d: (d.pop("meaning_sha256"), d["classes"].reverse()))
+    assert load_weights(path)[1].classes == CLASSES[::-1]  # a card from before the digests
+
+
+def test_the_shipped_card_is_stamped_and_refused_reversed() -> None:
+    data = json.loads((WEIGHTS_DIR / "ferplus-qcs-small.json").read_text())
+    assert ModelCard.from_dict(data).classes[:2] == ("neutral", "happiness")
+    data["classes"].reverse()  # the edit the probe made: every label moved to another face
+    with pytest.raises(WeightsError, match="classes changed after this card was written"):
+        ModelCard.from_dict(data)
+
+
+def test_an_edited_card_inside_an_onnx_file_is_refused() -> None:
+    from qcsfer.inference.contract import card_from_embedded, embedded_metadata
+
+    props = embedded_metadata(make_card())
+    assert card_from_embedded(props, "m.onnx").classes == CLASSES
+    card = json.loads(props["card"])
+    card["classes"] = ["c", "b", "a"]
+    with pytest.raises(WeightsError, match=r"m\.onnx: classes changed"):
+        card_from_embedded({**props, "card": json.dumps(card)}, "m.onnx")
+
+
 @pytest.mark.parametrize(
     ("name", "message"),
     [

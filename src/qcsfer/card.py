@@ -19,6 +19,8 @@ The JSON schema (format "qcsfer-weights", versioned by `format_version`):
     metrics      v2: {evaluation name: {metric: number}}, e.g. {"valid_flip": {"accuracy": ..}}
     provenance   how it was made (dataset, config, commit, ...), a free mapping
     tensors      the tensor file: file, sha256, count, parameters (and v2: id, see weights.py)
+    meaning_sha256  a digest of each field above from network to decision, checked on reading
+                 (card_digest.py); absent from cards written before it
 
 Version 1 files (no metrics) are read unchanged: their metrics are taken from either
 provenance layout (the trainer's `val_accuracy`, `tools/ship_model.py`'s
@@ -37,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from . import __version__
+from .card_digest import DIGEST_KEY, check_meaning, meaning_digests
 from .decision import DecisionRule
 from .errors import WeightsError
 from .io import atomic_write
@@ -187,7 +190,7 @@ class ModelCard:
             decision = DecisionRule.from_dict(_mapping(data.get("decision"), "decision"))
         except (TypeError, ValueError, KeyError) as exc:
             raise WeightsError(f"invalid decision rule: {exc!r}") from exc
-        return cls(
+        card = cls(
             network=data["network"],
             model=_mapping(data["model"], "model"),
             classes=tuple(data["classes"]),
@@ -199,6 +202,8 @@ class ModelCard:
             tensors=_mapping(data.get("tensors"), "tensors"),
             qcsfer_version=str(data.get("qcsfer_version", "unknown")),
         )
+        check_meaning(data)  # valid but edited by hand (a class order reversed): refused too
+        return card
 
 
 def weights_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
@@ -250,11 +255,14 @@ def write_card(card: ModelCard, path: str | os.PathLike[str]) -> Path:
 
 
 def card_json(card: ModelCard) -> str:
-    """The card as JSON text; WeightsError if its free mappings hold non-JSON values."""
+    """The card as JSON text, with the digests of its meaning (over the values as written);
+    WeightsError if its free mappings hold non-JSON values."""
     try:
-        return json.dumps(card.to_dict(), indent=2, default=_json_default) + "\n"
+        data = json.loads(json.dumps(card.to_dict(), default=_json_default))
     except (TypeError, ValueError) as exc:
         raise WeightsError(f"metadata is not JSON serialisable: {exc}") from exc
+    data[DIGEST_KEY] = meaning_digests(data)
+    return json.dumps(data, indent=2) + "\n"
 
 
 def _json_default(value: Any) -> Any:
