@@ -9,6 +9,7 @@ a generated dataset, a few seconds each.
 
 from __future__ import annotations
 
+import logging
 import resource
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -195,3 +196,26 @@ def test_a_run_killed_before_its_first_checkpoint_has_one_way_forward(
 
     assert main(["-q", *command.split()[1:]]) == 0, capsys.readouterr().err
     assert load_checkpoint(run_dir / "last.pt")["step"] == 1
+
+
+# ---------------------------------------------------------------------- item 10: --set, killed
+
+
+def test_a_resume_with_set_killed_early_is_not_reported_as_an_edit(
+    faces: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    run_dir = tmp_path / "run"
+    train(config(faces, max_steps=2), run_dir)
+
+    def killed(*args: object, **kwargs: object) -> torch.Tensor:
+        raise SystemExit("killed in the first step")  # as SIGKILL would: no checkpoint
+
+    with pytest.raises(SystemExit):
+        train(None, run_dir, resume=True, overrides=["max_steps=4"], loss=killed)
+    assert load_checkpoint(run_dir / "last.pt")["step"] == 2
+    with caplog.at_level(logging.WARNING):
+        train(None, run_dir, resume=True, overrides=["max_steps=4"])
+    assert "was edited" not in caplog.text
+    assert not (run_dir / "config.edited.yaml").exists()
+    assert load_checkpoint(run_dir / "last.pt")["step"] == 4
+    assert "max_steps: 4" in (run_dir / "config.yaml").read_text()  # it describes last.pt

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..config import TrainConfig, from_dict, to_dict
+from ..config import TrainConfig, from_dict, save_config, to_dict
 from ..errors import TrainingError
 from ..io import atomic_write
 from ..models.qcs import QCSModel
@@ -77,6 +77,7 @@ class Checkpointer:
         )
         self.data = data
         self.writes = writes
+        self._config_recorded = False  # config.yaml rewritten with the first last.pt
 
     def state_dict(self, state: RunState) -> dict[str, Any]:
         return {
@@ -103,10 +104,21 @@ class Checkpointer:
         if not self.writes:
             return
         path = save_checkpoint(self.state_dict(state), self.run_dir / name)  # the old one stays
+        if name == "last.pt" and not self._config_recorded:
+            self._record_config()
         if self.config.keep_checkpoints and name == "last.pt":
             kept = self.run_dir / "checkpoints" / f"step-{state.step:07d}.pt"
             with writing(kept):
                 atomic_write(kept, lambda tmp: shutil.copyfile(path, tmp))
+
+    def _record_config(self) -> None:
+        """config.yaml describes last.pt: a run resumed with --set (e.g. max_steps) writes its
+        changed configuration only once a checkpoint holds it, so a resume stopped before
+        that leaves no config.yaml that the next resume would report as edited by hand."""
+        path = self.run_dir / "config.yaml"
+        with writing(path):
+            atomic_write(path, lambda tmp: save_config(self.config, tmp))
+        self._config_recorded = True
 
     def restore(self, checkpoint: dict[str, Any]) -> RunState:
         self.model.load_state_dict(checkpoint["model"])

@@ -110,12 +110,13 @@ def _train(
     """The run itself, in a directory this process holds (see `train`)."""
     if dd.is_main and checkpoint is not None:
         keep_edited_config(run_dir, config)
+    recorded = config  # last.pt's: config.yaml says it until a checkpoint records --set changes
     if checkpoint is not None:
         config = resumed_config(config, overrides, checkpoint["epoch"])
         if checkpoint["epoch"] >= config.epochs:
             return _finished(run_dir, f"{checkpoint['epoch']} of {config.epochs} epochs")
     if dd.is_main:
-        open_run_dir(run_dir, config)
+        open_run_dir(run_dir, recorded)
     torch.manual_seed(config.seed)
 
     parts = _build(config, run_dir, checkpoint, dd, device, allow_data_change)
