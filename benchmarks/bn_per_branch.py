@@ -1,14 +1,14 @@
 """The cost of `bn_per_branch`: the reference's per-branch BatchNorm calls vs one batched call.
 
     python benchmarks/bn_per_branch.py [--config tiny] [--anchors 16] [--steps 4] [--repeats 3]
-                                       [--device cpu|cuda]
+                                       [--device cpu|cuda] [--threads 1] [--out FILE]
 
 One QCS training step (forward, loss, backward, Adam step) in fp32, the same weights and
 images for both variants, measured alternately in one process; prints a Markdown row and
-writes benchmarks/results/bn_per_branch.json. Only the BatchNorm calls differ: batched (the
-default) sends all 4B images through the base network at once, per-branch sends four batches
-of B as the reference does. On a CPU shared with other work, the process's CPU time per step
-(one thread by default) is the fairer measure than wall time; both are reported.
+writes benchmarks/results/bn_per_branch.json (or --out). Only the BatchNorm calls differ:
+batched (the default) sends all 4B images through the base network at once, per-branch sends
+four batches of B as the reference does. On a CPU shared with other work, the process's CPU
+time per step (one thread by default) is the fairer measure than wall time; both are reported.
 """
 
 from __future__ import annotations
@@ -66,6 +66,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS / "bn_per_branch.json", help="the JSON record"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -95,8 +98,8 @@ def main() -> None:
         "wall_ms": {"batched": median_ms(False, 0), "per_branch": median_ms(True, 0)},
         "all_seconds (wall, cpu)": {"batched": times[False], "per_branch": times[True]},
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bn_per_branch.json").write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{result['measure']}, {result['machine']}")
     print("| config | anchors (x4 images) | batched ms/step | per-branch ms/step | cost |")
     print("|---|---|---|---|---|")
