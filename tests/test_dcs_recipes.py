@@ -143,9 +143,8 @@ def test_pair_sampling_keeps_the_smaller_last_batch() -> None:
 
 
 def test_a_run_trains_the_smaller_last_batch(synthetic_root: Path, tmp_path: Path) -> None:
-    """256 training images in batches of 48: five full steps and one of 16 per epoch."""
-    config = synthetic_config(
-        synthetic_root, mode="dcs", batch_size=48, epochs=1, **{"sampler.drop_last": False}
-    )
+    """120 training images in batches of 48: two full steps and one of 24 per epoch."""
+    extra = {"data.limit": 120, "sampler.drop_last": False}
+    config = synthetic_config(synthetic_root, mode="dcs", batch_size=48, epochs=1, **extra)
     run_dir = train(config, tmp_path / "dcs")
-    assert load_checkpoint(run_dir / "last.pt")["step"] == 6
+    assert load_checkpoint(run_dir / "last.pt")["step"] == 3
