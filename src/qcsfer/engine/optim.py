@@ -13,29 +13,51 @@ from .sam import SAM
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """Weight decay on weight matrices and kernels only (not norms, biases, tokens, theta)."""
+    """Weight decay on weight matrices and kernels only (not norms, biases, tokens, theta);
+    the backbone at its own learning rate, its first `frozen_layers` layers not at all."""
     o = config.optim
     decay = 0.0 if o.reference_weight_decay else o.weight_decay
+    freeze_backbone_layers(model, o.frozen_layers)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     no_decay = ("cls_token", "pos_embed")
 
     def decays(name: str, p: torch.Tensor) -> bool:
         return p.ndim >= 2 and not name.endswith(no_decay)
 
+    parts = [(named, 1.0)]  # one part when the backbone learns at the common rate
+    if o.backbone_lr_scale != 1.0:
+        backbone = [(n, p) for n, p in named if ".backbone." in f".{n}"]
+        rest = [(n, p) for n, p in named if ".backbone." not in f".{n}"]
+        parts = [(rest, 1.0), (backbone, o.backbone_lr_scale)]
     groups = [
-        {"params": [p for n, p in named if decays(n, p)], "weight_decay": decay},
-        {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0},
-    ]
+        {"params": [p for n, p in part if decays(n, p) == decayed], "lr": o.lr * scale,
+         "weight_decay": decay if decayed else 0.0}
+        for part, scale in parts
+        for decayed in (True, False)
+    ]  # fmt: skip
+    groups = [g for g in groups if g["params"]]
     if o.name == "adam":
         # torch's Adam adds decay to the gradient (L2); AdamW decouples it.
-        base = torch.optim.Adam(groups, lr=o.lr, betas=o.betas)
+        base = torch.optim.Adam(groups, betas=o.betas)
     elif o.name == "adamw":
-        base = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas)
+        base = torch.optim.AdamW(groups, betas=o.betas)
     elif o.name == "sgd":
-        base = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0)
+        base = torch.optim.SGD(groups, momentum=o.momentum, nesterov=o.momentum > 0)
     else:
         raise ValueError(f"unknown optimiser {o.name!r}")
     return SAM(base, o.sam_rho, o.sam_adaptive) if o.sam else base
+
+
+def freeze_backbone_layers(model: torch.nn.Module, count: int) -> None:
+    """Stop the first `count` backbone layers (and the stem) from learning."""
+    if not count:
+        return
+    backbone = getattr(getattr(model, "base", model), "backbone", None)
+    layers = getattr(backbone, "layers", None)
+    if layers is None:
+        raise TrainingError("optim.frozen_layers needs the mobilenet backbone (model.backbone)")
+    for layer in list(layers)[:count]:
+        layer.requires_grad_(False)
 
 
 def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int) -> float:

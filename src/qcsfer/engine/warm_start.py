@@ -7,6 +7,7 @@ import logging
 
 from ..config import InitConfig
 from ..errors import TrainingError
+from ..models.backbone_file import load_backbone_file
 from ..models.convert import load_ir50_backbone, load_reference_checkpoint
 from ..models.qcs import QCSModel
 from ..models.weights import load_weights
@@ -25,6 +26,9 @@ def initialize(model: QCSModel, init: InitConfig) -> None:
         state, report = load_reference_checkpoint(init.reference, model.config, model.mode, parts)
         model.load_state_dict(state, strict=parts == "all")  # every requested key is in state
         log.info(report.summary())
+    if init.backbone:
+        card = load_backbone_file(init.backbone, model.base.backbone)
+        log.info("backbone initialised from %s (%s)", init.backbone, card.get("network"))
     if init.backbone_from:
         source, _ = load_weights(resolve_weights(init.backbone_from), base_only=True)
         backbone = source.backbone.state_dict()

@@ -10,6 +10,7 @@ from torch import nn
 
 from .backbone import IRBackbone
 from .configs import ModelConfig
+from .mobilenet import MobileNetV1
 from .vit import ViT
 
 
@@ -43,13 +44,22 @@ class ScaleTokens(nn.Module):
         return self.embed(self.downsample(x)).flatten(2).transpose(1, 2)
 
 
+def build_backbone(config: ModelConfig) -> nn.Module:
+    """The network that yields the three stage maps: IR stages 1-3 or MobileNet-v1."""
+    if config.backbone == "mobilenet":
+        if tuple(config.widths) != MobileNetV1.widths:
+            raise ValueError(f"the mobilenet backbone's widths are {MobileNetV1.widths}")
+        return MobileNetV1(config.in_channels, frozen_norm=config.frozen_backbone_norm)
+    return IRBackbone(config.units, config.widths, config.in_channels)
+
+
 class BaseNetwork(nn.Module):
     """images (B x C x H x W) -> (logits B x K, tokens B x 3N x dim). Shared by every branch."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.backbone = IRBackbone(config.units, config.widths, config.in_channels)
+        self.backbone = build_backbone(config)
         self.tokens = nn.ModuleList(
             ScaleTokens(c, s, config.token_grid, config.dim)
             for c, s in zip(config.widths, config.stage_sizes(), strict=True)

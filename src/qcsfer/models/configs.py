@@ -14,6 +14,7 @@ Variant = Literal["SD", "S", "D"]
 Normalize = Literal["batch", "sample"]
 Attention = Literal["csa", "sdpa"]
 Residual = Literal["normed", "prenorm"]
+Backbone = Literal["ir", "mobilenet"]
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,14 @@ class ModelConfig:
     image_size: int = 224  # side of the input the network receives
     backbone_size: int = 112  # nearest-neighbour resize before the backbone (POSTER++ heritage)
     in_channels: int = 3
+    # "ir": IR stages 1-3 (the paper); "mobilenet": MobileNet-v1's stride-8/16/32 maps (the
+    # face-recognition-pretrained "faceres" port, models/mobilenet.py; `units` unused).
+    backbone: Backbone = "ir"
     units: tuple[int, int, int] = (3, 4, 14)
     widths: tuple[int, int, int] = (64, 128, 256)
+    # Keep the backbone's BatchNorm statistics fixed in training (a pretrained backbone whose
+    # statistics are folded into its weights, as the converted TF.js graph's are).
+    frozen_backbone_norm: bool = False
     token_grid: int = 7  # tokens per scale = token_grid ** 2
     dim: int = 768
     heads: int = 8
@@ -66,6 +73,8 @@ class ModelConfig:
 
     def stage_sizes(self) -> tuple[int, int, int]:
         """Spatial side of the three backbone stage maps."""
+        if self.backbone == "mobilenet":  # strides 8, 16, 32 with TensorFlow's SAME padding
+            return tuple(math.ceil(self.backbone_size / s) for s in (8, 16, 32))  # type: ignore[return-value]
         sizes, s = [], self.backbone_size
         for _ in range(3):  # each stage starts with a stride-2 conv (padding 1): ceil(s / 2)
             s = math.ceil(s / 2)
@@ -104,8 +113,21 @@ SMALL = PAPER.replace(
     attn_proj_dropout=True,
 )
 TINY = SMALL.replace(name="tiny", units=(1, 2, 2), dim=128, base_depth=1)
+# The face-recognition-pretrained MobileNet-v1 (VGGFace2, `qcsfer convert --from tfjs`) at
+# 128 px RGB: maps of 16, 8 and 4 px give 3 x 16 tokens; the small ViT of `small` on top.
+FACERES = SMALL.replace(
+    name="faceres",
+    backbone="mobilenet",
+    image_size=128,
+    backbone_size=128,
+    widths=(256, 512, 1024),
+    token_grid=4,
+    dim=256,
+    heads=4,
+    frozen_backbone_norm=True,
+)
 
-CONFIGS: dict[str, ModelConfig] = {c.name: c for c in (PAPER, SMALL, TINY)}
+CONFIGS: dict[str, ModelConfig] = {c.name: c for c in (PAPER, SMALL, TINY, FACERES)}
 
 
 def get_config(name: str, **overrides: Any) -> ModelConfig:
