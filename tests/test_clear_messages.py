@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from qcsfer.cli import main
+from qcsfer.config import load_config
 from qcsfer.engine.trainer import train
-from qcsfer.errors import TrainingError
+from qcsfer.errors import ConfigError, TrainingError
 from qcsfer.models.weights import save_weights
 from qcsfer.preprocessing import Preprocessing
 from qcsfer.typed_data import to_dict
@@ -139,3 +140,46 @@ def test_devices_are_checked_before_any_work(monkeypatch: pytest.MonkeyPatch) ->
             select_device(name)
     with pytest.raises(DeviceError, match="unknown device 'gpu'"):
         select_device("gpu")
+
+
+# ---------------------------------------------------------------------------- 11: augmentation
+
+
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ("augmentation.translate=-1", "augmentation.translate is the largest extra shift"),
+        ("augmentation.translate=0.8", "augmentation.translate"),
+        ("augmentation.rotation=-10", "augmentation.rotation"),
+        ("augmentation.brightness=-0.2", "augmentation.brightness"),
+        ("augmentation.contrast=1.5", "augmentation.contrast"),
+        ("augmentation.saturation=-1", "augmentation.saturation"),
+        ("augmentation.hue=0.7", "augmentation.hue"),
+        ("augmentation.erasing_scale=[0.2,0.1]", "augmentation.erasing_scale needs"),
+        ("augmentation.erasing_ratio=[0,2]", "augmentation.erasing_ratio needs"),
+    ],
+)
+def test_augmentation_strengths_out_of_range_are_refused(
+    setting: str, named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_config(None, [setting])
+    err = one_line_error(
+        [
+            "train",
+            "--set",
+            setting,
+            "--set",
+            f"data.root={tmp_path}",
+            "--run-dir",
+            str(tmp_path / "r"),
+        ],
+        capsys,
+    )
+    assert named in err and not (tmp_path / "r").exists()
+
+
+def test_augmentation_strengths_in_range_are_kept() -> None:
+    values = ["augmentation.translate=0.5", "augmentation.rotation=0", "augmentation.hue=0.5"]
+    augmentation = load_config(None, values).augmentation
+    assert (augmentation.translate, augmentation.rotation, augmentation.hue) == (0.5, 0.0, 0.5)

@@ -15,8 +15,19 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from ..preprocessing import Preprocessing
 from .degradations import Degradation, degrade, uniform
+
+# The largest sensible value of each strength, and what it is (a negative one was accepted).
+RANGES = {
+    "rotation": (180.0, "the largest rotation either way, in degrees"),
+    "translate": (0.5, "the largest extra shift, as a fraction of the side"),
+    "brightness": (1.0, "the largest change of brightness (factor 1 -/+ it)"),
+    "contrast": (1.0, "the largest change of contrast (factor 1 -/+ it)"),
+    "saturation": (1.0, "the largest change of saturation (factor 1 -/+ it)"),
+    "hue": (0.5, "the largest hue rotation, in turns"),
+}
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,18 @@ class Augmentation:
                 raise ValueError(
                     f"augmentation.{name} is a probability (0 to 1), got {getattr(self, name)}"
                 )
+        for name, (high, meaning) in RANGES.items():
+            if not 0 <= getattr(self, name) <= high:
+                raise ConfigError(
+                    f"augmentation.{name} is {meaning}, from 0 to {high}; got {getattr(self, name)}"
+                )
+        for name, rule in (
+            ("erasing_scale", "0 < low <= high <= 1"),
+            ("erasing_ratio", "0 < low <= high"),
+        ):
+            low, top = getattr(self, name)
+            if not (0 < low <= top and (top <= 1 or name == "erasing_ratio")):
+                raise ConfigError(f"augmentation.{name} needs {rule}, got {[low, top]}")
 
 
 def normalize(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
