@@ -3,6 +3,7 @@ cannot work are refused (issue 27, items 7, 8, 11, 14, 16 and 17)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,46 @@ def test_augmentation_strengths_in_range_are_kept() -> None:
     values = ["augmentation.translate=0.5", "augmentation.rotation=0", "augmentation.hue=0.5"]
     augmentation = load_config(None, values).augmentation
     assert (augmentation.translate, augmentation.rotation, augmentation.hue) == (0.5, 0.0, 0.5)
+
+
+# ---------------------------------------------------------------------------- 14, 16: recipes
+
+
+def test_the_relative_root_warning_is_not_given_when_set_names_the_root(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("data:\n  root: not/here/ferplus\nepochs: 2\n")
+    with caplog.at_level(logging.WARNING, logger="qcsfer"):
+        config = load_config(recipe, [f"data.root={tmp_path}"])
+    assert config.data.root == str(tmp_path)
+    assert "data.root" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="qcsfer"):
+        load_config(recipe)  # the recipe's own root, not found: still said
+    assert "data.root 'not/here/ferplus'" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("epochs: 30\nseed: 1\nepochs: 3\n", "duplicate key 'epochs' (first at line 1) at line 3"),
+        ("optim:\n  lr: 0.001\n  lr: 0.01\n", "duplicate key 'lr' (first at line 2) at line 3"),
+        ("data: {root: a, root: b}\n", "duplicate key 'root'"),
+        ("", "the recipe is empty"),
+        ("# only a comment\n\n", "the recipe is empty"),
+    ],
+)
+def test_duplicate_keys_and_empty_recipes_are_refused(
+    text: str, problem: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(recipe)
+    assert problem in str(info.value) and str(recipe) in str(info.value)
+    assert problem in one_line_error(["train", str(recipe)], capsys)
+
+
+def test_a_duplicate_key_in_a_set_value_is_refused() -> None:
+    with pytest.raises(ConfigError, match="duplicate key 'root'"):
+        load_config(None, ["data={root: a, root: b}"])

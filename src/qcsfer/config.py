@@ -182,15 +182,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             what = "is a folder, not a YAML file" if path.is_dir() else "does not exist"
             raise FileNotFoundError(f"config file {path} {what}")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            data = yaml.load(path.read_text(encoding="utf-8"), Loader=StrictLoader)
         except UnicodeDecodeError:
             raise ConfigError(f"{path}: not a YAML text file (it is not UTF-8 text)") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
+        if data is None:  # empty, or only comments: the built-in defaults nobody chose
+            raise ConfigError(
+                f"{path}: the recipe is empty (no settings); write its settings, or leave the "
+                "file out and give --set KEY=VALUE to train the defaults with changes"
+            )
         if not isinstance(data, dict):
             raise ValueError(f"{path}: the top level must be a mapping")
+    keys = apply_overrides(data, overrides or [])
+    if path is not None and not {"data", "data.root"} & set(keys):  # not when --set gives it
         _warn_relative_root(data, path)
-    apply_overrides(data, overrides or [])
     return from_dict(TrainConfig, data)
 
 
@@ -209,9 +215,38 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> list[str]:
 def yaml_value(text: str, where: str) -> Any:
     """A command-line value read as YAML (7 -> int, true -> bool, [a, b] -> list)."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=StrictLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: not a valid YAML value ({_yaml_problem(exc)})") from None
+
+
+class StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, except that a key given twice in one mapping is an error:
+    PyYAML keeps the last silently, so `epochs: 30` above a forgotten `epochs: 3` ran 3."""
+
+
+def _unique_mapping(loader: StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    first: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`, resolved by PyYAML
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            seen = key in first
+        except TypeError:  # an unhashable key: construct_mapping says so
+            continue
+        if seen:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"duplicate key {key!r} (first at line {first[key] + 1})",
+                key_node.start_mark,
+            )
+        first[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=True)
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
