@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import WeightsError
+from ..tfjs import Node, TfjsGraph, read_graph
 
 # (depthwise stride, pointwise output channels) of blocks 1-13; the stem is 3 -> 32, stride 2.
 BLOCKS: tuple[tuple[int, int], ...] = (
@@ -118,8 +119,6 @@ def from_tfjs(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], di
     Follows the graph from its input through every conv, checking each op and attribute it
     relies on (strides, SAME padding, NHWC, the ReLU6 clip values) instead of trusting names.
     """
-    from ..tfjs import read_graph
-
     graph = read_graph(path)
     inputs = [n for n in graph.nodes.values() if n.op == "Placeholder"]
     if len(inputs) != 1:
@@ -139,7 +138,14 @@ def from_tfjs(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], di
     return state, graph.files_sha256
 
 
-def _read_conv(graph, source: str, prefix: str, depthwise: bool, stride: int, state) -> str:  # noqa: ANN001
+def _read_conv(
+    graph: TfjsGraph,
+    source: str,
+    prefix: str,
+    depthwise: bool,
+    stride: int,
+    state: dict[str, torch.Tensor],
+) -> str:
     """Map conv -> [Mul] -> Add -> Relu -> Minimum -> Maximum onto `prefix`; return its output."""
     op = "DepthwiseConv2dNative" if depthwise else "Conv2D"
     conv = _single(graph, source, op)
@@ -159,15 +165,13 @@ def _read_conv(graph, source: str, prefix: str, depthwise: bool, stride: int, st
     high = _single(graph, low.name, "Maximum")
     if float(graph.weight(low.inputs[1])) != 6.0 or float(graph.weight(high.inputs[1])) != 0.0:
         raise WeightsError(f"{relu.name}: expected ReLU6 (clip to 0..6)")
-    if depthwise:
-        weight = kernel.transpose(2, 3, 0, 1)  # C x 1 x H x W
-    else:
-        weight = kernel.transpose(3, 2, 0, 1)  # out x in x H x W
+    # to C x 1 x H x W (depthwise) or out x in x H x W
+    weight = kernel.transpose(2, 3, 0, 1) if depthwise else kernel.transpose(3, 2, 0, 1)
     state.update(_conv_norm(prefix, weight, scale, shift))
     return high.name
 
 
-def _single(graph, source: str, ops: str | tuple[str, ...]):  # noqa: ANN001, ANN202
+def _single(graph: TfjsGraph, source: str, ops: str | tuple[str, ...]) -> Node:
     ops = (ops,) if isinstance(ops, str) else ops
     consumers = graph.consumers(source)
     if len(consumers) != 1 or consumers[0].op not in ops:
