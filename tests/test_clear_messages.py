@@ -3,9 +3,12 @@ cannot work are refused (issue 27, items 7, 8, 11, 14, 16 and 17)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -227,3 +230,46 @@ def test_duplicate_keys_and_empty_recipes_are_refused(
 def test_a_duplicate_key_in_a_set_value_is_refused() -> None:
     with pytest.raises(ConfigError, match="duplicate key 'root'"):
         load_config(None, ["data={root: a, root: b}"])
+
+
+# ---------------------------------------------------------------------------- 17: classes by name
+
+
+def test_dataset_classes_that_are_model_classes_are_matched_by_name() -> None:
+    from qcsfer.data.records import DatasetError, LabeledImages
+    from qcsfer.engine.evaluate import map_labels
+
+    model_classes = ("neutral", "happiness", "surprise", "sadness")
+    data = LabeledImages(
+        name="toy",
+        split="test",
+        classes=("sadness", "neutral", "happiness"),  # another order, one model class absent
+        paths=tuple(Path(f"{i}.png") for i in range(4)),
+        labels=np.array([0, 1, 2, 0]),
+    )
+    kept, labels = map_labels(data, model_classes, None)
+    assert kept.tolist() == [0, 1, 2, 3]
+    assert [model_classes[i] for i in labels] == ["sadness", "neutral", "happiness", "sadness"]
+
+    other = dataclasses.replace(data, classes=("sad", "neutral", "happy"))
+    with pytest.raises(DatasetError, match=r"\['sad', 'happy'\] are not model classes"):
+        map_labels(other, model_classes, None)
+
+
+def test_evaluate_a_folder_named_by_the_models_classes_without_a_class_map(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from .test_cli_failures import gray_face
+
+    weights = save_tiny(tmp_path / "tiny.safetensors")
+    for i, name in enumerate(["sadness", "happiness", "sadness"]):  # the folder reader sorts
+        (tmp_path / "faces" / name).mkdir(parents=True, exist_ok=True)
+        gray_face(tmp_path / "faces" / name / f"{i}.png", i)
+    args = ["evaluate", weights, "--data", f"folder:{tmp_path / 'faces'}", "--device", "cpu"]
+    code = main(["-q", *map(str, [*args, "--out", tmp_path / "eval"])])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert report["excluded_by_mapping"] == 0
+    assert report["images"] == 3
+    support = {name: c["support"] for name, c in report["per_class"].items() if c["support"]}
+    assert support == {"happiness": 1, "sadness": 2}  # each image under its own class

@@ -110,17 +110,23 @@ def map_labels(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Dataset labels -> model class ids. Returns (kept image indices, mapped labels).
 
-    Without a mapping the class lists must be equal. A mapping {dataset class: model class}
-    translates names; images of dataset classes left out of the mapping are excluded.
+    Without a mapping, classes are matched by name when every dataset class is a model class
+    (in any order, some model classes possibly absent); a map is needed only for names that
+    differ. A mapping {dataset class: model class} translates names; images of dataset classes
+    left out of the mapping are excluded.
     """
     if mapping is None:
-        if tuple(data.classes) != tuple(model_classes):
+        if tuple(data.classes) == tuple(model_classes):
+            return np.arange(len(data)), data.labels
+        foreign = [name for name in data.classes if name not in model_classes]
+        if foreign:
             raise DatasetError(
-                "the model's classes differ from the dataset's; pass a class mapping "
-                "(dataset=model pairs).\n"
-                f"  model:   {list(model_classes)}\n  dataset: {list(data.classes)}"
+                f"the model's classes differ from the dataset's: {foreign} are not model classes; "
+                "pass a class mapping (dataset=model pairs; dataset classes left out are "
+                f"excluded).\n  model:   {list(model_classes)}\n  dataset: {list(data.classes)}"
             )
-        return np.arange(len(data)), data.labels
+        mapping = {name: name for name in data.classes}
+        log.info("dataset classes matched to the model's by name: %s", list(data.classes))
     unknown = [m for m in mapping.values() if m not in model_classes]
     missing = [d for d in mapping if d not in data.classes]
     if unknown or missing:
