@@ -165,3 +165,32 @@ def test_degradation_options_are_validated() -> None:
         Degradation(blur=1.5)
     with pytest.raises(ValueError, match="jpeg_quality"):
         Degradation(jpeg_quality=(0, 50))
+
+
+def test_ratings_become_soft_targets_blended_with_the_posed_label(tmp_path: Path) -> None:
+    root = make_folder(tmp_path, {"happiness": 2, "anger": 1, "neutral": 1})
+    (root / "ratings.csv").write_text(
+        "file,posed,happiness,anger\n"
+        "img_0.png,happiness,3,1\n"  # rows are matched by file name, in every class folder
+        "img_1.png,happiness,0,0\n"  # an all-zero row is no rating
+    )
+    source = SourceConfig(
+        format="folder", root=str(root), ratings="ratings.csv", ratings_weight=0.5
+    )
+    records, _ = read_source(source, MODEL_CLASSES, seed=0)
+    soft = {
+        (p.parent.name, p.name): s for p, s in zip(records.paths, records.soft_labels, strict=True)
+    }
+    happy = MODEL_CLASSES.index("happiness")
+    anger = MODEL_CLASSES.index("anger")
+    rated = soft[("happiness", "img_0.png")]
+    assert rated[happy] == pytest.approx(0.5 * 0.75 + 0.5) and rated[anger] == pytest.approx(0.125)
+    assert soft[("happiness", "img_1.png")][happy] == 1.0  # no usable rating: hard
+    # anger's img_0 is rated (3 happiness, 1 anger): blended towards what observers saw
+    assert soft[("anger", "img_0.png")][anger] == pytest.approx(0.5 * 0.25 + 0.5)
+    assert soft[("neutral", "img_0.png")][MODEL_CLASSES.index("neutral")] == 1.0  # not rated
+    assert records.notes["hard label: posed class not rated"] == 1
+    assert np.allclose(records.soft_labels.sum(axis=1), 1)
+    (root / "ratings.csv").write_text("name,happiness\nimg_0.png,1\n")
+    with pytest.raises(DatasetError, match="needs a 'file' column"):
+        read_source(source, MODEL_CLASSES, seed=0)

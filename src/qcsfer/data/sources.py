@@ -8,17 +8,20 @@ the main dataset look like what the model sees at inference. `weight` is how oft
 images is drawn as an anchor relative to an image of the main dataset. A seeded, stratified
 `val_fraction` of a source is held out and reported beside the main validation split (a second
 view of generalisation); models are still selected on the main validation split only.
+`ratings` turns observer ratings into soft targets (`data/ratings.py`).
 """
 
 from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .datasets import read_dataset, stratified_split
+from .ratings import blend_ratings
 from .records import DatasetError, LabeledImages
 
 
@@ -37,6 +40,10 @@ class SourceConfig:
     framing: float = 1.0  # centred square kept, as a fraction of the shorter side
     weight: float = 1.0  # anchor sampling weight of each image, relative to the main dataset
     val_fraction: float = 0.0  # held out (seeded, stratified) and reported, never selected on
+    # Observer ratings (a CSV of per-file class proportions, relative to `root`) blended with
+    # the label as a soft target: ratings_weight * ratings + (1 - ratings_weight) * label.
+    ratings: str | None = None
+    ratings_weight: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0 < self.framing <= 2:
@@ -60,6 +67,9 @@ def read_source(
     records = read_dataset(source.format, source.root, source.split, **source.options)
     records = _select_files(records, source.include, source.exclude)
     records = map_classes(records, classes, source.class_map, source.label)
+    if source.ratings:
+        ratings = Path(source.root) / source.ratings
+        records = blend_ratings(records, ratings, source.ratings_weight, source.label)
     if not source.val_fraction:
         return records, None
     return stratified_split(records, source.val_fraction, seed)
