@@ -12,16 +12,20 @@ commit it was shipped from is recorded. A run that started from another qcsfer w
 A run trained on another machine names where the validation data lives here (--data-root) and
 the hardware it trained on (--trained-on, recorded in the provenance). A run trained with logit
 adjustment ships with its `dataset` operating point putting the prior back (-tau) until
-tools/calibrate.py fits both points on Valid.
+tools/calibrate.py fits both points on Valid. Paths in the provenance (the command, the data
+root, the runs and checkpoints it came from) are written relative to the repository, never as
+the absolute paths of the machine it was shipped on.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from qcsfer.card import read_card, weights_paths
 from qcsfer.config import TrainConfig, from_dict
@@ -66,6 +70,26 @@ def prior_put_back(config: TrainConfig) -> DecisionRule | None:
         return None
     prior = tuple(training_prior(config).tolist())
     return DecisionRule(prior, {"dataset": OperatingPoint(-config.logit_adjustment)})
+
+
+def portable(path: str | Path) -> str:
+    """A path as provenance records it: relative to the repository (`../runs/NAME`,
+    `src/qcsfer/weights/FILE`), never the absolute path of the machine it was shipped on."""
+    try:
+        return os.path.relpath(os.path.abspath(path), REPO)
+    except ValueError:  # on another drive (Windows): its name is all that travels
+        return Path(path).name
+
+
+def portable_paths(value: Any) -> Any:
+    """Provenance data with every absolute path in it made `portable` (recursively)."""
+    if isinstance(value, dict):
+        return {key: portable_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [portable_paths(item) for item in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        return portable(value)
+    return value
 
 
 def run_history(run_dir: Path) -> list[dict]:
@@ -124,13 +148,13 @@ def main() -> None:
         "train_minutes": round(sum(h["epoch_seconds"] for h in history) / 60, 1),
         "validation": measured,
         "commit": commit,
-        "command": f"qcsfer train <recipe>; python tools/ship_model.py {args.run_dir}",
+        "command": f"qcsfer train <recipe>; python tools/ship_model.py {portable(args.run_dir)}",
         "config": config,
     }
     if args.trained_on:
         provenance["trained_on"] = args.trained_on
     if args.checkpoint:
-        provenance["command"] += f" --checkpoint {args.checkpoint}"
+        provenance["command"] += f" --checkpoint {portable(args.checkpoint)}"
     if "averaged_from" in checkpoint:
         provenance["best_epoch"] = None  # not one epoch's weights
         provenance["averaged_from"] = checkpoint["averaged_from"]
@@ -152,7 +176,7 @@ def main() -> None:
             + previous.get("train_minutes_all_stages", previous["train_minutes"]),
             1,
         )
-    out = write(destination, provenance)
+    out = write(destination, portable_paths(provenance))
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     print(json.dumps(measured, indent=2))
 
