@@ -23,4 +23,8 @@ def make_detector(name: str = "auto") -> Detector:
         from .mtcnn import MTCNNDetector
 
         return MTCNNDetector()
+    if name in ("blazeface", "blazeface-back"):
+        from .detection.blazeface import BlazeFaceDetector
+
+        return BlazeFaceDetector("front" if name == "blazeface" else "back")
     return HaarDetector(name)
