@@ -45,8 +45,7 @@ from qcsfer.data.images import default_cache_dir, load_images
 from qcsfer.data.records import DatasetError, LabeledImages
 from qcsfer.errors import ImageError
 from qcsfer.imaging import read_image
-from qcsfer.inference.faces import Detector, Face, crop_face
-from qcsfer.inference.model_input import stack_crops
+from qcsfer.inference.faces import Detector, Face
 from qcsfer.inference.recognizer import ExpressionRecognizer
 from qcsfer.io import atomic_write
 from qcsfer.pretrained import DEFAULT_WEIGHTS
@@ -128,19 +127,21 @@ def read_photos(
             continue
         height, width = rgb.shape[:2]
         rows.append(label)
-        centred.append(crop_face(rgb, centre_box(width, height, centre), margin=0.0))
-        faces = recognizer.find_faces(rgb)
-        several += len(faces) > 1
-        found.append(bool(faces))
-        if faces:
-            face = max(faces, key=lambda f: f.width * f.height)
-            detected.append(recognizer.crops(rgb, [face])[0])
-            geometry.append(_geometry(face, recognizer.margin, width, height))
-    prep = recognizer.preprocessing
+        centre_crop = [centre_box(width, height, centre).box]
+        centred.append(recognizer.prepare(rgb, boxes=centre_crop, margin=0.0).inputs[0])
+        batch = recognizer.prepare(rgb)
+        several += len(batch) > 1
+        found.append(bool(len(batch)))
+        if len(batch):
+            largest = max(
+                range(len(batch)), key=lambda j: batch.faces[j].width * batch.faces[j].height
+            )
+            detected.append(batch.inputs[largest])
+            geometry.append(_geometry(batch.faces[largest], recognizer.margin, width, height))
     found_mask = np.array(found, dtype=bool)
     logits = np.zeros((len(rows), len(recognizer.classes)), np.float32)
     if detected:
-        logits[found_mask] = recognizer.logits(stack_crops(detected, prep))
+        logits[found_mask] = recognizer.logits(np.stack(detected))
     labels_read = np.array(rows, dtype=np.int64)
     base = {**notes, "unreadable": unreadable}
     via_detector = SourceReading(
@@ -159,7 +160,7 @@ def read_photos(
         "tcce-dev-centre",
         f"tcce dev, centre crop {centre:g}",
         labels_read,
-        recognizer.logits(stack_crops(centred, prep)),
+        recognizer.logits(np.stack(centred)),
         np.ones(len(rows), dtype=bool),
         base,
     )

@@ -18,8 +18,8 @@ from detectors import matches
 from PIL import Image
 
 from qcsfer.imaging import read_image
-from qcsfer.inference.faces import Face, crop_face
-from qcsfer.inference.model_input import stack_crops
+from qcsfer.inference.faces import Face
+from qcsfer.inference.model_input import FaceBatch
 from qcsfer.inference.recognizer import ExpressionRecognizer
 
 Box = tuple[float, float, float, float]
@@ -41,7 +41,7 @@ class Reading:
     label: int = -1  # predicted class index (recognizer's own margin); -1: face not found
     false_alarms: int = 0
     geometry: tuple[float, float, float, float] | None = None  # see `box_geometry`
-    crops: np.ndarray | None = field(default=None, repr=False)  # one per margin swept
+    crops: list[FaceBatch] = field(default_factory=list, repr=False)  # one per margin swept
 
 
 def load_photos(folder: Path) -> list[np.ndarray]:
@@ -126,11 +126,11 @@ def read_scene(
         return Reading(False, false_alarms=len(predictions))
     best = max(hits, key=lambda p: p.detector_score or 0.0)
     face = Face(*best.box, best.detector_score, best.landmarks)
-    crops = [crop_face(scene.image, face, margin) for margin in margins]
+    crops = [recognizer.prepare(scene.image, boxes=[face.box], margin=m) for m in margins]
     return Reading(
         True,
         label=recognizer.classes.index(best.label),
         false_alarms=len(predictions) - 1,
         geometry=box_geometry(face, scene.truth),
-        crops=stack_crops(crops, recognizer.preprocessing),
+        crops=crops,
     )

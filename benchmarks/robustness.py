@@ -43,7 +43,7 @@ from qcsfer.data.ferplus import CLASSES, read_ferplus
 from qcsfer.data.records import DatasetError
 from qcsfer.engine.metrics import Metrics, compute_metrics
 from qcsfer.imaging import read_image
-from qcsfer.inference.model_input import stack_crops
+from qcsfer.inference.model_input import FaceBatch
 from qcsfer.inference.recognizer import ExpressionRecognizer
 from qcsfer.io import atomic_write
 from qcsfer.pretrained import DEFAULT_WEIGHTS
@@ -80,10 +80,16 @@ def synthetic_faces(count: int, seed: int) -> tuple[list[np.ndarray], np.ndarray
     return faces, np.full(len(faces), CLASSES.index("happiness"))
 
 
-def classify(recognizer: ExpressionRecognizer, crops: list[np.ndarray] | np.ndarray) -> np.ndarray:
-    """Predicted class indices of face crops (RGB arrays, or an already stacked uint8 batch)."""
-    batch = crops if isinstance(crops, np.ndarray) else stack_crops(crops, recognizer.preprocessing)
-    return recognizer.probabilities(batch).argmax(1)
+def classify(
+    recognizer: ExpressionRecognizer, faces: list[np.ndarray] | list[FaceBatch]
+) -> np.ndarray:
+    """Predicted class indices of one face each: whole face crops (RGB arrays, read without
+    detection) or faces the recognizer prepared; one shared batch, as `predict` reads them."""
+    batches = [
+        f if isinstance(f, FaceBatch) else recognizer.prepare(f, detector=None) for f in faces
+    ]
+    predictions = recognizer.classify(batches)
+    return np.array([recognizer.classes.index(p.label) for (p,) in predictions], dtype=np.int64)
 
 
 def condition_rng(seed: int, name: str) -> np.random.Generator:
@@ -141,7 +147,7 @@ def photo_summary(
         }
         summary["margins"] = {}
         for j, margin in enumerate(margins):
-            batch = np.stack([r.crops[j] for r in readings if r.found])
+            batch = [r.crops[j] for r in readings if r.found]
             sweep = compute_metrics(targets[found], classify(recognizer, batch), classes)
             summary["margins"][f"{margin:g}"] = scores(sweep)
     return summary

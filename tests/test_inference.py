@@ -271,9 +271,11 @@ def test_recognizer_crops_with_its_detectors_own_margin(weights: Path) -> None:
     assert haar.margin == HaarDetector.margin
     assert ExpressionRecognizer(weights, detector="mtcnn").margin == MTCNNDetector.margin
     assert ExpressionRecognizer(weights, detector="mtcnn", margin=0.3).margin == 0.3
-    (face,) = haar.find_faces(read_image(ASTRONAUT))
-    (crop,) = haar.crops(read_image(ASTRONAUT), [face])
+    batch = haar.prepare(ASTRONAUT, keep_crops=True)
+    ((face,), (crop,)) = batch.faces, batch.crops
     assert crop.shape[0] == round(face.width * (1 + 2 * HaarDetector.margin))
+    (wider,) = haar.prepare(ASTRONAUT, boxes=[face.box], margin=0.3, keep_crops=True).crops
+    assert wider.shape[0] == round(face.width * 1.6)
     with pytest.raises(ValueError, match="margin must be"):
         ExpressionRecognizer(weights, margin=-0.5)
     haar.detector = make_detector("mtcnn")  # swapped in, as `qcsfer serve` does per request
@@ -790,6 +792,30 @@ def test_cli_explain_writes_pngs(
     assert Image.open(png).size[0] > 500
     code, out, _ = run_cli(["explain", COFFEE, "--model", weights, "--out", tmp_path], capsys)
     assert code == 1 and "no face found" in out
+
+
+def test_explain_names_what_predict_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Same image, model and prior: explain prints predict's label and confidence (it once
+    applied a plain softmax and ignored --prior). The face is one where the shipped model's two
+    operating points name different classes, and neither matches the plain softmax."""
+    face = FERPLUS / "FER2013Valid" / "fer0028639.png"
+    if not face.is_file():
+        pytest.skip(f"FERPlus faces not found under {FERPLUS}")
+    shown = set()
+    for prior in ("dataset", "balanced"):
+        common = ["--model", "default", "--no-detect", "--prior", prior]
+        code, out, err = run_cli(["predict", face, *common, "--format", "json"], capsys)
+        assert code == 0, err
+        (predicted,) = json.loads(out)["results"][0]["faces"]
+        code, out, err = run_cli(["explain", face, *common, "--out", tmp_path], capsys)
+        assert code == 0, err
+        (line,) = out.splitlines()
+        said = f"{predicted['label']} {predicted['confidence']:.0%}"
+        assert f": {said} at " in line, (prior, line)
+        shown.add(said)
+    assert len(shown) == 2  # the prior changes what both say
 
 
 def test_explain_without_matplotlib_says_what_to_install(

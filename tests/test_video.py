@@ -361,7 +361,7 @@ def test_an_interrupted_run_leaves_valid_outputs(
     weights: Path, crossing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     recognizer = ExpressionRecognizer(weights, detector="alt2")
-    forward = recognizer.probabilities
+    forward = recognizer.logits
     calls = []
 
     def interrupted_on_third_batch(batch: np.ndarray) -> np.ndarray:
@@ -370,7 +370,7 @@ def test_an_interrupted_run_leaves_valid_outputs(
             raise KeyboardInterrupt  # as Ctrl-C lands in the middle of the model's work
         return forward(batch)
 
-    monkeypatch.setattr(recognizer, "probabilities", interrupted_on_third_batch)
+    monkeypatch.setattr(recognizer, "logits", interrupted_on_third_batch)
     stdout, stderr = io.StringIO(), io.StringIO()
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):

@@ -23,10 +23,9 @@ from PIL import Image
 
 from ..data.transforms import eval_transform
 from ..errors import ImageError, MissingDependencyError, UsageError
-from ..imaging import ImageInput, describe, to_rgb_array
+from ..imaging import ImageInput, describe
 from ..models.qcs import QCSModel
 from .backends import TorchBackend
-from .model_input import stack_crops
 from .recognizer import ExpressionRecognizer
 from .results import Prediction
 
@@ -130,21 +129,19 @@ def explain(
     if not isinstance(backend, TorchBackend):
         raise UsageError("explain needs a PyTorch model (a weights file), not an ONNX one")
     _figure_class()  # fail before any work when matplotlib is missing
-    rgb = to_rgb_array(image)
-    faces = recognizer.find_faces(rgb, boxes)
-    if not faces:
+    batch = recognizer.prepare(image, boxes=boxes, keep_crops=True)
+    if not len(batch):
         return []
+    logits, attention = class_token_attention(backend.model, backend.inputs(batch.inputs))
+    # The same decision rule and prior as `predict`, so both name the same label and confidence.
+    (predictions,) = recognizer.classify([batch], logits=logits.float().cpu().numpy())
     prep = recognizer.preprocessing
-    crops = recognizer.crops(rgb, faces, boxes is not None)
-    inputs = backend.inputs(stack_crops(crops, prep))
-    logits, attention = class_token_attention(backend.model, inputs)
-    probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
-    base_config = backend.model.config
-    stage_sides = base_config.stage_sizes()
+    stage_sides = backend.model.config.stage_sizes()
     stem = stem or Path(describe(image)).stem
     written = []
-    for i, (face, crop, p, att) in enumerate(zip(faces, crops, probs, attention, strict=True)):
-        prediction = Prediction.from_probabilities(face, p, recognizer.classes)
+    for i, (crop, prediction, att) in enumerate(
+        zip(batch.crops, predictions, attention, strict=True)
+    ):
         shown = _model_view(crop, prep.image_size / prep.load_size, prep.grayscale)
         path = Path(out_dir) / f"{stem}_face{i}_attention.png"
         written.append((prediction, render(shown, att, prediction, path, stage_sides)))
@@ -210,14 +207,14 @@ def explain_csa(
     if len(references) != needed:
         raise UsageError(f"a {model.mode.upper()} model needs {needed} reference image(s)")
     prep = recognizer.preprocessing
-    crops = []
+    crops, decoded = [], []
     for item in [image, *references]:
-        rgb = to_rgb_array(item)
-        faces = recognizer.find_faces(rgb, None)
-        if not faces:
+        batch = recognizer.prepare(item, keep_crops=True)
+        if not len(batch):
             raise ImageError(f"{describe(item)}: no face found")
-        crops.append(recognizer.crops(rgb, faces[:1], False)[0])
-    images = torch.from_numpy(stack_crops(crops, prep)).to(next(model.parameters()).device)
+        crops.append(batch.crops[0])
+        decoded.append(batch.inputs[:1])
+    images = torch.from_numpy(np.concatenate(decoded)).to(next(model.parameters()).device)
     inputs = eval_transform(images, prep).unsqueeze(1)
     maps = csa_maps(model, inputs)
     figure_class = _figure_class()

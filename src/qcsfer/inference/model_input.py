@@ -5,16 +5,24 @@ gray models, bilinear resize), then `qcsfer.data.transforms.eval_transform` cent
 `image_size` and normalises. Inference does the same two steps: `stack_crops` here is the
 decoding step, and the backends run either `eval_transform` itself (torch) or its numpy twin
 `numpy_eval_transform` (ONNX, no torch), which a test checks against it to 1e-5.
+
+`FaceBatch` is one image's faces at that point, and `in_batches` groups images or frames so
+their faces share model calls.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
 from ..imaging import square_chw
 from ..preprocessing import Preprocessing
+from .faces import Face
+
+T = TypeVar("T")
 
 
 def stack_crops(crops: Sequence[np.ndarray], prep: Preprocessing) -> np.ndarray:
@@ -39,3 +47,36 @@ def numpy_eval_transform(batch: np.ndarray, prep: Preprocessing) -> np.ndarray:
     mean = np.asarray(prep.mean, dtype=np.float32).reshape(1, 3, 1, 1)
     std = np.asarray(prep.std, dtype=np.float32).reshape(1, 3, 1, 1)
     return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class FaceBatch:
+    """One image's faces as the model will read them: the unit every caller of the recognizer
+    (photos, video frames, server uploads, explain) hands to `ExpressionRecognizer.classify`."""
+
+    faces: list[Face]
+    inputs: np.ndarray  # uint8 F x C x L x L (`stack_crops` of the crops)
+    width: int  # of the image the faces are in
+    height: int
+    crops: list[np.ndarray] = field(default_factory=list, repr=False)  # RGB, only when kept
+
+    def __len__(self) -> int:
+        return len(self.faces)
+
+
+def in_batches(
+    items: Iterable[T], faces: Callable[[T], int], size: int, most: int | None = None
+) -> Iterator[list[T]]:
+    """Consecutive groups of `items` holding at least `size` faces (or `most` items), the last
+    group what remains: faces of several images or frames share one model call, and results
+    still come out in input order, one group at a time (memory stays flat on long streams)."""
+    group: list[T] = []
+    waiting = 0
+    for item in items:
+        group.append(item)
+        waiting += faces(item)
+        if waiting >= size or (most is not None and len(group) >= most):
+            yield group
+            group, waiting = [], 0
+    if group:
+        yield group

@@ -6,7 +6,7 @@ all speak these types, so none of them needs to import another for them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,16 +79,3 @@ class ImageResult:
             "error": self.error,
             "faces": [p.to_dict() for p in self.predictions],
         }
-
-
-def add_predictions(
-    items: Iterable[tuple[ImageResult, Sequence[Face]]],
-    probabilities: np.ndarray,
-    classes: Sequence[str],
-) -> None:
-    """Append a Prediction per face to its image's result, from the rows of `probabilities`
-    (one row per face, in the order of `items` and their faces: one batch for many images)."""
-    rows = iter(probabilities)
-    for result, faces in items:
-        for face in faces:
-            result.predictions.append(Prediction.from_probabilities(face, next(rows), classes))

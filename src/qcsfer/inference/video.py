@@ -1,8 +1,9 @@
 """Video: faces tracked over sampled frames, per-frame and smoothed expressions, streamed.
 
-Pipeline per sampled frame: detect faces on a downscaled copy -> crop from the full frame ->
-(several frames' faces classified in one batch) -> track ids (tracking.py) -> per-track smoothed
-probabilities (smoothing.py) -> one VideoFrame. Frames are not kept once their results are
+What is video here: faces detected on a downscaled copy of each sampled frame (`Downscaled`),
+track ids (tracking.py), per-track smoothed probabilities (smoothing.py), one VideoFrame per
+sampled frame. Cropping and classifying are the recognizer's (`prepare`, `classify`), several
+frames' faces in one batch. Frames are not kept once their results are
 out, so memory stays flat on long videos; cameras work the same way (`webcam:N`).
 """
 
@@ -15,9 +16,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..preprocessing import Preprocessing
-from .faces import Detector, Face
-from .model_input import stack_crops
+from .faces import DEFAULT_MARGIN, Detector, Face
+from .model_input import FaceBatch, in_batches
 from .results import ImageResult, Prediction
 from .smoothing import ProbabilitySmoother
 from .tracking import Tracker, distinct
@@ -35,18 +35,38 @@ class FrameRecognizer(Protocol):
     batch_size: int
     detector: Detector | None
 
-    @property
-    def preprocessing(self) -> Preprocessing: ...
+    def prepare(
+        self,
+        image: np.ndarray,
+        *,
+        boxes: Sequence[Sequence[float]] | None = None,
+        detector: Detector | None = None,
+    ) -> FaceBatch: ...
 
-    def find_faces(
-        self, rgb: np.ndarray, boxes: Sequence[Sequence[float]] | None = None
-    ) -> list[Face]: ...
+    def classify(self, batches: Sequence[FaceBatch]) -> list[list[Prediction]]: ...
 
-    def crops(
-        self, rgb: np.ndarray, faces: list[Face], given: bool = False
-    ) -> list[np.ndarray]: ...
 
-    def probabilities(self, batch: np.ndarray) -> np.ndarray: ...
+class Downscaled:
+    """A detector run on a copy of the frame at most `side` pixels long; faces come back in
+    full-frame pixels, one box per face (duplicates would start spurious tracks)."""
+
+    def __init__(self, detector: Detector, side: int) -> None:
+        self.detector = detector
+        self.side = side
+        self.name = detector.name
+        self.margin = getattr(detector, "margin", DEFAULT_MARGIN)  # crops as the detector's own
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        import cv2
+
+        height, width = rgb.shape[:2]
+        scale = min(1.0, self.side / max(height, width))
+        if scale == 1.0:
+            return distinct(self.detector.detect(rgb))
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        faces = distinct(self.detector.detect(small))
+        return [_scaled(face, 1 / scale, width, height) for face in faces]
 
 
 @dataclass(frozen=True)
@@ -82,11 +102,10 @@ class VideoFrame(ImageResult):
 
 
 @dataclass
-class _Pending:
+class _Frame:
     sampled: Sampled
     rgb: np.ndarray
-    faces: list[Face]
-    batch: np.ndarray
+    faces: FaceBatch
 
 
 class VideoAnalysis:
@@ -125,7 +144,8 @@ class VideoAnalysis:
         self.reader = FrameReader(source, every=every, fps=fps, start=start, end=end)
         self.tracker = Tracker(max_gap=max_gap)
         self.smoother = ProbabilitySmoother(tau)
-        self.detect_side = detect_side
+        detector = recognizer.detector
+        self.detector = None if detector is None else Downscaled(detector, detect_side)
         camera = self.reader.camera is not None
         self.batch_frames = batch_frames or (1 if camera else 8)
         self.boxes = boxes
@@ -142,61 +162,28 @@ class VideoAnalysis:
         return self.reader.step
 
     def __iter__(self) -> Iterator[VideoFrame]:
-        pending: list[_Pending] = []
-        waiting = 0
-        for sampled in self.reader:
-            item = self._prepare(sampled)
-            pending.append(item)
-            waiting += len(item.faces)
-            if waiting >= self.recognizer.batch_size or len(pending) >= self.batch_frames:
-                yield from self._finish(pending)
-                pending, waiting = [], 0
-        yield from self._finish(pending)
+        frames = (self._prepare(sampled) for sampled in self.reader)
+        size, most = self.recognizer.batch_size, self.batch_frames
+        for group in in_batches(frames, lambda frame: len(frame.faces), size, most):
+            predictions = self.recognizer.classify([frame.faces for frame in group])
+            for frame, found in zip(group, predictions, strict=True):
+                result = self._frame(frame, found)
+                if self.progress is not None:
+                    self.progress(self.stats)
+                yield result
 
-    def _prepare(self, sampled: Sampled) -> _Pending:
+    def _prepare(self, sampled: Sampled) -> _Frame:
         import cv2
 
         rgb = cv2.cvtColor(sampled.bgr, cv2.COLOR_BGR2RGB)
-        faces = self._faces(rgb)
-        crops = self.recognizer.crops(rgb, faces, self.boxes is not None)
-        return _Pending(sampled, rgb, faces, stack_crops(crops, self.recognizer.preprocessing))
+        try:
+            faces = self.recognizer.prepare(rgb, boxes=self.boxes, detector=self.detector)
+        except ValueError as exc:  # a given box outside the frame: say which video
+            raise ValueError(f"{self.source}: {exc}") from exc
+        return _Frame(sampled, rgb, faces)
 
-    def _faces(self, rgb: np.ndarray) -> list[Face]:
-        """Faces found on a copy at most `detect_side` pixels long, in full-frame pixels; one box
-        per face (duplicates would start spurious tracks)."""
-        import cv2
-
-        detector = self.recognizer.detector
-        if self.boxes is not None or detector is None:
-            try:
-                return self.recognizer.find_faces(rgb, self.boxes)
-            except ValueError as exc:  # a given box outside the frame: say which video
-                raise ValueError(f"{self.source}: {exc}") from exc
-        height, width = rgb.shape[:2]
-        scale = min(1.0, self.detect_side / max(height, width))
-        if scale == 1.0:
-            return distinct(detector.detect(rgb))
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-        faces = distinct(detector.detect(small))
-        return [_scaled(face, 1 / scale, width, height) for face in faces]
-
-    def _finish(self, pending: list[_Pending]) -> Iterator[VideoFrame]:
-        """Classify the pending frames' faces in one batch, then track and smooth in order."""
-        if not pending:
-            return
-        batches = [p.batch for p in pending if len(p.faces)]
-        empty = np.zeros((0, len(self.recognizer.classes)))
-        probs = self.recognizer.probabilities(np.concatenate(batches)) if batches else empty
-        row = 0
-        for item in pending:
-            frame = self._frame(item, probs[row : row + len(item.faces)])
-            row += len(item.faces)
-            if self.progress is not None:
-                self.progress(self.stats)
-            yield frame
-
-    def _frame(self, item: _Pending, probs: np.ndarray) -> VideoFrame:
+    def _frame(self, item: _Frame, predictions: list[Prediction]) -> VideoFrame:
+        """Track this frame's faces and smooth each track's probabilities."""
         sampled = item.sampled
         height, width = item.rgb.shape[:2]
         frame = VideoFrame(
@@ -204,14 +191,16 @@ class VideoAnalysis:
         )
         if self.keep_images:
             frame.image = item.rgb
-        ids = self.tracker.update(sampled.time, [face.box for face in item.faces])
+        ids = self.tracker.update(sampled.time, [face.box for face in item.faces.faces])
         self.smoother.keep_only(self.tracker.tracks)
         classes = self.recognizer.classes
-        for face, track, raw in zip(item.faces, ids, probs, strict=True):
-            smoothed = self.smoother.update(track, sampled.time, raw)
+        for face, track, raw in zip(item.faces.faces, ids, predictions, strict=True):
+            own = np.fromiter(raw.probabilities.values(), np.float64, len(classes))
+            smoothed = self.smoother.update(track, sampled.time, own)
             best = Prediction.from_probabilities(face, smoothed, classes)
-            raw_dict = {c: float(p) for c, p in zip(classes, raw, strict=True)}
-            frame.predictions.append(TrackedPrediction(**vars(best), track=track, raw=raw_dict))
+            frame.predictions.append(
+                TrackedPrediction(**vars(best), track=track, raw=raw.probabilities)
+            )
         return frame
 
 

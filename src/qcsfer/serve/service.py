@@ -1,8 +1,9 @@
 """The work behind /v1/predict: admit, decode, find faces, classify in shared batches, report.
 
-Decoding and detection run in a bounded thread pool (one recognizer copy per thread, each with
-its own detector: OpenCV cascades are not safe to share between threads); the model runs in
-the `FaceBatcher`'s threads. At most `max_pending` requests are inside at once; the next one is
+Decoding and `ExpressionRecognizer.prepare` (faces, crops) run in a bounded thread pool (the
+recognizer makes named detectors once per thread); the model runs in the `FaceBatcher`'s
+threads, and `ExpressionRecognizer.classify` turns each request's rows into Predictions at
+its prior. At most `max_pending` requests are inside at once; the next one is
 told to come back later (503, Retry-After) rather than queued without limit. A request is
 admitted once its body has arrived (`admission.py`), so slow senders hold no place.
 """
@@ -11,23 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 
 from ..decision import PRIORS
 from ..imaging import ImageError, ImageTooLarge, decode_image
-from ..inference.detectors import make_detector
-from ..inference.faces import Face
-from ..inference.model_input import stack_crops
-from ..inference.recognizer import ExpressionRecognizer
-from ..inference.results import ImageResult, add_predictions
+from ..inference.model_input import FaceBatch
+from ..inference.recognizer import DetectorUnavailable, ExpressionRecognizer, TooManyFaces
+from ..inference.results import ImageResult
 from .admission import BodyReaders
 from .batching import BatchInfo, FaceBatcher
 from .errors import ApiError
@@ -44,8 +41,7 @@ class PreparedImage:
 
     result: ImageResult
     status: str  # ok, no_face, unreadable, too_many_faces, box_outside
-    faces: list[Face] = field(default_factory=list)
-    crops: np.ndarray | None = None  # uint8 F x C x L x L
+    faces: FaceBatch | None = None
     rgb: np.ndarray | None = None
 
 
@@ -65,7 +61,6 @@ class InferenceService:
         self.default_detector = settings.detector or getattr(recognizer.detector, "name", "alt2")
         self.pending = 0  # admitted requests; changed on the event loop only
         self.readers = BodyReaders()  # requests whose body is arriving (not admitted yet)
-        self._local = threading.local()
         self._prepare_pool = ThreadPoolExecutor(settings.workers, "qcsfer-prepare")
         self.batcher = FaceBatcher(
             recognizer.logits,  # logits only: each request applies its own prior to its rows
@@ -155,21 +150,21 @@ class InferenceService:
             )
         )
         prepare_ms = (time.perf_counter() - start) * 1000
-        with_faces = [p for p in prepared if p.crops is not None and len(p.faces)]
+        with_faces = [p for p in prepared if p.faces is not None and len(p.faces)]
         if not with_faces:
             return Outcome(list(prepared), prepare_ms, None)
-        future = self.batcher.submit(np.concatenate([p.crops for p in with_faces]))
+        batches = [p.faces for p in with_faces if p.faces is not None]
+        future = self.batcher.submit(np.concatenate([batch.inputs for batch in batches]))
         logits, batch = await asyncio.wrap_future(future)
-        prior = options.prior or self.recognizer.prior
-        probabilities = self.recognizer.decision.probabilities(logits, prior).astype(np.float64)
-        items = [(p.result, p.faces) for p in with_faces]
-        add_predictions(items, probabilities, self.recognizer.classes)
+        found = self.recognizer.classify(batches, options.prior, logits)
+        for item, predictions in zip(with_faces, found, strict=True):
+            item.result.predictions.extend(predictions)
         return Outcome(list(prepared), prepare_ms, batch)
 
     def _prepare(
         self, upload: Upload, options: PredictOptions, boxes: list | None
     ) -> PreparedImage:
-        """Decode one upload and find its faces (runs in the prepare pool)."""
+        """Decode one upload and find and crop its faces (runs in the prepare pool)."""
         limits = self.settings
         try:
             image = decode_image(
@@ -182,20 +177,20 @@ class InferenceService:
         rgb = np.asarray(image, dtype=np.uint8)
         height, width = rgb.shape[:2]
         result = ImageResult(upload.name, width=width, height=height)
-        recognizer = self._thread_recognizer(self._detector_name(options))
         try:
-            faces = recognizer.find_faces(rgb, boxes)
+            faces = self.recognizer.prepare(
+                rgb, boxes=boxes, detector=self._detector_name(options), max_faces=limits.max_faces
+            )
+        except DetectorUnavailable as exc:
+            raise ApiError(422, "detector_unavailable", str(exc)) from exc
+        except TooManyFaces as exc:
+            result.error = str(exc)
+            return PreparedImage(result, "too_many_faces")
         except ValueError as exc:  # a given box outside this image
             result.error = f"{upload.name}: {exc}"
             return PreparedImage(result, "box_outside")
-        if len(faces) > limits.max_faces:
-            result.error = f"{len(faces)} faces found; the limit is {limits.max_faces} per image"
-            return PreparedImage(result, "too_many_faces")
-        crops = stack_crops(
-            recognizer.crops(rgb, faces, boxes is not None), recognizer.preprocessing
-        )
         keep = rgb if options.annotated else None
-        return PreparedImage(result, "ok" if faces else "no_face", faces, crops, keep)
+        return PreparedImage(result, "ok" if len(faces) else "no_face", faces, keep)
 
     def _detector_name(self, options: PredictOptions) -> str | None:
         """The detector a request asked for, else the server's; None: no detection."""
@@ -204,21 +199,6 @@ class InferenceService:
         if options.no_detect or not self.recognizer.detect:
             return None
         return self.default_detector
-
-    def _thread_recognizer(self, detector: str | None) -> ExpressionRecognizer:
-        """This thread's recognizer for `detector` (None: no detection; the model is shared)."""
-        cache: dict[str | None, ExpressionRecognizer] = self._local.__dict__.setdefault("by", {})
-        if detector not in cache:
-            recognizer = copy.copy(self.recognizer)
-            recognizer.detect = detector is not None
-            try:
-                recognizer.detector = None if detector is None else make_detector(detector)
-            except (ImportError, FileNotFoundError, ValueError) as exc:
-                raise ApiError(
-                    422, "detector_unavailable", f"detector {detector!r}: {exc}"
-                ) from exc
-            cache[detector] = recognizer
-        return cache[detector]
 
 
 def available_priors(recognizer: ExpressionRecognizer) -> list[str]:
