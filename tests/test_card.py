@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,10 +13,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from qcsfer.card import FORMAT_VERSION, ModelCard, read_card, write_card
+from qcsfer.config import TrainConfig
 from qcsfer.decision import DecisionRule, OperatingPoint
+from qcsfer.engine.runlog import export_best
 from qcsfer.errors import WeightsError
 from qcsfer.models import BaseNetwork, QCSModel, get_config
-from qcsfer.models.weights import load_weights, save_weights
+from qcsfer.models.weights import load_weights, model_config, network_card, save_weights
 from qcsfer.preprocessing import Preprocessing
 from qcsfer.pretrained import WEIGHTS_DIR
 
@@ -39,7 +43,7 @@ def test_card_round_trips_through_json() -> None:
     assert data["format_version"] == FORMAT_VERSION
     assert data["decision"]["operating_points"]["balanced"]["temperature"] == 1.3
     assert ModelCard.from_dict(data) == card
-    assert card.model_config() == get_config("tiny", num_classes=3)
+    assert model_config(card) == get_config("tiny", num_classes=3)
 
 
 @pytest.mark.parametrize(
@@ -89,10 +93,13 @@ def _training_file(path: Path) -> Path:
     return save_weights(
         model,
         path,
-        classes=CLASSES,
-        preprocessing=PREP.to_dict(),
-        provenance={"val_accuracy": 0.5},
-        decision=DecisionRule((0.2, 0.3, 0.5)),
+        network_card(
+            model,
+            classes=CLASSES,
+            preprocessing=PREP.to_dict(),
+            metrics={"valid": {"accuracy": 0.5}},
+            decision=DecisionRule((0.2, 0.3, 0.5)),
+        ),
     )
 
 
@@ -204,3 +211,51 @@ def test_a_file_without_a_card_is_named_for_what_it_is(
     (tmp_path / name).write_bytes(b"something")
     with pytest.raises(WeightsError, match=message):
         read_card(tmp_path / name)
+
+
+# ---------------------------------------------------------------------------- writing a card
+
+
+def test_save_weights_writes_the_card_it_is_given_only_for_its_model(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = QCSModel(get_config("tiny", num_classes=3), "qcs").eval()
+    card = network_card(
+        model, classes=CLASSES, preprocessing=PREP, metrics={"valid": {"accuracy": 0.5}}
+    )
+    assert (card.network, card.mode) == ("training", "qcs")
+    path = save_weights(model, tmp_path / "w.safetensors", card)
+    assert read_card(path).metrics == {"valid": {"accuracy": 0.5}}
+    assert read_card(path).replace(tensors={}) == card
+    refused = [
+        (model.base, card, "a card for a 'training' network, given a 'base' one"),
+        (QCSModel(get_config("tiny", num_classes=3), "dcs"), card, "the model is 'dcs'"),
+        (model, card.replace(model=get_config("small", num_classes=3).to_dict()), "not this"),
+    ]
+    for network, wrong, message in refused:
+        with pytest.raises(WeightsError, match=message):
+            save_weights(network, tmp_path / "x.safetensors", wrong)
+    assert not list(tmp_path.glob("x.*"))  # refused before anything is written
+    with pytest.raises(WeightsError, match="mode 'dcs' for a qcs training graph"):
+        network_card(model, classes=CLASSES, preprocessing=PREP, mode="dcs")
+
+
+def test_the_trainer_writes_metrics_and_mode_as_card_fields(tmp_path: Path) -> None:
+    """Not the version-1 layout (`val_accuracy`, `mode` in the provenance): read-only now."""
+    model = QCSModel(get_config("tiny", num_classes=3), "dcs").eval()
+    record = {"classes": list(CLASSES), "epoch": 2, "val_accuracy": 0.75}
+    record["val_balanced_accuracy"] = 0.5
+    export_best(model, TrainConfig(mode="dcs", preprocessing=PREP), record, tmp_path)
+    card = read_card(tmp_path / "best.json")
+    assert card.mode == "dcs" and card.classes == CLASSES
+    assert card.metrics == {"valid_flip": {"accuracy": 0.75, "balanced_accuracy": 0.5}}
+    assert set(card.provenance) == {"config", "epoch"}
+
+
+def test_the_card_module_needs_neither_models_nor_torch() -> None:
+    code = (
+        "import sys, qcsfer.card; "
+        "print(sorted(m for m in sys.modules if m.startswith(('qcsfer.models', 'torch'))))"
+    )
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == "[]"

@@ -16,7 +16,7 @@ from qcsfer.cli import main
 from qcsfer.config import load_config
 from qcsfer.engine.trainer import train
 from qcsfer.errors import ConfigError, TrainingError
-from qcsfer.models.weights import save_weights
+from qcsfer.models.weights import network_card, save_weights
 from qcsfer.preprocessing import Preprocessing
 from qcsfer.typed_data import to_dict
 
@@ -56,9 +56,12 @@ def saved_model(path: Path, model: str = "tiny", classes: int = 8) -> Path:
     return save_weights(
         network,
         path,
-        classes=[f"class{i}" for i in range(classes)],
-        preprocessing=to_dict(Preprocessing(image_size=48, load_size=48)),
-        provenance={"mode": "baseline"},
+        network_card(
+            network,
+            classes=[f"class{i}" for i in range(classes)],
+            preprocessing=to_dict(Preprocessing(image_size=48, load_size=48)),
+            mode="baseline",
+        ),
     )
 
 

@@ -18,7 +18,7 @@ from qcsfer.decision import DecisionRule, OperatingPoint
 from qcsfer.inference.faces import Face
 from qcsfer.models.base import BaseNetwork
 from qcsfer.models.configs import get_config
-from qcsfer.models.weights import save_weights
+from qcsfer.models.weights import network_card, save_weights
 
 from .conftest import REPO
 
@@ -47,10 +47,13 @@ def constant_model(path: Path) -> Path:
     return save_weights(
         model,
         path,
-        classes=CLASSES,
-        preprocessing={**GRAY_48, "mean": [0.5] * 3, "std": [0.25] * 3},
-        provenance={"note": "constant logits for tests"},
-        decision=rule,
+        network_card(
+            model,
+            classes=CLASSES,
+            preprocessing={**GRAY_48, "mean": [0.5] * 3, "std": [0.25] * 3},
+            provenance={"note": "constant logits for tests"},
+            decision=rule,
+        ),
     )
 
 

@@ -44,7 +44,7 @@ from qcsfer.inference.mtcnn import MTCNNDetector
 from qcsfer.inference.results import Prediction
 from qcsfer.inference.runner import Progress
 from qcsfer.models import BaseNetwork, QCSModel, get_config
-from qcsfer.models.weights import save_weights
+from qcsfer.models.weights import network_card, save_weights
 from qcsfer.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from qcsfer.pretrained import load_model
 
@@ -71,9 +71,12 @@ def save_tiny(path: Path, preprocessing: dict = GRAY_48, **config: object) -> Pa
     return save_weights(
         model,
         path,
-        classes=CLASSES,
-        preprocessing=preprocessing,
-        provenance={"note": "random weights for tests"},
+        network_card(
+            model,
+            classes=CLASSES,
+            preprocessing=preprocessing,
+            provenance={"note": "random weights for tests"},
+        ),
     )
 
 
@@ -832,9 +835,12 @@ def save_tiny_qcs(path: Path) -> tuple[Path, QCSModel]:
     saved = save_weights(
         model,
         path,
-        classes=CLASSES,
-        preprocessing=GRAY_48,
-        provenance={"note": "random weights for tests"},
+        network_card(
+            model,
+            classes=CLASSES,
+            preprocessing=GRAY_48,
+            provenance={"note": "random weights for tests"},
+        ),
     )
     return saved, model
 

@@ -32,7 +32,13 @@ from qcsfer.models import (
 )
 from qcsfer.models.complexity import count_parameters, measure_complexity
 from qcsfer.models.vit import ViT
-from qcsfer.models.weights import WeightsError, load_weights, save_weights
+from qcsfer.models.weights import (
+    WeightsError,
+    load_weights,
+    model_config,
+    network_card,
+    save_weights,
+)
 
 from .model_builders import tiny_model
 
@@ -366,9 +372,13 @@ def test_weights_round_trip(network: str, tmp_path: Path) -> None:
     path = save_weights(
         saved,
         tmp_path / "best.safetensors",
-        classes=classes,
-        preprocessing=PREPROCESSING,
-        provenance={"mode": "qcs", "epoch": 3, "run": tmp_path},
+        network_card(
+            saved,
+            classes=classes,
+            preprocessing=PREPROCESSING,
+            mode="qcs",
+            provenance={"epoch": 3, "run": tmp_path},
+        ),
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.json", "best.safetensors"]
     assert (path.stat().st_mode & 0o777) == 0o644  # not the 0600 of the temporary file
@@ -378,7 +388,7 @@ def test_weights_round_trip(network: str, tmp_path: Path) -> None:
     assert card.classes == tuple(classes) and card.preprocessing.to_dict() == PREPROCESSING
     assert card.network == network and card.mode == "qcs"
     assert card.provenance["epoch"] == 3
-    assert ModelConfig.from_dict(card.model) == card.model_config() == model.config
+    assert ModelConfig.from_dict(card.model) == model_config(card) == model.config
     images = torch.randn(4, 2, 3, 48, 48)
     with torch.no_grad():
         if network == "training":
@@ -396,9 +406,11 @@ def test_weights_errors_name_the_file(tmp_path: Path) -> None:
     path = save_weights(
         model,
         tmp_path / "w.safetensors",
-        classes=list("abcde"),
-        preprocessing=PREPROCESSING,
-        provenance={},
+        network_card(
+            model,
+            classes=list("abcde"),
+            preprocessing=PREPROCESSING,
+        ),
     )
     sidecar = tmp_path / "w.json"
     metadata = json.loads(sidecar.read_text())
@@ -426,18 +438,23 @@ def test_weights_errors_name_the_file(tmp_path: Path) -> None:
         save_weights(
             model,
             tmp_path / "y.safetensors",
-            classes=list("abcde"),
-            preprocessing=PREPROCESSING,
-            provenance={"x": object()},
+            network_card(
+                model,
+                classes=list("abcde"),
+                preprocessing=PREPROCESSING,
+                provenance={"x": object()},
+            ),
         )
     assert not list(tmp_path.glob("*y.*"))  # nothing half-written
     with pytest.raises(WeightsError, match="2 class names for a 5-class model"):
         save_weights(
             model,
             tmp_path / "x.safetensors",
-            classes=["a", "b"],
-            preprocessing=PREPROCESSING,
-            provenance={},
+            network_card(
+                model,
+                classes=["a", "b"],
+                preprocessing=PREPROCESSING,
+            ),
         )
     with pytest.raises(
         WeightsError, match=r"invalid preprocessing: preprocessing lacks \['load_size'"
@@ -445,20 +462,21 @@ def test_weights_errors_name_the_file(tmp_path: Path) -> None:
         save_weights(
             model,
             tmp_path / "z.safetensors",
-            classes=list("abcde"),
-            preprocessing={"image_size": 48},
-            provenance={},
+            network_card(
+                model,
+                classes=list("abcde"),
+                preprocessing={"image_size": 48},
+            ),
         )
     assert not list(tmp_path.glob("z.*"))  # nothing written
 
 
 def test_read_card_validates_the_sidecar(tmp_path: Path) -> None:
+    base = tiny_model().base
     path = save_weights(
-        tiny_model().base,
+        base,
         tmp_path / "w.safetensors",
-        classes=list("abcde"),
-        preprocessing=PREPROCESSING,
-        provenance={},
+        network_card(base, classes=list("abcde"), preprocessing=PREPROCESSING),
     )
     sidecar = tmp_path / "w.json"
     good = json.loads(sidecar.read_text())
@@ -498,9 +516,12 @@ def test_init_weights_continues_from_a_training_graph_or_a_base(tmp_path: Path) 
         return save_weights(
             module,
             tmp_path / name,
-            classes=list("abcde"),
-            preprocessing=PREPROCESSING,
-            provenance={"mode": "qcs"},
+            network_card(
+                module,
+                classes=list("abcde"),
+                preprocessing=PREPROCESSING,
+                mode="qcs",
+            ),
         )
 
     whole, base = save(source, "whole.safetensors"), save(source.base, "base.safetensors")

@@ -150,7 +150,7 @@ def test_a_file_size_limit_names_the_file_and_the_os_reason(tmp_path: Path) -> N
     """A real EFBIG: torch.save's RuntimeError and safetensors' SafetensorError both become
     'FILE: cannot write (File too large)', and no partial file is left."""
     from qcsfer.engine.checkpoint import save_checkpoint
-    from qcsfer.models.weights import save_weights
+    from qcsfer.models.weights import network_card, save_weights
     from qcsfer.outputs import OutputError
     from qcsfer.preprocessing import Preprocessing
     from qcsfer.typed_data import to_dict
@@ -166,9 +166,12 @@ def test_a_file_size_limit_names_the_file_and_the_os_reason(tmp_path: Path) -> N
         save_weights(
             model,
             tmp_path / "best.safetensors",
-            classes=[str(i) for i in range(5)],
-            preprocessing=to_dict(Preprocessing(image_size=48, load_size=48)),
-            provenance={"mode": "baseline"},
+            network_card(
+                model,
+                classes=[str(i) for i in range(5)],
+                preprocessing=to_dict(Preprocessing(image_size=48, load_size=48)),
+                mode="baseline",
+            ),
         )
     assert list(tmp_path.iterdir()) == []
 

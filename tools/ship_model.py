@@ -5,10 +5,11 @@
 
 Ships the whole training graph (inference uses its base network; `qcsfer explain --reference`
 its CSA modules) from the run's best.pt, or from --checkpoint: a weight average of the run's
-checkpoints written by tools/average_checkpoints.py. The validation numbers written into its
-provenance are measured on the shipped file itself, with and without flip averaging, and the
-commit it was shipped from is recorded. A run that started from another qcsfer weights file
-(`init.weights`, a second stage) carries that file's provenance along as `previous_stage`.
+checkpoints written by tools/average_checkpoints.py. The validation numbers in its card's
+metrics (valid_flip, valid) are measured on the shipped file itself, with and without flip
+averaging, and the commit it was shipped from is recorded. A run that started from another
+qcsfer weights file (`init.weights`, a second stage) carries that file's provenance along as
+`previous_stage`.
 A run trained on another machine names where the validation data lives here (--data-root) and
 the hardware it trained on (--trained-on, recorded in the provenance). A run trained with logit
 adjustment ships with its `dataset` operating point putting the prior back (-tau) until
@@ -34,7 +35,7 @@ from qcsfer.decision import DecisionRule, OperatingPoint
 from qcsfer.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from qcsfer.engine.evaluate import evaluate
 from qcsfer.errors import QcsferError
-from qcsfer.models.weights import save_weights
+from qcsfer.models.weights import network_card, save_weights
 from qcsfer.outputs import check_not_an_input
 from qcsfer.pretrained import DEFAULT_WEIGHTS, WEIGHTS_DIR
 
@@ -119,26 +120,18 @@ def main() -> None:
     best = max(history, key=lambda h: h["val_accuracy"])
     decision = prior_put_back(from_dict(TrainConfig, config))
 
-    def write(path: Path, provenance: dict) -> Path:
-        return save_weights(
-            model,
-            path,
-            classes=classes,
-            preprocessing=config["preprocessing"],
-            provenance=provenance,
-            decision=decision,
-        )
-
+    card = network_card(
+        model, classes=classes, preprocessing=config["preprocessing"], decision=decision
+    )
     with tempfile.TemporaryDirectory() as tmp:
         measured = measure(
-            write(Path(tmp) / "model.safetensors", {"mode": config["mode"]}), config["data"]
+            save_weights(model, Path(tmp) / "model.safetensors", card), config["data"]
         )
     commit = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.strip()
     data = config["data"]
     provenance = {
-        "mode": config["mode"],
         "dataset": f"{data['format']}: trained on '{data['train_split']}' {data['options']}, "
         f"selected on '{data['val_split']}' {data.get('val_options') or data['options']} "
         "(never on test)",
@@ -146,7 +139,6 @@ def main() -> None:
         "epochs": config["epochs"],
         "best_epoch": best["epoch"],
         "train_minutes": round(sum(h["epoch_seconds"] for h in history) / 60, 1),
-        "validation": measured,
         "commit": commit,
         "command": f"qcsfer train <recipe>; python tools/ship_model.py {portable(args.run_dir)}",
         "config": config,
@@ -176,7 +168,10 @@ def main() -> None:
             + previous.get("train_minutes_all_stages", previous["train_minutes"]),
             1,
         )
-    out = write(destination, portable_paths(provenance))
+    views = {"flip": "valid_flip", "plain": "valid"}  # what `measure` read, flip first
+    metrics = {name: measured[view] for view, name in views.items() if view in measured}
+    card = card.replace(metrics=metrics, provenance=portable_paths(provenance))
+    out = save_weights(model, destination, card)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     print(json.dumps(measured, indent=2))
 

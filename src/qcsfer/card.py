@@ -24,7 +24,8 @@ The JSON schema (format "qcsfer-weights", versioned by `format_version`):
 
 Version 1 files (no metrics) are read unchanged: their metrics are taken from either
 provenance layout (the trainer's `val_accuracy`, `tools/ship_model.py`'s
-`validation.{plain,flip}`).
+`validation.{plain,flip}`). That layout is only read: writers give a card its metrics and mode
+as fields (`models.weights.network_card`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from . import __version__
 from .card_digest import DIGEST_KEY, check_meaning, meaning_digests
@@ -44,9 +45,6 @@ from .decision import DecisionRule
 from .errors import WeightsError
 from .io import atomic_write
 from .preprocessing import Preprocessing
-
-if TYPE_CHECKING:
-    from .models.configs import ModelConfig
 
 FORMAT = "qcsfer-weights"
 FORMAT_VERSION = 2
@@ -61,7 +59,7 @@ class ModelCard:
     """Everything about a model except its tensors. `from_dict` validates; `to_dict` is JSON."""
 
     network: Network
-    model: Mapping[str, Any]  # ModelConfig.to_dict(); `model_config()` builds the dataclass
+    model: Mapping[str, Any]  # ModelConfig.to_dict(); `models.weights.model_config` builds it
     classes: tuple[str, ...]
     preprocessing: Preprocessing
     mode: str | None = None
@@ -91,18 +89,6 @@ class ModelCard:
     def prior(self) -> tuple[float, ...] | None:
         """The training class frequencies, in class order, when the decision rule records them."""
         return self.decision.training_prior
-
-    def model_config(self) -> ModelConfig:
-        """The ModelConfig this card describes (imports the models package, hence torch)."""
-        from .models.configs import ModelConfig
-
-        try:
-            config = ModelConfig.from_dict(dict(self.model))
-        except (TypeError, ValueError) as exc:
-            raise WeightsError(f"invalid model config: {exc}") from exc
-        if config.num_classes != len(self.classes):
-            raise WeightsError(f"{len(self.classes)} class names for {config.num_classes} classes")
-        return config
 
     def accuracy(self) -> tuple[str, float] | None:
         """(evaluation name, accuracy) of the first evaluation that reports one, else None."""

@@ -66,7 +66,9 @@ def _info(args: argparse.Namespace) -> int:
         print(card.summary())
         if not card.model:  # exported before cards recorded the network's configuration
             return 0
-        report = measure_complexity(card.model_config(), mode=None)
+        from ..models.weights import model_config
+
+        report = measure_complexity(model_config(card), mode=None)
     else:
         from ..models.weights import load_weights
         from ..pretrained import resolve_weights

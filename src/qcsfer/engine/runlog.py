@@ -15,7 +15,7 @@ import numpy as np
 from ..config import TrainConfig, save_config, to_dict
 from ..io import atomic_write
 from ..models.qcs import QCSModel
-from ..models.weights import save_weights
+from ..models.weights import network_card, save_weights
 from ..status_line import StatusLine
 from .metrics import Metrics
 from .plots import plot_confusion, plot_curves
@@ -179,16 +179,17 @@ def _open_tensorboard(run_dir: Path) -> Any:
 def export_best(model: QCSModel, config: TrainConfig, record: dict, run_dir: Path) -> None:
     """The best model as a weights file (safetensors + JSON). It holds the whole training graph
     (so `explain` can draw CSA maps); inference loads only its base network."""
-    save_weights(
+    view = "valid_flip" if config.eval_flip else "valid"  # how validation read it
+    card = network_card(
         model,
-        run_dir / "best.safetensors",
         classes=record["classes"],
-        preprocessing=to_dict(config.preprocessing),
-        provenance={
-            "mode": config.mode,
-            "config": to_dict(config),
-            "epoch": record["epoch"],
-            "val_accuracy": record["val_accuracy"],
-            "val_balanced_accuracy": record["val_balanced_accuracy"],
+        preprocessing=config.preprocessing,
+        metrics={
+            view: {
+                "accuracy": record["val_accuracy"],
+                "balanced_accuracy": record["val_balanced_accuracy"],
+            }
         },
+        provenance={"config": to_dict(config), "epoch": record["epoch"]},
     )
+    save_weights(model, run_dir / "best.safetensors", card)

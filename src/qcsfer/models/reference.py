@@ -27,7 +27,7 @@ from ..preprocessing import Preprocessing
 from .configs import ModelConfig, get_config
 from .convert import LoadReport, load_reference_checkpoint
 from .qcs import QCSModel
-from .weights import WeightsError, file_sha256, save_weights
+from .weights import WeightsError, file_sha256, network_card, save_weights
 
 ReferenceMode = Literal["qcs", "dcs"]
 PREPROCESSING = Preprocessing(image_size=224, load_size=224, grayscale=False)
@@ -104,7 +104,6 @@ def convert_reference(
         "source_file": source.name,
         "source_sha256": file_sha256(source),
         "dataset": chosen.title,
-        "mode": mode,
         "metrics_source": "published_test: the paper's top-1 for the released checkpoint "
         "(section 6), not measured by qcsfer",
         "reference_preprocessing": "224 px RGB, ImageNet mean/std; nearest resize to 112 px "
@@ -113,14 +112,14 @@ def convert_reference(
         "ignored_pickled_objects": list(report.ignored),
         "converted_by": f"qcsfer {__version__}",
     }
-    path = save_weights(
+    card = network_card(
         model,
-        out,
         classes=chosen.classes,
-        preprocessing=PREPROCESSING.to_dict(),
-        provenance=provenance,
+        preprocessing=PREPROCESSING,
         metrics={"published_test": {"accuracy": chosen.paper_accuracy[mode] / 100}},
+        provenance=provenance,
     )
+    path = save_weights(model, out, card)
     return path, report
 
 

@@ -25,8 +25,8 @@ from torch import nn
 
 from ..card import (
     ModelCard,
+    Network,
     card_json,
-    legacy_metrics,
     preprocessing_of,
     read_card,
     weights_paths,
@@ -36,11 +36,12 @@ from ..decision import DecisionRule
 from ..errors import WeightsError
 from ..io import atomic_write
 from ..outputs import OutputError
+from ..preprocessing import Preprocessing
 from .base import BaseNetwork
 from .configs import ModelConfig
-from .qcs import TOPOLOGY, QCSModel
+from .qcs import QCSModel
 
-__all__ = ["WeightsError", "load_weights", "save_weights", "weights_paths"]
+__all__ = ["WeightsError", "load_weights", "network_card", "save_weights", "weights_paths"]
 _LISTED = 20  # keys quoted per category in an error message
 
 
@@ -62,56 +63,68 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_weights(
+def network_card(
     model_or_base: nn.Module,
-    path: str | os.PathLike[str],
     *,
     classes: Iterable[str],
-    preprocessing: Mapping[str, Any],
-    provenance: Mapping[str, Any],
+    preprocessing: Preprocessing | Mapping[str, Any],
+    mode: str | None = None,
     decision: DecisionRule | None = None,
     metrics: Mapping[str, Mapping[str, float]] | None = None,
-) -> Path:
-    """Write `path` (safetensors) and its model card (`.json`) atomically; returns the tensor path.
-
-    A BaseNetwork gives an inference-only file; a QCSModel keeps the whole training model
-    (CSA and cross ViT too). `preprocessing` must be complete (see `Preprocessing.from_dict`).
-    `metrics` default to those the provenance records (`card.legacy_metrics`). Each file is
-    written to a temporary name first and moved into place (tensors first, then the card that
-    vouches for them by hash and id), so a reader never sees half a file.
-    """
+    provenance: Mapping[str, Any] | None = None,
+) -> ModelCard:
+    """The card of `model`: which network, its configuration and (for a training graph) its
+    mode are read from the model itself, the rest is what the caller says. `mode` for a
+    BaseNetwork: the topology it was trained in, when known. Validated; nothing is written."""
     model = unwrap_module(model_or_base)
     if isinstance(model, QCSModel):
-        network, mode = "training", model.mode
+        if mode not in (None, model.mode):
+            raise WeightsError(f"mode {mode!r} for a {model.mode} training graph")
+        network: Network = "training"
+        mode = model.mode
     elif isinstance(model, BaseNetwork):
-        # Inference-only: record the mode it was trained in when the provenance says it.
         network = "base"
-        mode = provenance.get("mode") if provenance.get("mode") in TOPOLOGY else None
     else:
-        raise TypeError(
-            f"save_weights expects a BaseNetwork or QCSModel, got {type(model).__name__}"
+        raise TypeError(f"expected a BaseNetwork or QCSModel, got {type(model).__name__}")
+    classes = tuple(str(c) for c in classes)
+    if len(classes) != model.config.num_classes:
+        raise WeightsError(
+            f"{len(classes)} class names for a {model.config.num_classes}-class model"
         )
-    config: ModelConfig = model.config
-    classes = [str(c) for c in classes]
-    if len(classes) != config.num_classes:
-        raise WeightsError(f"{len(classes)} class names for a {config.num_classes}-class model")
+    if not isinstance(preprocessing, Preprocessing):
+        preprocessing = preprocessing_of(preprocessing)
+    return ModelCard(
+        network=network,
+        model=model.config.to_dict(),
+        classes=classes,
+        preprocessing=preprocessing,
+        mode=mode,
+        decision=decision or DecisionRule(),
+        metrics=dict(metrics or {}),
+        provenance=dict(provenance or {}),
+    )
+
+
+def save_weights(model_or_base: nn.Module, path: str | os.PathLike[str], card: ModelCard) -> Path:
+    """Write `path` (safetensors) and `card` beside it (`.json`) atomically; returns the tensor
+    path.
+
+    A BaseNetwork gives an inference-only file; a QCSModel keeps the whole training model
+    (CSA and cross ViT too). The card must describe this model (`network_card` builds one);
+    its tensor record is filled in here. Each file is written to a temporary name first and
+    moved into place (tensors first, then the card that vouches for them by hash and id), so
+    a reader never sees half a file.
+    """
+    model = unwrap_module(model_or_base)
     tensor_path, json_path = weights_paths(path)
     if tensor_path == json_path or tensor_path.suffix == ".json":
         raise WeightsError(f"{path}: the tensor file needs a suffix other than .json")
     try:
-        card = ModelCard(
-            network=network,
-            model=config.to_dict(),
-            classes=tuple(classes),
-            preprocessing=preprocessing_of(preprocessing),
-            mode=mode,
-            decision=decision or DecisionRule(),
-            metrics=legacy_metrics(provenance) if metrics is None else metrics,
-            provenance=dict(provenance),
-        )
+        _check_describes(card, model)
         card_json(card)  # fail before writing anything
     except WeightsError as exc:
         raise WeightsError(f"{json_path}: {exc}") from exc
+    network = card.network
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     pair_id = uuid.uuid4().hex  # also in the tensor file's header: a cheap pairing check
 
@@ -136,9 +149,33 @@ def save_weights(
     return tensor_path
 
 
+def _check_describes(card: ModelCard, model: nn.Module) -> None:
+    """WeightsError unless `card` is this model's: network kind, configuration, mode, classes."""
+    if not isinstance(model, QCSModel | BaseNetwork):
+        raise TypeError(f"expected a BaseNetwork or QCSModel, got {type(model).__name__}")
+    network = "training" if isinstance(model, QCSModel) else "base"
+    if card.network != network:
+        raise WeightsError(f"a card for a {card.network!r} network, given a {network!r} one")
+    if model_config(card) != model.config:
+        raise WeightsError("the card's model configuration is not this model's")
+    if isinstance(model, QCSModel) and card.mode != model.mode:
+        raise WeightsError(f"the card says mode {card.mode!r}, the model is {model.mode!r}")
+
+
+def model_config(card: ModelCard) -> ModelConfig:
+    """The ModelConfig a card describes (here, beside the builder: the card is torch-free)."""
+    try:
+        config = ModelConfig.from_dict(dict(card.model))
+    except (TypeError, ValueError) as exc:
+        raise WeightsError(f"invalid model config: {exc}") from exc
+    if config.num_classes != len(card.classes):
+        raise WeightsError(f"{len(card.classes)} class names for {config.num_classes} classes")
+    return config
+
+
 def build_network(card: ModelCard, base_only: bool = False) -> nn.Module:
     """The (uninitialised, meta-device) network a card describes; its base network if asked."""
-    config = card.model_config()
+    config = model_config(card)
     # Built on the meta device: no time spent initialising weights about to be replaced.
     with torch.device("meta"):
         if card.network == "base" or base_only:
