@@ -1,4 +1,5 @@
-"""Face detectors compared (Haar cascades, MTCNN): recall, false alarms and time per image.
+"""Face detectors compared (Haar, MTCNN, BlazeFace): recall, false alarms, time per image, and
+the expressions read through each one's crops.
 
 Test set, made deterministically from shared/ (no download): composed scenes with 1-4 faces
 (FERPlus validation faces and the astronaut's head, 60-300 px) pasted without overlap on plain,
@@ -9,11 +10,15 @@ A detection is a hit when it is centred on a not yet matched true face and of a 
 (see `matches`); every other detection, duplicates included, is a false alarm. FERPlus faces
 include profiles, occlusions and low-contrast faces that no frontal detector finds, so recall
 is a relative measure between detectors. MTCNN needs its weights installed (`make setup` does).
+Each configuration is scored once and timed at each --threads count (OpenCV and torch).
 
-    python benchmarks/detectors.py [--scenes 40] [--threads 1]
+The photo path (benchmarks/photo_path.py; --photo-faces, 0 skips it): FERPlus Valid faces
+pasted one per photo-like scene at 80-300 px, read by `ExpressionRecognizer` with each
+detector at its default settings and margin, as `qcsfer predict` reads a photo: detection rate,
+false alarms, accuracy, where the box sits against the FERPlus crop, and (BlazeFace) the
+accuracy of its found faces at each --margins.
 
-prints a markdown table (times are single-threaded, OpenCV and torch, unless --threads says
-otherwise).
+    python benchmarks/detectors.py [--scenes 40] [--threads 1 2] [--photo-faces 300] [--out F]
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import torch
 from PIL import Image
 
 from qcsfer.imaging import read_image
+from qcsfer.inference.detection.blazeface import SCORE_THRESHOLD, BlazeFaceDetector
 from qcsfer.inference.faces import Detector, Face
 from qcsfer.inference.haar import HaarDetector
 from qcsfer.inference.mtcnn import MTCNNDetector
@@ -42,6 +48,7 @@ FER_VALID = SHARED / "datasets" / "ferplus" / "FER2013Valid"
 # The astronaut's head crop and the face box inside it (from the photo, alt2 detection).
 HEAD = (150, 40, 298, 188)
 HEAD_FACE = (28 / 148, 29 / 148, 120 / 148, 121 / 148)
+PHOTO_DETECTORS = ("alt2", "mtcnn", "blazeface", "blazeface-back")
 
 Box = tuple[float, float, float, float]
 
@@ -149,18 +156,8 @@ def score(found: list[Face], truths: list[Box]) -> tuple[int, int]:
     return hits, len(found) - hits
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scenes", type=int, default=40, help="composed scenes")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="OpenCV and torch threads")
-    parser.add_argument("--repeats", type=int, default=1, help="timed runs per image")
-    args = parser.parse_args()
-    cv2.setNumThreads(args.threads)
-    torch.set_num_threads(args.threads)
-    scenes = make_scenes(args.scenes, args.seed)
-    total = sum(len(s.faces) for s in scenes)
-    configs: list[tuple[str, str, Detector]] = [
+def configs() -> list[tuple[str, str, Detector]]:
+    return [
         ("alt2", "minNeighbors 5", HaarDetector("alt2", min_neighbors=5)),
         ("alt2", "minNeighbors 3", HaarDetector("alt2", min_neighbors=3)),
         ("default", "minNeighbors 5", HaarDetector("default", min_neighbors=5)),
@@ -168,38 +165,133 @@ def main() -> None:
         ("mtcnn", "thresholds 0.6/0.7/0.7", MTCNNDetector(thresholds=(0.6, 0.7, 0.7))),
         ("mtcnn", "thresholds 0.6/0.7/0.8 (default)", MTCNNDetector()),
         ("mtcnn", "thresholds 0.6/0.7/0.95", MTCNNDetector(thresholds=(0.6, 0.7, 0.95))),
-    ]
-    print(
+        *[
+            (name, f"score {t}{' (default)' if t == SCORE_THRESHOLD else ''}",
+             BlazeFaceDetector(variant, threshold=t))
+            for name, variant in (("blazeface", "front"), ("blazeface-back", "back"))
+            for t in (0.5, 0.65, 0.75)
+        ],
+    ]  # fmt: skip
+
+
+def timed(detector: Detector, scenes: list[Scene], threads: int, repeats: int) -> list[float]:
+    """Best-of-`repeats` milliseconds per scene with `threads` OpenCV and torch threads."""
+    cv2.setNumThreads(threads)
+    torch.set_num_threads(threads)
+    times = []
+    for scene in scenes:
+        detector.detect(scene.image[:64, :64])  # warm-up outside the timing
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            detector.detect(scene.image)
+            best = min(best, time.perf_counter() - start)
+        times.append(best * 1000)
+    return times
+
+
+def scenes_table(args: argparse.Namespace) -> list[str]:
+    scenes = make_scenes(args.scenes, args.seed)
+    total = sum(len(s.faces) for s in scenes)
+    timing = " / ".join(f"{t} thread{'s' * (t > 1)}" for t in args.threads)
+    lines = [
         f"{len(scenes)} images ({len(scenes) - 2} composed + astronaut.png + coffee.png), "
-        f"{total} faces; OpenCV {cv2.__version__}, {args.threads} thread(s)\n"
-    )
-    print(
+        f"{total} faces; OpenCV {cv2.__version__}, torch {torch.__version__}; ms / image "
+        f"(median, best of {args.repeats}) at {timing}\n",
         "| detector | settings | recall | false alarms | images with false alarms "
-        "| astronaut (1 face) | coffee (0) | ms / image (median) | ms / image (mean) |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, settings, detector in configs:
+        "| astronaut (1 face) | coffee (0) | "
+        + " | ".join(f"ms / image, {t} thr." for t in args.threads)
+        + " |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(args.threads),
+    ]
+    print("\n".join(lines), flush=True)
+    for name, settings, detector in configs():
+        cv2.setNumThreads(args.threads[0])
+        torch.set_num_threads(args.threads[0])
         hits = alarms = alarm_images = 0
-        times = []
         per_photo = {}
         for scene in scenes:
-            detector.detect(scene.image[:64, :64])  # warm-up outside the timing
-            best = float("inf")
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                found = detector.detect(scene.image)
-                best = min(best, time.perf_counter() - start)
-            times.append(best * 1000)
-            h, a = score(found, scene.faces)
+            h, a = score(detector.detect(scene.image), scene.faces)
             hits, alarms, alarm_images = hits + h, alarms + a, alarm_images + (a > 0)
             if scene.name.endswith(".png"):
                 per_photo[scene.name] = f"{h} found, {a} false"
-        print(
+        times = [statistics.median(timed(detector, scenes, t, args.repeats)) for t in args.threads]
+        lines.append(
             f"| {name} | {settings} | {hits}/{total} ({hits / total:.0%}) | {alarms} "
             f"| {alarm_images}/{len(scenes)} | {per_photo['astronaut.png']} "
-            f"| {per_photo['coffee.png']} | {statistics.median(times):.1f} "
-            f"| {statistics.fmean(times):.1f} |"
+            f"| {per_photo['coffee.png']} | " + " | ".join(f"{t:.1f}" for t in times) + " |"
         )
+        print(lines[-1], flush=True)
+    return lines
+
+
+def photo_path_table(args: argparse.Namespace) -> list[str]:
+    """Expressions read through each detector's crops: benchmarks/photo_path.py's scenes."""
+    from photo_path import Reading, load_photos, make_scene, read_scene
+    from robustness import CLEAN, photo_summary, run_condition, sample_valid
+
+    from qcsfer.inference.recognizer import ExpressionRecognizer
+
+    cv2.setNumThreads(args.threads[0])
+    torch.set_num_threads(args.threads[0])
+    faces, targets = sample_valid(FER_VALID.parent, args.photo_faces, args.seed)
+    photos = load_photos(PHOTOS)
+    direct = run_condition(ExpressionRecognizer(detect=False), CLEAN, faces, args.seed)
+    readers = {name: ExpressionRecognizer(detector=name) for name in PHOTO_DETECTORS}
+    readings: dict[str, list[Reading]] = {name: [] for name in readers}
+    for i, face in enumerate(faces):
+        scene = make_scene(face, np.random.default_rng([args.seed, 1, i]), photos)
+        for name, reader in readers.items():
+            margins = args.margins if name.startswith("blazeface") else ()
+            readings[name].append(read_scene(reader, scene, margins))
+    lines = [
+        f"\nphoto path: {len(faces)} FERPlus Valid faces (seed {args.seed}), each pasted into "
+        "a scene and read by the recognizer with each detector at its own margin\n",
+        "| detector | margin | faces found | false alarms | accuracy, all faces (missed = wrong) "
+        "| accuracy, faces found | direct crops, same faces | FERPlus side / box side "
+        "| box centre dy |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    sweeps = []
+    for name, reader in readers.items():
+        margins = args.margins if name.startswith("blazeface") else ()
+        p = photo_summary(reader, readings[name], targets, direct, margins)
+        frame = p.get("framing", {})
+        lines.append(
+            f"| {name} | {p['margin']:g} | {p['detection_rate']:.1%} | {p['false_alarms']} "
+            f"| {p['all_faces']['accuracy']:.2%} | {p['detected_faces']['accuracy']:.2%} "
+            f"| {p['direct_crop_same_faces']['accuracy']:.2%} "
+            f"| {frame.get('true_side_over_box_side', float('nan')):.3f} "
+            f"| {frame.get('centre_offset_y', float('nan')):+.3f} |"
+        )
+        if margins:
+            row = " | ".join(f"{p['margins'][f'{m:g}']['accuracy']:.2%}" for m in margins)
+            sweeps.append(f"| {name}: accuracy on found faces | {row} |")
+    if sweeps:
+        lines += ["", "| margin | " + " | ".join(f"{m:g}" for m in args.margins) + " |"]
+        lines += ["|---|" + "---|" * len(args.margins), *sweeps]
+    print("\n".join(lines), flush=True)
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scenes", type=int, default=40, help="composed scenes")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="timed at each")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per image")
+    parser.add_argument("--photo-faces", type=int, default=300, help="photo path faces (0: none)")
+    parser.add_argument(
+        "--margins", type=lambda t: tuple(float(m) for m in t.split(",")),
+        default=(0.0, 0.05, 0.1, 0.15), help="crop margins swept for BlazeFace on the photo path",
+    )  # fmt: skip
+    parser.add_argument("--out", type=Path, help="also write the tables to this markdown file")
+    args = parser.parse_args()
+    lines = scenes_table(args)
+    if args.photo_faces:
+        lines += photo_path_table(args)
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -256,7 +256,9 @@ def test_converter_reproduces_the_graph(tmp_path: Path) -> None:
 
     out = convert(graph, tmp_path / "tiny.safetensors")  # the file round trip with its card
     loaded, card = load(out)
-    assert BlazeSpec.from_json(card["spec"]) == spec and card["source_sha256"] == info["source_sha256"]
+    assert (
+        BlazeSpec.from_json(card["spec"]) == spec and card["source_sha256"] == info["source_sha256"]
+    )
     with torch.no_grad():
         again = loaded(torch.from_numpy(image).permute(2, 0, 1)[None])
     assert torch.equal(again[0], scores) and torch.equal(again[1], boxes)
@@ -319,3 +321,22 @@ def test_letterbox_maps_back_to_image_pixels() -> None:
     (face,) = to_faces(found, 128, scale, dx, dy, 300, 100)
     assert face.box == (0, 0, 300, 100)
     assert face.landmarks[0] == pytest.approx((150.0, (64 - dy) / scale))
+
+
+# ---- the auto policy ----
+
+
+def test_auto_detector_by_purpose(tmp_path: Path) -> None:
+    from qcsfer.cli.recognition import _only_videos
+
+    for purpose in ("video", "live"):
+        detector = make_detector("auto", purpose=purpose)
+        assert isinstance(detector, BlazeFaceDetector) and detector.name == "blazeface-back"
+    assert not isinstance(make_detector("auto"), BlazeFaceDetector)  # photos: MTCNN (or alt2)
+    with pytest.raises(ValueError, match="purpose"):
+        make_detector("auto", purpose="slideshow")  # type: ignore[arg-type]
+    (tmp_path / "a.mp4").write_bytes(b"")
+    (tmp_path / "b.jpg").write_bytes(b"")
+    assert _only_videos([str(tmp_path / "a.mp4"), "webcam:0"])
+    assert not _only_videos([str(tmp_path / "a.mp4"), str(tmp_path / "b.jpg")])
+    assert not _only_videos([str(tmp_path / "none.mp4")])  # missing: not a video read

@@ -60,6 +60,9 @@ def attach_negative_values(argv: list[str]) -> list[str]:
     return joined
 
 
+LANDMARK_DETECTORS = ("mtcnn", "blazeface", "blazeface-back")  # detectors that place the eyes
+
+
 def face_options(p: argparse.ArgumentParser) -> None:
     """Which faces are classified (detector, given boxes, alignment) and at which prior."""
     p.add_argument("--no-detect", action="store_true", help="each image is one face (no detector)")
@@ -73,11 +76,15 @@ def face_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--detector",
         default="auto",
-        help="auto (mtcnn if installed, else alt2), mtcnn (needs: pip install --no-deps "
-        "facenet-pytorch==2.6.0) or a Haar cascade: alt2, alt, default, alt_tree or an XML path",
+        help="auto (photos: mtcnn if installed, else alt2; videos and cameras: blazeface-back), "
+        "mtcnn (needs: pip install --no-deps facenet-pytorch==2.6.0), blazeface (faces near the "
+        "camera), blazeface-back (smaller faces) or a Haar cascade: alt2, alt, default, "
+        "alt_tree or an XML path",
     )
     p.add_argument(
-        "--align", action="store_true", help="level the eyes before classifying (mtcnn only)"
+        "--align",
+        action="store_true",
+        help="level the eyes before classifying (mtcnn, blazeface, blazeface-back)",
     )
     p.add_argument(
         "--prior",
@@ -91,8 +98,11 @@ def given_boxes(args: argparse.Namespace) -> list[tuple[float, float, float, flo
     """The --box options; also refuses --align where it would silently do nothing."""
     from ..inference.faces import parse_box
 
-    if args.align and (args.detector != "mtcnn" or args.no_detect or args.box):
-        raise ValueError("--align needs faces found by --detector mtcnn (it places the eyes)")
+    if args.align and (args.detector not in LANDMARK_DETECTORS or args.no_detect or args.box):
+        raise ValueError(
+            "--align needs faces found by --detector mtcnn, blazeface or blazeface-back "
+            "(they place the eyes)"
+        )
     return [parse_box(text) for text in args.box] if args.box else None
 
 

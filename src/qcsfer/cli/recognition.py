@@ -114,13 +114,18 @@ def _predict(args: argparse.Namespace) -> int:
     boxes = given_boxes(args)
     if args.fps is not None and args.every != 1:
         raise ValueError("give --every or --fps, not both")
+    detector = args.detector
+    if detector == "auto" and not args.no_detect and boxes is None and _only_videos(args.inputs):
+        from ..inference.detectors import make_detector
+
+        detector = make_detector("auto", purpose="video")  # the fast detector for frames
     try:
         recognizer = ExpressionRecognizer(
             args.model,
             backend=args.backend,
             device=args.device,
             detect=not args.no_detect,
-            detector=args.detector,
+            detector=detector,
             align=args.align,
             batch_size=args.batch_size,
             prior=args.prior,
@@ -141,6 +146,14 @@ def _predict(args: argparse.Namespace) -> int:
     if summary.annotated:
         print(f"annotated images in {args.out}", file=sys.stderr)
     return 0 if summary.images or summary.frames else 1
+
+
+def _only_videos(items: list[str]) -> bool:
+    """Whether every input is a video or a camera (the `auto` detector's video purpose)."""
+    from ..inference.inputs import expand_inputs
+
+    expanded = expand_inputs(items)
+    return bool(expanded) and all(i.kind == "video" for i in expanded)
 
 
 def _explain(args: argparse.Namespace) -> int:

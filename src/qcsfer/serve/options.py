@@ -12,7 +12,7 @@ from ..inference.haar import CASCADES
 from .errors import ApiError
 
 # Detectors a client may choose by name; never a path (no endpoint reads server files).
-DETECTORS = (*sorted(CASCADES), "mtcnn")
+DETECTORS = (*sorted(CASCADES), "mtcnn", "blazeface", "blazeface-back")
 
 
 class PredictOptions(BaseModel):
