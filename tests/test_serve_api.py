@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import io
 import json
 import logging
@@ -21,10 +22,11 @@ from PIL import Image
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
+from qcsfer.errors import UsageError
 from qcsfer.inference.recognizer import ExpressionRecognizer
 from qcsfer.serve.app import create_app
 from qcsfer.serve.batching import FaceBatcher
-from qcsfer.serve.settings import TOKEN_ENV, ServeSettings, token_from
+from qcsfer.serve.settings import OPTIONS, TOKEN_ENV, ServeSettings
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "qcsfer" / "assets"
 ASTRONAUT = (ASSETS / "astronaut.jpg").read_bytes()
@@ -312,11 +314,44 @@ def test_bearer_token(recognizer: ExpressionRecognizer, monkeypatch: pytest.Monk
         assert ok.status_code == 200
         assert c.get("/healthz").status_code == 200 and c.get("/").status_code == 200
     monkeypatch.setenv(TOKEN_ENV, "from-env")
-    assert token_from(None) == "from-env" and token_from("arg") == "arg"
+    assert ServeSettings.resolve({}).token == "from-env"
+    assert ServeSettings.resolve({"token": "arg"}).token == "arg"
     monkeypatch.delenv(TOKEN_ENV)
-    assert token_from(None) is None
+    assert ServeSettings.resolve({}).token is None
     with pytest.raises(ValueError, match="empty token"):
         ServeSettings(token=" ")
+
+
+def test_every_setting_has_one_declaration_a_flag_and_a_variable() -> None:
+    """Flags, their defaults and QCSFER_* variables all come from ServeSettings."""
+    from qcsfer.cli import build_parser
+
+    assert [o.name for o in OPTIONS] == [f.name for f in dataclasses.fields(ServeSettings)]
+    assert all(o.env.startswith("QCSFER_") for o in OPTIONS) and TOKEN_ENV == "QCSFER_TOKEN"
+    args = build_parser().parse_args(["serve"])
+    assert ServeSettings.resolve(vars(args), environ={}) == ServeSettings()
+    environ = {
+        "QCSFER_PORT": "9001",
+        "QCSFER_MAX_UPLOAD_MB": "3",
+        "QCSFER_TIMEOUT": "2.5",
+        "QCSFER_CORS": "https://a.example, https://b.example",
+        "QCSFER_PRIOR": "dataset",
+        "QCSFER_WORKERS": "",  # empty: unset
+    }
+    settings = ServeSettings.resolve(vars(args), environ)
+    assert (settings.port, settings.max_body_bytes, settings.timeout_s) == (9001, 3 * 1024**2, 2.5)
+    assert settings.cors_origins == ("https://a.example", "https://b.example")
+    assert settings.prior == "dataset" and settings.workers == 1
+    given = build_parser().parse_args(["serve", "--port", "9002", "--cors", "https://c.example"])
+    settings = ServeSettings.resolve(vars(given), environ)  # a flag given wins
+    assert settings.port == 9002 and settings.cors_origins == ("https://c.example",)
+    for variable, text, message in [
+        ("QCSFER_PORT", "eighty", "expected a whole number"),
+        ("QCSFER_MAX_FACES", "0", "must be at least 1"),
+        ("QCSFER_BACKEND", "tensorrt", "expected one of auto, torch, onnx"),
+    ]:
+        with pytest.raises(UsageError, match=f"{variable}='{text}': {message}"):
+            ServeSettings.resolve({}, {variable: text})
 
 
 @pytest.mark.parametrize(

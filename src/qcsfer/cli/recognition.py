@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from ..errors import MissingDependencyError
 from .options import face_options, given_boxes, model_options, positive, reference_options
@@ -56,55 +58,35 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_explain)
 
     p = sub.add_parser("serve", help="HTTP API and web page (uploads, live webcam)")
-    model_options(p)
-    p.add_argument("--detector", help="default face detector (a request may pick another)")
-    p.add_argument(
-        "--prior", choices=["dataset", "balanced"], help="default class prior (a request may pick)"
-    )
-    p.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="address to listen on; 0.0.0.0 exposes the server to the network (use --token)",
-    )
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument(
-        "--workers", type=positive, default=1, help="model threads (and decoding threads)"
-    )
-    p.add_argument(
-        "--threads",
-        type=positive,
-        default=1,
-        help="threads inside each model call (CPU use: workers x threads)",
-    )
-    p.add_argument(
-        "--batch-window-ms",
-        type=float,
-        default=5.0,
-        help="how long to wait for faces of other requests to batch with (0: no batching)",
-    )
-    p.add_argument("--max-batch-faces", type=positive, default=64)
-    p.add_argument(
-        "--max-pending", type=positive, default=32, help="requests in progress before 503 busy"
-    )
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (504 after)")
-    p.add_argument("--max-upload-mb", type=positive, default=20, help="largest request body (413)")
-    p.add_argument("--max-images", type=positive, default=16, help="images per request (413)")
-    p.add_argument("--max-faces", type=positive, default=32, help="faces per image")
-    p.add_argument(
-        "--token", help="require 'Authorization: Bearer TOKEN' (default: $QCSFER_TOKEN if set)"
-    )
-    p.add_argument(
-        "--cors", action="append", default=[], metavar="ORIGIN", help="allow this web origin"
-    )
-    p.add_argument(
-        "--allowed-host",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="also answer requests sent to this host name (default: localhost and the --host "
-        "address only, against DNS rebinding; '*': any)",
-    )
+    serve_options(p)
     p.set_defaults(func=_serve)
+
+
+def serve_options(p: argparse.ArgumentParser) -> None:
+    """Every server setting as a flag, from its one declaration (`serve.settings.OPTIONS`):
+    left out, a flag takes its QCSFER_* variable, else the setting's default."""
+    from ..serve.settings import OPTIONS, Option
+
+    def checked(option: Option) -> Callable[[str], Any]:
+        def parse(text: str) -> Any:
+            try:
+                return option.kind(text)
+            except ValueError as exc:  # argparse shows this message, naming the flag
+                raise argparse.ArgumentTypeError(str(exc)) from None
+
+        return parse
+
+    for option in OPTIONS:
+        p.add_argument(
+            option.flag,
+            dest=option.dest,
+            type=checked(option),
+            choices=option.choices,
+            action="append" if option.many else "store",
+            default=[] if option.many else None,
+            metavar=option.metavar,
+            help=f"{option.help} (default: {option.shown_default}; ${option.env})",
+        )
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -216,28 +198,7 @@ def _serve(args: argparse.Namespace) -> int:
             f"{exc}; install it with: pip install 'qcsfer[serve]'"
         ) from exc
     from ..serve import ServeSettings, serve
-    from ..serve.settings import token_from
 
-    settings = ServeSettings(
-        model=args.model,
-        backend=args.backend,
-        device=args.device,
-        detector=args.detector,
-        prior=args.prior,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        threads=args.threads,
-        batch_window_ms=args.batch_window_ms,
-        max_batch_faces=args.max_batch_faces,
-        max_pending=args.max_pending,
-        timeout_s=args.timeout,
-        max_body_bytes=args.max_upload_mb * 1024 * 1024,
-        max_images=args.max_images,
-        max_faces=args.max_faces,
-        token=token_from(args.token),
-        cors_origins=tuple(args.cors),
-        allowed_hosts=tuple(args.allowed_host),
-    )
+    settings = ServeSettings.resolve(vars(args))
     serve(settings)
     return 0

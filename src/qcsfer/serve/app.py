@@ -97,6 +97,17 @@ def authorized(
         )
 
 
+def current_service(request: Request) -> InferenceService:
+    """The running service (routes take it through Depends); 503 until the model is loaded."""
+    service = getattr(request.app.state, "service", None)
+    if service is None or not service.ready:
+        raise ApiError(503, "not_ready", "the model is not loaded yet")
+    return service
+
+
+Service = Annotated[InferenceService, Depends(current_service)]
+
+
 def static_text(name: str) -> str:
     return (resources.files("qcsfer.serve") / "static" / name).read_text(encoding="utf-8")
 
@@ -163,10 +174,7 @@ def create_app(settings: ServeSettings, recognizer: ExpressionRecognizer | None 
         return {"status": "ok"}
 
     @app.get("/readyz", summary="the model is loaded and a request would be admitted now")
-    async def readyz(request: Request) -> dict[str, Any]:
-        service = getattr(request.app.state, "service", None)
-        if service is None or not service.ready:
-            raise ApiError(503, "not_ready", "the model is not loaded yet")
+    async def readyz(service: Service) -> dict[str, Any]:
         if service.pending >= settings.max_pending:  # what /v1/predict would answer now
             raise ApiError(503, "busy", f"all {settings.max_pending} places are taken")
         return {
@@ -177,8 +185,8 @@ def create_app(settings: ServeSettings, recognizer: ExpressionRecognizer | None 
         }
 
     @app.get("/v1/model", dependencies=[Depends(authorized)], summary="the loaded model")
-    async def model(request: Request) -> dict[str, Any]:
-        return model_description(request.app.state.service)
+    async def model(service: Service) -> dict[str, Any]:
+        return model_description(service)
 
     @app.post(
         "/v1/predict",
@@ -186,8 +194,9 @@ def create_app(settings: ServeSettings, recognizer: ExpressionRecognizer | None 
         summary="expressions of every face in one or more images",
         openapi_extra=PREDICT_BODY,
     )
-    async def predict(request: Request, options: Annotated[PredictOptions, Query()]) -> Response:
-        service: InferenceService = request.app.state.service
+    async def predict(
+        request: Request, service: Service, options: Annotated[PredictOptions, Query()]
+    ) -> Response:
         deadline = Deadline(settings.timeout_s)  # covers the body's arrival too
         body = await service.readers.read(request, settings.max_body_bytes, deadline)
         content_type = request.headers.get("content-type", "")
