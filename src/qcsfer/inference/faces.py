@@ -1,10 +1,11 @@
 """Faces: the `Face` every detector returns, the `Detector` contract, and square face crops.
 
-Detectors implement the contract elsewhere (`haar.py`, `mtcnn.py`; `detectors.py` picks one by
-name), so this module imports none of them. Crops are taken from the full-resolution image,
-square and with a small margin, like the training faces; `align=True` levels the eyes of faces
-with landmarks (MTCNN). Alignment is off by default: FER2013/FERPlus training faces are not
-eye-aligned, so rotating test faces moves them away from what the shipped model saw.
+Detectors implement the contract elsewhere (`haar.py`, `mtcnn.py`, `detection/blazeface.py`;
+`detectors.py` picks one by name), so this module imports none of them. Crops are taken from the
+full-resolution image, square and with a small margin, like the training faces; `align=True`
+levels the eyes of faces with landmarks (MTCNN, BlazeFace). Alignment is off by default:
+FER2013/FERPlus training faces are not eye-aligned, so rotating test faces moves them away from
+what the shipped model saw.
 """
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ class Face:
     """A face box in original image pixels (x1, y1 exclusive) and its detector score.
 
     `score`: for Haar cascades the number of overlapping windows merged into the box (more =
-    surer, not a probability), for MTCNN the face probability; None for boxes not found by a
-    detector (given, or the whole image). `landmarks` (MTCNN only): (x, y) of the left eye,
-    right eye, nose tip, left and right mouth corner, "left" meaning smaller x in the image.
+    surer, not a probability), for MTCNN and BlazeFace the face probability; None for boxes not
+    found by a detector (given, or the whole image). `landmarks`, (x, y) in image pixels, the
+    two eyes first ("left" meaning smaller x in the image): MTCNN's left eye, right eye, nose
+    tip, left and right mouth corner; BlazeFace's right eye (the person's, the image's left),
+    left eye, nose tip, mouth centre, right and left ear tragion.
     Ordering is left-to-right, then top-to-bottom.
     """
 

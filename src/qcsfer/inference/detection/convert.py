@@ -138,10 +138,9 @@ def _block(
     prefix = f"blocks.{index}"
     state[f"{prefix}.depthwise.weight"] = _tensor(kernel.transpose(2, 3, 0, 1))  # C x 1 x 3 x 3
     pointwise = _single(graph, depthwise.name, "_FusedConv2D")
-    fused = tuple(pointwise.attr.get("fused_ops", ()))
-    residual = fused == ("BiasAdd",)
-    weight = _conv(graph, pointwise, (1, 1), 1, fused if residual else ("BiasAdd", "Relu"),
-                   state, f"{prefix}.pointwise")  # fmt: skip
+    residual = tuple(pointwise.attr.get("fused_ops", ())) == ("BiasAdd",)  # else + ReLU, no skip
+    fused = ("BiasAdd",) if residual else ("BiasAdd", "Relu")
+    weight = _conv(graph, pointwise, (1, 1), 1, fused, state, f"{prefix}.pointwise")
     cout = weight.shape[3]
     if not residual:
         return pointwise.name, Block(cin, cout, stride, False)
