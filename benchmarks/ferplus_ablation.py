@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qcsfer.engine.epoch_record import best_epoch, read_history
 from qcsfer.models.qcs import BRANCHES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,11 +126,8 @@ def execute(run: Run, suite: Suite = SUITES["short"]) -> None:
     print(f"{run.name}: {' '.join(command[2:])}", file=sys.stderr)
     start = time.time()
     subprocess.run(command, check=True, cwd=REPO)
-    history = [
-        json.loads(line)
-        for line in (REPO / runs / run.name / "metrics.jsonl").read_text().splitlines()
-    ]
-    best = max(history, key=lambda h: h["val_accuracy"])
+    history = read_history(REPO / runs / run.name)
+    best = best_epoch(history)
     record = {
         "name": run.name,
         "group": run.group,
@@ -139,16 +137,20 @@ def execute(run: Run, suite: Suite = SUITES["short"]) -> None:
         "overrides": run.overrides,
         "command": " ".join(["qcsfer", *run.command(runs)[3:]]),
         "wall_seconds_this_invocation": time.time() - start,
-        "train_seconds": sum(h["epoch_seconds"] for h in history),
+        "train_seconds": sum(h.epoch_seconds for h in history),
         "resumed": resuming,
-        "best_epoch": best["epoch"],
-        "val_accuracy": best["val_accuracy"],
-        "val_balanced_accuracy": best["val_balanced_accuracy"],
-        "final_val_accuracy": history[-1]["val_accuracy"],
-        "k": history[-1]["k"],
+        "best_epoch": best.epoch,
+        "val_accuracy": best.val_accuracy,
+        "val_balanced_accuracy": best.val_balanced_accuracy,
+        "final_val_accuracy": history[-1].val_accuracy,
+        "k": list(history[-1].k),
         # The curve travels with the result: run directories are scratch and get lost.
         "history": [
-            {key: h[key] for key in ("epoch", "val_accuracy", "val_balanced_accuracy")}
+            {
+                "epoch": h.epoch,
+                "val_accuracy": h.val_accuracy,
+                "val_balanced_accuracy": h.val_balanced_accuracy,
+            }
             for h in history
         ],
     }

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from qcsfer.card import FORMAT_VERSION, ModelCard, read_card, write_card
 from qcsfer.config import TrainConfig
 from qcsfer.decision import DecisionRule, OperatingPoint
+from qcsfer.engine.epoch_record import EpochRecord
 from qcsfer.engine.runlog import export_best
 from qcsfer.errors import WeightsError
 from qcsfer.models import BaseNetwork, QCSModel, get_config
@@ -242,8 +243,7 @@ def test_save_weights_writes_the_card_it_is_given_only_for_its_model(tmp_path: P
 def test_the_trainer_writes_metrics_and_mode_as_card_fields(tmp_path: Path) -> None:
     """Not the version-1 layout (`val_accuracy`, `mode` in the provenance): read-only now."""
     model = QCSModel(get_config("tiny", num_classes=3), "dcs").eval()
-    record = {"classes": list(CLASSES), "epoch": 2, "val_accuracy": 0.75}
-    record["val_balanced_accuracy"] = 0.5
+    record = EpochRecord(2, 1.0, 0.75, 0.5, 0.4, (), None, 1.0, 0, CLASSES)
     export_best(model, TrainConfig(mode="dcs", preprocessing=PREP), record, tmp_path)
     card = read_card(tmp_path / "best.json")
     assert card.mode == "dcs" and card.classes == CLASSES

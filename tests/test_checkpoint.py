@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,6 +19,8 @@ from qcsfer.engine.checkpoint import (
     save_checkpoint,
     weights_only,
 )
+from qcsfer.engine.epoch_record import EpochRecord, history_text, read_history
+from qcsfer.engine.metrics import Metrics
 from qcsfer.engine.optim import build_optimization
 from qcsfer.errors import TrainingError
 from qcsfer.models import QCSModel
@@ -39,12 +43,14 @@ def test_round_trip_restores_weights_optimiser_and_run_state(tmp_path: Path) -> 
     loss.backward()
     run.optimizer.step()
     run.scheduler.step()
-    state = RunState(epoch=1, batch=3, step=13, best=0.5, history=[{"val_accuracy": 0.5}])
+    record = EpochRecord(1, 0.9, 0.5, 0.5, 0.4, (1.0,), 10.0, 2.0, 0, CLASSES, ((1, 0, 0),) * 3)
+    state = RunState(epoch=1, batch=3, step=13, best=0.5, history=[record])
     state.add_step(0.25)
     run.save("last.pt", state)
 
     checkpoint = load_checkpoint(tmp_path / "last.pt")
     assert checkpoint["version"] == CHECKPOINT_VERSION and checkpoint["classes"] == list(CLASSES)
+    assert checkpoint["history"] == [record.to_dict()]  # plain data in the file
     fresh = _run(tmp_path / "fresh", seed=1)
     restored = fresh.restore(checkpoint)
     assert restored == state and restored.step == 14 and restored.batch == 4
@@ -63,6 +69,31 @@ def test_round_trip_restores_weights_optimiser_and_run_state(tmp_path: Path) -> 
     assert "optimizer" not in stripped and "epoch_loss" not in stripped
     save_checkpoint(stripped, tmp_path / "weights.pt")
     assert load_checkpoint(tmp_path / "weights.pt")["step"] == 14
+
+
+def test_epoch_records_round_trip_as_metrics_jsonl_lines(tmp_path: Path) -> None:
+    confusion = np.array([[3, 1, 0], [0, 2, 0], [1, 0, 1]])
+    record = EpochRecord.measured(
+        epoch=2,
+        train_loss=0.7,
+        metrics=Metrics(CLASSES, confusion),
+        held_out={"web": Metrics(CLASSES, np.eye(3, dtype=np.int64))},
+        k=[1.2, 0.9, 1.0],
+        images=80,
+        seconds=4.0,
+        skipped_images=1,
+    )
+    assert record.val_accuracy == pytest.approx(6 / 8) and record.images_per_second == 20
+    assert record.val_sources["web"].accuracy == 1.0 and record.val_sources["web"].images == 3
+    assert np.array_equal(record.metrics.confusion, confusion)
+    (tmp_path / "metrics.jsonl").write_text(history_text([record, record]))
+    assert read_history(tmp_path) == [record, record]
+    line = json.loads(history_text([record]))
+    assert set(line) >= {"epoch", "train_loss", "val_accuracy", "k", "confusion", "val_sources"}
+    del line["skipped_images"], line["val_sources"]  # as the first runs wrote them
+    assert EpochRecord.from_dict(line).skipped_images == 0
+    with pytest.raises(ValueError, match=r"unknown keys \['accuracy'\]"):
+        EpochRecord.from_dict({**line, "accuracy": 0.5})
 
 
 def test_foreign_and_future_files_are_refused(tmp_path: Path) -> None:

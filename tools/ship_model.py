@@ -33,6 +33,7 @@ from qcsfer.config import TrainConfig, from_dict
 from qcsfer.data.prior import training_prior
 from qcsfer.decision import DecisionRule, OperatingPoint
 from qcsfer.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from qcsfer.engine.epoch_record import best_epoch, read_history
 from qcsfer.engine.evaluate import evaluate
 from qcsfer.errors import QcsferError
 from qcsfer.models.weights import network_card, save_weights
@@ -93,10 +94,6 @@ def portable_paths(value: Any) -> Any:
     return value
 
 
-def run_history(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", type=Path)
@@ -116,8 +113,8 @@ def main() -> None:
     if args.data_root:
         config["data"]["root"] = args.data_root
     model = model_from_checkpoint(checkpoint)
-    history = run_history(args.run_dir)
-    best = max(history, key=lambda h: h["val_accuracy"])
+    history = read_history(args.run_dir)
+    best = best_epoch(history)
     decision = prior_put_back(from_dict(TrainConfig, config))
 
     card = network_card(
@@ -137,8 +134,8 @@ def main() -> None:
         "(never on test)",
         "seed": config["seed"],
         "epochs": config["epochs"],
-        "best_epoch": best["epoch"],
-        "train_minutes": round(sum(h["epoch_seconds"] for h in history) / 60, 1),
+        "best_epoch": best.epoch,
+        "train_minutes": round(sum(h.epoch_seconds for h in history) / 60, 1),
         "commit": commit,
         "command": f"qcsfer train <recipe>; python tools/ship_model.py {portable(args.run_dir)}",
         "config": config,
@@ -155,10 +152,10 @@ def main() -> None:
         ends = [Path(end) for end in ([mix["end"]] if isinstance(mix["end"], str) else mix["end"])]
         provenance["best_epoch"] = None
         provenance["interpolated"] = mix
-        histories = [run_history(end.parent) for end in ends]  # each end in its run dir
+        histories = [read_history(end.parent) for end in ends]  # each end in its run dir
         provenance["epochs"] = [len(h) for h in histories]
         provenance["train_minutes"] = round(
-            sum(epoch["epoch_seconds"] for h in histories for epoch in h) / 60, 1
+            sum(epoch.epoch_seconds for h in histories for epoch in h) / 60, 1
         )
     if config["init"].get("weights"):
         previous = read_card(config["init"]["weights"]).provenance

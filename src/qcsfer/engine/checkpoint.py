@@ -22,6 +22,7 @@ from ..io import atomic_write
 from ..models.qcs import QCSModel
 from ..outputs import OutputError, reason, writing
 from ..torch_files import load_tensors_only, not_a_torch_file, torch_refusal
+from .epoch_record import EpochRecord
 
 CHECKPOINT_FORMAT = "qcsfer-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -35,7 +36,7 @@ class RunState:
     epoch: int = 0  # the epoch in progress (= epochs finished)
     batch: int = 0  # the next batch of that epoch
     step: int = 0  # optimiser steps taken in the whole run
-    history: list[dict] = field(default_factory=list)  # one record per finished epoch
+    history: list[EpochRecord] = field(default_factory=list)  # one per finished epoch
     best: float = -1.0  # the best validation accuracy so far
     epoch_loss: list[float] = field(default_factory=lambda: [0.0, 0])  # sum, count this epoch
 
@@ -43,11 +44,11 @@ class RunState:
         self.batch, self.step = self.batch + 1, self.step + 1
         self.epoch_loss = [self.epoch_loss[0] + loss, self.epoch_loss[1] + 1]
 
-    def finish_epoch(self, record: dict) -> bool:
+    def finish_epoch(self, record: EpochRecord) -> bool:
         """Records the epoch and moves to the next; True when validation accuracy improved."""
         self.history.append(record)
-        improved = record["val_accuracy"] > self.best
-        self.best = max(self.best, record["val_accuracy"])
+        improved = record.val_accuracy > self.best
+        self.best = max(self.best, record.val_accuracy)
         self.epoch, self.batch, self.epoch_loss = self.epoch + 1, 0, [0.0, 0]
         return improved
 
@@ -92,7 +93,7 @@ class Checkpointer:
             "epoch": state.epoch,
             "batch": state.batch,
             "step": state.step,
-            "history": state.history,
+            "history": [record.to_dict() for record in state.history],  # plain data
             "best": state.best,
             "epoch_loss": state.epoch_loss,
             "data": self.data,
@@ -129,7 +130,7 @@ class Checkpointer:
             epoch=checkpoint["epoch"],
             batch=checkpoint["batch"],
             step=checkpoint["step"],
-            history=checkpoint["history"],
+            history=[EpochRecord.from_dict(record) for record in checkpoint["history"]],
             best=checkpoint["best"],
             epoch_loss=list(checkpoint["epoch_loss"]),
         )

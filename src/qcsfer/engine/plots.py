@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .epoch_record import EpochRecord
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -59,21 +60,21 @@ def plot_confusion(metrics: Metrics, path: str | Path, title: str = "") -> bool:
     return True
 
 
-def plot_curves(history: list[dict], path: str | Path) -> bool:
+def plot_curves(history: list[EpochRecord], path: str | Path) -> bool:
     """Loss and validation accuracy per epoch."""
     fig = _figure((10, 3.8)) if history else None
     if fig is None:
         return False
-    epochs = np.array([h["epoch"] for h in history])
+    epochs = np.array([h.epoch for h in history])
     left, right = fig.subplots(1, 2)
-    left.plot(epochs, [h["train_loss"] for h in history], marker="o")
+    left.plot(epochs, [h.train_loss for h in history], marker="o")
     left.set_xlabel("epoch")
     left.set_ylabel("train loss")
-    for key, label in (
-        ("val_accuracy", "accuracy"),
-        ("val_balanced_accuracy", "balanced accuracy"),
+    for values, label in (
+        ([h.val_accuracy for h in history], "accuracy"),
+        ([h.val_balanced_accuracy for h in history], "balanced accuracy"),
     ):
-        right.plot(epochs, [h[key] for h in history], marker="o", label=label)
+        right.plot(epochs, values, marker="o", label=label)
     right.set_xlabel("epoch")
     right.set_ylabel("validation")
     right.legend()

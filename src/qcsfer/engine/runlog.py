@@ -3,21 +3,18 @@ and the best model as a weights file. Only the first DDP rank calls what writes 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..config import TrainConfig, save_config, to_dict
 from ..io import atomic_write
 from ..models.qcs import QCSModel
 from ..models.weights import network_card, save_weights
 from ..status_line import StatusLine
-from .metrics import Metrics
+from .epoch_record import HISTORY_FILE, EpochRecord, history_text
 from .plots import plot_confusion, plot_curves
 
 log = logging.getLogger("qcsfer.train")
@@ -78,47 +75,6 @@ def open_run_dir(run_dir: Path, config: TrainConfig) -> None:
     logging.getLogger("qcsfer").addHandler(handler)
 
 
-def epoch_record(
-    *,
-    epoch: int,
-    train_loss: float,
-    metrics: Metrics,
-    held_out: dict[str, Metrics],
-    k: list[float],
-    images: int,
-    seconds: float,
-    skipped_images: int,
-) -> dict[str, Any]:
-    """One line of metrics.jsonl (`epoch` counts from 1). Held-out slices of the extra
-    training sources are reported beside the validation split, never selected on."""
-    record = {
-        "epoch": epoch,
-        "train_loss": train_loss,
-        "val_accuracy": metrics.accuracy,
-        "val_balanced_accuracy": metrics.balanced_accuracy,
-        "val_macro_f1": metrics.macro_f1,
-        "k": k,
-        # training steps only, not validation; None when this process trained no step of the
-        # epoch (resumed after its last step): the rate was not measured, it was not zero
-        "images_per_second": images / max(seconds, 1e-9) if images else None,
-        "epoch_seconds": seconds,
-        "skipped_images": skipped_images,
-    }
-    if held_out:
-        record["val_sources"] = {
-            name: {
-                "accuracy": m.accuracy,
-                "balanced_accuracy": m.balanced_accuracy,
-                "macro_f1": m.macro_f1,
-                "images": int(m.confusion.sum()),
-            }
-            for name, m in held_out.items()
-        }
-    record["classes"] = list(metrics.classes)
-    record["confusion"] = metrics.confusion.tolist()
-    return record
-
-
 class RunLog:
     """metrics.jsonl, curves and confusion plots, and TensorBoard scalars when enabled."""
 
@@ -126,44 +82,50 @@ class RunLog:
         self.run_dir = run_dir
         self.tensorboard = _open_tensorboard(run_dir) if tensorboard else None
 
-    def write(self, history: list[dict]) -> None:
+    def write(self, history: list[EpochRecord]) -> None:
         """Logs the newest epoch; metrics.jsonl is rewritten whole from the checkpointed
         history, so a resumed run has no duplicate lines."""
         record = history[-1]
+        rate = record.images_per_second
         log.info(
             "epoch %d: loss %.4f, val accuracy %.4f, balanced %.4f, macro F1 %.4f, k %s, "
             "%s img/s, %d unreadable images skipped",
-            record["epoch"],
-            record["train_loss"],
-            record["val_accuracy"],
-            record["val_balanced_accuracy"],
-            record["val_macro_f1"],
-            [round(k, 3) for k in record["k"]],
-            "n/a" if record["images_per_second"] is None else f"{record['images_per_second']:.0f}",
-            record["skipped_images"],
+            record.epoch,
+            record.train_loss,
+            record.val_accuracy,
+            record.val_balanced_accuracy,
+            record.val_macro_f1,
+            [round(k, 3) for k in record.k],
+            "n/a" if rate is None else f"{rate:.0f}",
+            record.skipped_images,
         )
-        for name, m in record.get("val_sources", {}).items():
+        for name, held in record.val_sources.items():
             log.info(
                 "epoch %d: held-out %s accuracy %.4f, balanced %.4f",
-                record["epoch"],
+                record.epoch,
                 name,
-                m["accuracy"],
-                m["balanced_accuracy"],
+                held.accuracy,
+                held.balanced_accuracy,
             )
-        text = "".join(json.dumps(h) + "\n" for h in history)
-        atomic_write(self.run_dir / "metrics.jsonl", lambda tmp: tmp.write_text(text))
+        text = history_text(history)
+        atomic_write(self.run_dir / HISTORY_FILE, lambda tmp: tmp.write_text(text))
         if self.tensorboard is not None:
-            for key in ("train_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1"):
-                self.tensorboard.add_scalar(key, record[key], record["epoch"])
-            for scale, k in enumerate(record["k"], start=1):
-                self.tensorboard.add_scalar(f"k/scale{scale}", k, record["epoch"])
+            scalars = {
+                "train_loss": record.train_loss,
+                "val_accuracy": record.val_accuracy,
+                "val_balanced_accuracy": record.val_balanced_accuracy,
+                "val_macro_f1": record.val_macro_f1,
+            }
+            for key, value in scalars.items():
+                self.tensorboard.add_scalar(key, value, record.epoch)
+            for scale, k in enumerate(record.k, start=1):
+                self.tensorboard.add_scalar(f"k/scale{scale}", k, record.epoch)
             self.tensorboard.flush()
         plot_curves(history, self.run_dir / "curves.png")
-        metrics = Metrics(tuple(record["classes"]), np.asarray(record["confusion"]))
         plot_confusion(
-            metrics,
+            record.metrics,
             self.run_dir / "confusion_matrix.png",
-            title=f"epoch {record['epoch']} validation",
+            title=f"epoch {record.epoch} validation",
         )
 
 
@@ -176,20 +138,20 @@ def _open_tensorboard(run_dir: Path) -> Any:
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
-def export_best(model: QCSModel, config: TrainConfig, record: dict, run_dir: Path) -> None:
+def export_best(model: QCSModel, config: TrainConfig, record: EpochRecord, run_dir: Path) -> None:
     """The best model as a weights file (safetensors + JSON). It holds the whole training graph
     (so `explain` can draw CSA maps); inference loads only its base network."""
     view = "valid_flip" if config.eval_flip else "valid"  # how validation read it
     card = network_card(
         model,
-        classes=record["classes"],
+        classes=record.classes,
         preprocessing=config.preprocessing,
         metrics={
             view: {
-                "accuracy": record["val_accuracy"],
-                "balanced_accuracy": record["val_balanced_accuracy"],
+                "accuracy": record.val_accuracy,
+                "balanced_accuracy": record.val_balanced_accuracy,
             }
         },
-        provenance={"config": to_dict(config), "epoch": record["epoch"]},
+        provenance={"config": to_dict(config), "epoch": record.epoch},
     )
     save_weights(model, run_dir / "best.safetensors", card)

@@ -31,13 +31,14 @@ from ..models.vit import use_fused_attention
 from ..outputs import OutputError, reason
 from .checkpoint import Checkpointer, RunState, load_checkpoint, run_config
 from .distributed import Distributed, GracefulStop, process_group, start_processes, step_seed
+from .epoch_record import EpochRecord
 from .evaluate import evaluate_split
 from .logit_adjustment import logit_adjusted, prior_offset
 from .optim import build_optimization
 from .resume import check_data, keep_edited_config, resumed_config
 from .rundir import claim_run_dir
 from .runfiles import discard_failed_start, kept_checkpoint, last_checkpoint, write_failure
-from .runlog import EpochProgress, RunLog, default_run_dir, epoch_record, export_best, open_run_dir
+from .runlog import EpochProgress, RunLog, default_run_dir, export_best, open_run_dir
 from .step import LossFunction, TrainStep
 from .warm_start import initialize
 
@@ -292,7 +293,7 @@ def _validate(
     dd: Distributed,
     images: int,
     seconds: float,
-) -> dict:
+) -> EpochRecord:
     """The epoch's record: its mean loss over all processes, Valid and held-out metrics."""
     base = parts.model.base
     offset = parts.prior_offset  # validated with the prior put back: selection by accuracy
@@ -302,7 +303,7 @@ def _validate(
         for name, split in parts.held_out.items()
     }
     loss_sum, count = dd.reduce(torch.tensor(state.epoch_loss, dtype=torch.float64, device=device))
-    return epoch_record(
+    return EpochRecord.measured(
         epoch=state.epoch + 1,
         train_loss=float(loss_sum / max(count, 1)),
         metrics=metrics,
