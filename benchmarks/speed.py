@@ -49,10 +49,9 @@ ANCHORS = {
 
 def naive_forward(model: QCSModel, images: torch.Tensor) -> BranchLogits:
     """Four separate base-network calls, then the same cross classifier."""
-    outputs = [model.base(images[g]) for g in range(images.shape[0])]
-    base_logits = torch.stack([logits for logits, _ in outputs])
-    tokens = torch.stack([t for _, t in outputs])
-    return BranchLogits(base_logits, model.cross_logits(tokens))
+    features = torch.stack([model.base.forward_features(images[g]) for g in range(len(images))])
+    base_logits = torch.stack([model.base.forward_head(f) for f in features])
+    return BranchLogits(base_logits, model.cross_logits(features[:, :, 1:]))
 
 
 def make_step(name: str, implementation: str, device: torch.device):

@@ -148,6 +148,7 @@ def test_reference_preset_drops_weight_decay() -> None:
     assert optimizer.param_groups[1]["weight_decay"] == 0.0  # ... biases do not
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_checkpoint(synthetic_root: Path, tmp_path: Path) -> None:
     calls = {"n": 0}
 
@@ -207,6 +208,7 @@ def test_killed_run_resumes_exactly(synthetic_root: Path, tmp_path: Path) -> Non
     assert history(run_dir)[-1]["val_accuracy"] == history(reference)[-1]["val_accuracy"]
 
 
+@pytest.mark.slow
 def test_stop_requested_inside_a_step_resumes_exactly(synthetic_root: Path, tmp_path: Path) -> None:
     """A stop requested during step 21 (SIGINT from inside the loss, as Ctrl-C would be): the
     run finishes that step, saves at its boundary, and the resumed run ends bit-identical to
@@ -292,8 +294,8 @@ def test_evaluate_matches_direct_computation(ferplus_root: Path, tmp_path: Path)
     with torch.no_grad():
         logits = torch.cat(
             [
-                model(eval_transform(images[i : i + 500], prep))[0]
-                + model(eval_transform(images[i : i + 500], prep, flip=True))[0]
+                model(eval_transform(images[i : i + 500], prep))
+                + model(eval_transform(images[i : i + 500], prep, flip=True))
                 for i in range(0, len(images), 500)
             ]
         )

@@ -326,7 +326,7 @@ def test_inference_input_equals_the_training_pipeline(
     store = load_images(paths, 48, grayscale=True)
     base, _ = load_model(weights)
     with torch.no_grad():
-        logits, _ = base(eval_transform(store.images, Preprocessing.from_dict(GRAY_48)))
+        logits = base(eval_transform(store.images, Preprocessing.from_dict(GRAY_48)))
     expected = torch.softmax(logits, dim=1).numpy()
     for result, row in zip(results, expected, strict=True):
         (prediction,) = result.predictions
@@ -504,7 +504,7 @@ def test_onnx_export_matches_pytorch(
         real_inputs(preprocessing, three_faces[0]),
     ]:
         with torch.no_grad():
-            expected = base(x)[0].numpy()
+            expected = base(x).numpy()
         got = session.run(["logits"], {"images": x.numpy()})[0]
         assert got.shape == expected.shape and np.abs(got - expected).max() <= 1e-4
 

@@ -86,8 +86,10 @@ def test_shapes_through_every_stage(name: str, request: pytest.FixtureRequest) -
         assert [tuple(t.shape) for t in scales] == [(1, n, dim)] * 3
         tokens = base.embed(x)
         assert torch.equal(tokens, torch.cat(scales, dim=1))
-        logits, out_tokens = base.vit(tokens)
-        assert logits.shape == (1, k) and out_tokens.shape == (1, 3 * n, dim)
+        features = base.vit.forward_features(tokens)
+        logits = base.vit.forward_head(features)
+        assert logits.shape == (1, k) and features.shape == (1, 1 + 3 * n, dim)
+        assert torch.equal(base(x), logits) and torch.equal(base.forward_features(x), features)
 
         # Training graph, 4 branches of batch 1: what each per-scale CSA receives and returns.
         seen: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
@@ -293,15 +295,15 @@ def test_base_alone_gives_the_training_base_logits(mode: str) -> None:
     images = torch.randn(g, 3, 3, 48, 48)
     with torch.no_grad():
         out = model(images)
-        alone, _ = model.base(images.flatten(0, 1))
+        alone = model.base(images.flatten(0, 1))
         assert torch.equal(alone, out.base.flatten(0, 1))
         # One batched pass of G*B images equals G sequential base calls in eval mode.
         for branch in range(g):
-            torch.testing.assert_close(model.base(images[branch])[0], out.base[branch])
+            torch.testing.assert_close(model.base(images[branch]), out.base[branch])
     # Training-mode BatchNorm differs by design: statistics over all G*B images of the step.
     model.train()
     with torch.no_grad():
-        assert not torch.allclose(model.base(images[0])[0], model(images).base[0], atol=1e-4)
+        assert not torch.allclose(model.base(images[0]), model(images).base[0], atol=1e-4)
 
 
 def test_bn_per_branch_is_the_reference_sequential_calls() -> None:
@@ -310,7 +312,7 @@ def test_bn_per_branch_is_the_reference_sequential_calls() -> None:
     images = torch.randn(4, 3, 3, 48, 48)
     with torch.no_grad():
         out = model(images)
-        expected = torch.stack([sequential.base(branch)[0] for branch in images])
+        expected = torch.stack([sequential.base(branch) for branch in images])
     assert torch.equal(out.base, expected)  # per-branch statistics, bit for bit
     for ours, theirs in zip(model.base.buffers(), sequential.base.buffers(), strict=True):
         assert torch.equal(ours, theirs)  # and four running-statistics updates, as theirs
@@ -394,11 +396,11 @@ def test_weights_round_trip(network: str, tmp_path: Path) -> None:
         if network == "training":
             expected, got = model(images), loaded(images)
             assert torch.equal(expected.base, got.base) and torch.equal(expected.cross, got.cross)
-        expected_logits, expected_tokens = model.base(images[0])
+        expected = model.base.forward_features(images[0])
         base, _ = load_weights(tmp_path / "best.json", base_only=True)
         assert isinstance(base, BaseNetwork)
-        logits, tokens = base(images[0])
-    assert torch.equal(expected_logits, logits) and torch.equal(expected_tokens, tokens)
+        features = base.forward_features(images[0])
+    assert torch.equal(expected, features)
 
 
 def test_weights_errors_name_the_file(tmp_path: Path) -> None:
@@ -549,8 +551,8 @@ def test_attention_path_is_chosen_once_and_both_agree() -> None:
     attention = [m for m in base.modules() if isinstance(m, Attention)]
     assert attention and not any(m.fused for m in attention)
     with torch.no_grad():
-        explicit = base(x)[0]
+        explicit = base(x)
         use_fused_attention(base, True)
         assert all(m.fused for m in attention)
-        fused = base(x)[0]
+        fused = base(x)
     assert torch.allclose(explicit, fused, atol=1e-5)

@@ -61,7 +61,7 @@ def predict_logits(
             if channels_last:
                 view = view.contiguous(memory_format=torch.channels_last)
             with autocast(device, precision):
-                logits = logits + base(view)[0].float()
+                logits = logits + base(view).float()
         outputs.append((logits / len(views)).cpu())
     base.train(was_training)
     return torch.cat(outputs) if outputs else torch.zeros(0, base.config.num_classes)

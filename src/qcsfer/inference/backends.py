@@ -60,7 +60,7 @@ class TorchBackend:
         import torch
 
         with torch.inference_mode():
-            logits, _ = self.model(self.inputs(batch))
+            logits = self.model(self.inputs(batch))
         return logits.float().cpu().numpy()
 
 

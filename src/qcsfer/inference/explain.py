@@ -56,7 +56,7 @@ def class_token_attention(
     handle = block.attn.register_forward_pre_hook(keep_input)
     try:
         with torch.inference_mode():
-            logits, _ = base(images)
+            logits = base(images)
             weights = block.attn.attention_weights(captured["x"])
     finally:
         handle.remove()
@@ -178,7 +178,7 @@ def csa_maps(model: QCSModel, images: torch.Tensor) -> np.ndarray:
     gate each image's own values (softmax of S_i + k D_i), from the CSA modules themselves.
     """
     model.eval()
-    _, tokens = model.base(images.flatten(0, 1))
+    tokens = model.base.forward_features(images.flatten(0, 1))[:, 1:]
     tokens = tokens.unflatten(0, images.shape[:2])
     grid = model.config.token_grid
     maps = []

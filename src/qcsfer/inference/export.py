@@ -39,17 +39,6 @@ OPSET = 17
 TOLERANCE = 1e-4
 
 
-class LogitsOnly(nn.Module):
-    """The base network without its token output: what a deployed classifier needs."""
-
-    def __init__(self, base: nn.Module) -> None:
-        super().__init__()
-        self.base = base
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.base(images)[0]
-
-
 @dataclass(frozen=True)
 class ExportReport:
     path: Path
@@ -85,12 +74,12 @@ def _onnx_proto(base: nn.Module, card: ModelCard, opset: int = OPSET) -> Any:
         raise MissingDependencyError(
             "ONNX export needs the onnx package: pip install 'qcsfer[onnx]'"
         ) from exc
-    wrapper = LogitsOnly(base).eval().cpu()
+    network = base.eval().cpu()  # its forward is images -> logits: exported as it is
     example = torch.zeros(2, 3, _image_size(base), _image_size(base))
     buffer = io.BytesIO()
     with _quiet_export(), torch.no_grad():
         torch.onnx.export(
-            wrapper,
+            network,
             (example,),
             buffer,
             dynamo=False,
@@ -120,7 +109,7 @@ def compare_onnx(
     worst = 0.0
     with torch.no_grad():
         for x in inputs:
-            expected = base(x.cpu())[0].numpy()
+            expected = base(x.cpu()).numpy()
             got = session.run([OUTPUT_NAME], {INPUT_NAME: x.cpu().numpy()})[0]
             if got.shape != expected.shape:
                 raise ExportError(f"ONNX output shape {got.shape} != PyTorch {expected.shape}")

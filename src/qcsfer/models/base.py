@@ -54,7 +54,8 @@ def build_backbone(config: ModelConfig) -> nn.Module:
 
 
 class BaseNetwork(nn.Module):
-    """images (B x C x H x W) -> (logits B x K, tokens B x 3N x dim). Shared by every branch."""
+    """images (B x C x H x W) -> logits B x K; `forward_features` / `forward_head` (as in timm)
+    give the tokens too. Shared by every branch of the training topologies."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -76,5 +77,15 @@ class BaseNetwork(nn.Module):
         maps = self.backbone(images)
         return torch.cat([embed(m) for embed, m in zip(self.tokens, maps, strict=True)], dim=1)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.vit(self.embed(images))
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Images -> B x (1 + 3N) x dim: the class token, then the tokens of scales 1, 2, 3,
+        after the base ViT's final LayerNorm (what the CSA modules of QCS read)."""
+        return self.vit.forward_features(self.embed(images))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """`forward_features`' output -> logits B x K."""
+        return self.vit.forward_head(features)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Images -> logits: the inference network (exported as it is)."""
+        return self.forward_head(self.forward_features(images))

@@ -77,12 +77,13 @@ class QCSModel(nn.Module):
         if g != self.branches:
             raise ValueError(f"{self.mode} expects {self.branches} branches, got {g}")
         if self.config.bn_per_branch and self.training:
-            per_branch = [self.base(branch) for branch in images]
-            base_logits = torch.stack([logits for logits, _ in per_branch])
-            tokens = torch.stack([branch_tokens for _, branch_tokens in per_branch])
+            features = torch.stack([self.base.forward_features(branch) for branch in images])
+            base_logits = torch.stack([self.base.forward_head(branch) for branch in features])
         else:
-            base_logits, tokens = self.base(images.flatten(0, 1))
-            base_logits, tokens = base_logits.unflatten(0, (g, b)), tokens.unflatten(0, (g, b))
+            features = self.base.forward_features(images.flatten(0, 1))
+            base_logits = self.base.forward_head(features).unflatten(0, (g, b))
+            features = features.unflatten(0, (g, b))
+        tokens = features[:, :, 1:]  # the class token is the base classifier's alone
         if self.mode == "baseline":
             return BranchLogits(base_logits, None)
         return BranchLogits(base_logits, self.cross_logits(tokens))
@@ -97,7 +98,7 @@ class QCSModel(nn.Module):
         refined = torch.cat(
             [csa(s, self.pairs) for csa, s in zip(self.csa, scales, strict=True)], dim=2
         )
-        logits, _ = self.cross_vit((tokens + refined).flatten(0, 1))
+        logits = self.cross_vit((tokens + refined).flatten(0, 1))
         return logits.unflatten(0, tokens.shape[:2])
 
     def k_values(self) -> list[float]:

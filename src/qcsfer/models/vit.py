@@ -97,7 +97,8 @@ class SEGate(nn.Module):
 
 
 class ViT(nn.Module):
-    """Tokens (B x N x C) -> (logits B x K, tokens B x N x C after the final LayerNorm)."""
+    """Tokens (B x N x C) -> logits B x K. As in timm, `forward_features` gives the normalised
+    tokens (class token first) and `forward_head` the logits from them."""
 
     def __init__(
         self,
@@ -148,9 +149,15 @@ class ViT(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens B x N x C -> B x (1 + N) x C after the final LayerNorm, class token first."""
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)
         x = self.pos_drop(torch.cat([cls, tokens], dim=1) + self.pos_embed)
-        x = self.norm(self.blocks(x))
-        logits = self.head(self.se_block(x[:, 0]))
-        return logits, x[:, 1:]
+        return self.norm(self.blocks(x))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """`forward_features`' output -> logits B x K, from the class token."""
+        return self.head(self.se_block(features[:, 0]))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(tokens))
