@@ -20,6 +20,7 @@ from .data.transforms import Augmentation
 from .errors import ConfigError
 from .models.configs import ModelConfig, get_config
 from .preprocessing import Preprocessing
+from .recipes import find_recipe, require_packaged_root
 from .typed_data import from_dict, to_dict
 
 log = logging.getLogger(__name__)
@@ -174,13 +175,13 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """YAML file (optional) + `key.sub=value` overrides (values parsed as YAML) -> TrainConfig."""
+    """YAML file (optional) + `key.sub=value` overrides (values parsed as YAML) -> TrainConfig.
+    `path` may also name a packaged recipe (`ferplus_small_cpu`, see recipes.py)."""
     data: dict[str, Any] = {}
+    recipe = None
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            what = "is a folder, not a YAML file" if path.is_dir() else "does not exist"
-            raise FileNotFoundError(f"config file {path} {what}")
+        recipe = find_recipe(path)
+        path = recipe.path
         try:
             data = yaml.load(path.read_text(encoding="utf-8"), Loader=StrictLoader)
         except UnicodeDecodeError:
@@ -195,8 +196,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(data, dict):
             raise ValueError(f"{path}: the top level must be a mapping")
     keys = apply_overrides(data, overrides or [])
-    if path is not None and not {"data", "data.root"} & set(keys):  # not when --set gives it
-        _warn_relative_root(data, path)
+    if recipe is not None and not {"data", "data.root"} & set(keys):  # not when --set gives it
+        if recipe.packaged:  # run by name, perhaps from a wheel: its root must be given
+            require_packaged_root(recipe, (data.get("data") or {}).get("root"))
+        else:
+            _warn_relative_root(data, recipe.path)
     return from_dict(TrainConfig, data)
 
 

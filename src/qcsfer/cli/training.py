@@ -34,7 +34,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_data)
 
     p = sub.add_parser("train", help="train a baseline, DCS or QCS model")
-    p.add_argument("config", nargs="?", help="YAML recipe (see configs/)")
+    p.add_argument(
+        "config",
+        nargs="?",
+        help="YAML recipe: a file, or the name of a packaged one (see `qcsfer recipes`)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -53,6 +57,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="resume although the data differ from the run's (the difference is logged)",
     )
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("recipes", help="list the packaged training recipes, or print one")
+    p.add_argument("name", nargs="?", help="print this recipe's YAML (to copy and change it)")
+    p.set_defaults(func=_recipes)
 
     p = sub.add_parser("evaluate", help="metrics of a model on a dataset split")
     p.add_argument(
@@ -124,8 +132,8 @@ def _train(args: argparse.Namespace) -> int:
 
     if not (args.config or args.resume or args.set):  # a bare `train`: hours nobody asked for
         raise ValueError(
-            "give a recipe to train (e.g. configs/ferplus_small_cpu.yaml), --set KEY=VALUE "
-            "to train the built-in defaults with changes, or --resume RUN_DIR"
+            "give a recipe to train (a file, or a packaged one's name: qcsfer recipes), "
+            "--set KEY=VALUE to train the built-in defaults with changes, or --resume RUN_DIR"
         )
     if args.resume:
         if args.config or args.run_dir or args.overwrite:
@@ -147,6 +155,23 @@ def _train(args: argparse.Namespace) -> int:
             config, Path(args.run_dir) if args.run_dir else None, overwrite=args.overwrite
         )
     print(f"run directory: {run_dir}")
+    return 0
+
+
+def _recipes(args: argparse.Namespace) -> int:
+    from ..recipes import find_recipe, packaged_recipes
+
+    if args.name:
+        print(find_recipe(args.name).path.read_text(encoding="utf-8"), end="")
+        return 0
+    recipes = packaged_recipes()
+    width = max((len(r.name) for r in recipes), default=0)
+    for recipe in recipes:
+        print(f"{recipe.name:<{width}}  {recipe.summary()}")
+    print(
+        "\nqcsfer train NAME [--set data.root=PATH] trains one; qcsfer recipes NAME > my.yaml "
+        "copies it to change"
+    )
     return 0
 
 
