@@ -142,6 +142,7 @@ def test_pair_sampling_keeps_the_smaller_last_batch() -> None:
         BranchSampler(LABELS, 2, 16, SamplerConfig(drop_last=False), rank=0, world_size=2)
 
 
+@pytest.mark.slow
 def test_a_run_trains_the_smaller_last_batch(synthetic_root: Path, tmp_path: Path) -> None:
     """120 training images in batches of 48: two full steps and one of 24 per epoch."""
     extra = {"data.limit": 120, "sampler.drop_last": False}

@@ -109,6 +109,7 @@ train(load_config(None, sys.argv[2:]), Path(sys.argv[1]))
 """
 
 
+@pytest.mark.slow
 def test_killed_inside_a_checkpoint_write(faces: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     settings = overrides(faces, checkpoint_every_steps=1)
@@ -130,6 +131,7 @@ def test_killed_inside_a_checkpoint_write(faces: Path, tmp_path: Path) -> None:
     assert epochs_done(run_dir) == 2
 
 
+@pytest.mark.slow
 def test_disk_full_during_a_save_is_a_message_and_the_run_resumes(
     faces: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -166,6 +168,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.slow
 def test_a_second_start_into_a_locked_directory_is_refused(
     faces: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -190,6 +193,7 @@ def test_a_second_start_into_a_locked_directory_is_refused(
     assert not (run_dir / "run.lock").exists()
 
 
+@pytest.mark.slow
 def test_a_changed_dataset_is_refused_on_resume_with_the_difference(
     faces: Path, tmp_path: Path
 ) -> None:
@@ -207,6 +211,7 @@ def test_a_changed_dataset_is_refused_on_resume_with_the_difference(
 # ---------------------------------------------------------------------------- run directories
 
 
+@pytest.mark.slow
 def test_a_new_run_never_mixes_with_an_earlier_one(faces: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     train(config(faces, epochs=1), run_dir)
@@ -235,6 +240,7 @@ def test_a_failed_start_leaves_no_run_directory(faces: Path, tmp_path: Path) -> 
     assert not run_dir.exists()
 
 
+@pytest.mark.slow
 def test_resume_says_what_it_does_with_finished_runs_edits_and_set(
     faces: Path,
     tmp_path: Path,
@@ -265,6 +271,7 @@ def test_resume_says_what_it_does_with_finished_runs_edits_and_set(
     assert "epochs: 2" in (run_dir / "config.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_leftover_temporary_files_are_removed_on_start(
     faces: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -279,6 +286,7 @@ def test_leftover_temporary_files_are_removed_on_start(
     assert "already finished (2 of 2 steps)" in caplog.text
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_names_a_checkpoint_only_when_one_exists(
     faces: Path, tmp_path: Path
 ) -> None:
@@ -290,6 +298,7 @@ def test_a_non_finite_loss_names_a_checkpoint_only_when_one_exists(
     assert not (tmp_path / "run").exists()  # nor a junk run directory
 
 
+@pytest.mark.slow
 def test_sigterm_stops_training_resumably_as_terminated(faces: Path, tmp_path: Path) -> None:
     calls = [0]
 
@@ -321,6 +330,7 @@ def test_a_class_whose_images_are_all_unreadable_is_refused(faces: Path, tmp_pat
         train(config(faces), tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_an_epoch_resumed_after_its_last_step_records_no_rate(
     faces: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

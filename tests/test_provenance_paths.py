@@ -36,6 +36,7 @@ def test_the_shipped_card_names_no_absolute_path() -> None:
     assert "tools/ship_model.py ../runs/robust-ferplus-long" in provenance["command"]
 
 
+@pytest.mark.slow
 def test_ship_model_writes_paths_relative_to_the_repository(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

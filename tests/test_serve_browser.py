@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # a real Chromium and a server process
+
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "src" / "qcsfer" / "assets"
 ARTEFACTS = Path(os.environ.get("QCSFER_ARTEFACTS", REPO / "artefacts" / "browser"))
