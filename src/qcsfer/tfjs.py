@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,3 +187,33 @@ def _decode(spec: dict[str, Any], data: bytes, offset: int, path: Path) -> tuple
             values = values.astype(np.float32) * np.float32(scale) + np.float32(low)
     target = {"float32": np.float32, "int32": np.int32, "bool": np.bool_}[dtype]
     return values.astype(target).reshape(shape), size
+
+
+def same_padding(h: int, w: int, kernel: int, stride: int) -> tuple[int, int, int, int]:
+    """F.pad's (left, right, top, bottom) for TensorFlow's SAME: the odd pixel goes right/below.
+
+    Ports of TF graphs pad explicitly with this, since PyTorch's padding is symmetric.
+    """
+
+    def split(n: int) -> tuple[int, int]:
+        total = max((math.ceil(n / stride) - 1) * stride + kernel - n, 0)
+        return total // 2, total - total // 2
+
+    return (*split(w), *split(h))
+
+
+def npm_package_of(graph_json: Path) -> dict[str, Any]:
+    """Provenance of a graph: npm package name and version from the package.json above it."""
+    for folder in (graph_json.parent, graph_json.parent.parent):
+        manifest = folder / "package.json"
+        if manifest.is_file():
+            try:
+                data = json.loads(manifest.read_text())
+            except (OSError, ValueError):
+                break
+            return {
+                "source_package": str(data.get("name")),
+                "source_version": str(data.get("version")),
+                "source_file": graph_json.relative_to(folder).as_posix(),
+            }
+    return {"source_package": "unknown", "source_file": graph_json.name}

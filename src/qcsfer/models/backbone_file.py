@@ -20,6 +20,7 @@ from torch import nn
 
 from ..errors import WeightsError
 from ..io import atomic_write
+from ..tfjs import npm_package_of
 from .mobilenet import MobileNetV1, from_tfjs
 
 CARD_KEY = "qcsfer_backbone"
@@ -39,26 +40,9 @@ def convert_tfjs_backbone(graph_json: str | os.PathLike[str], out: str | os.Path
     graph_json = Path(graph_json)
     state, hashes = from_tfjs(graph_json)
     MobileNetV1().load_state_dict(state)  # every tensor in place with its shape
-    card = {**FACERES_NOTES, **_package_of(graph_json), "source_sha256": hashes}
+    card = {**FACERES_NOTES, **npm_package_of(graph_json), "source_sha256": hashes}
     metadata = {CARD_KEY: json.dumps(card, sort_keys=True)}
     return atomic_write(out, lambda tmp: save_file(state, str(tmp), metadata=metadata))
-
-
-def _package_of(graph_json: Path) -> dict[str, Any]:
-    """npm package name and version from the package.json above `models/`, when present."""
-    for folder in (graph_json.parent, graph_json.parent.parent):
-        manifest = folder / "package.json"
-        if manifest.is_file():
-            try:
-                data = json.loads(manifest.read_text())
-            except (OSError, ValueError):
-                break
-            return {
-                "source_package": str(data.get("name")),
-                "source_version": str(data.get("version")),
-                "source_file": str(graph_json.relative_to(folder)),
-            }
-    return {"source_package": "unknown", "source_file": graph_json.name}
 
 
 def read_backbone_card(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import WeightsError
-from ..tfjs import Node, TfjsGraph, read_graph
+from ..tfjs import Node, TfjsGraph, read_graph, same_padding
 
 # (depthwise stride, pointwise output channels) of blocks 1-13; the stem is 3 -> 32, stride 2.
 BLOCKS: tuple[tuple[int, int], ...] = (
@@ -54,18 +54,8 @@ class ConvNormAct(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel > 1:
-            x = F.pad(x, _same_padding(x.shape[-2], x.shape[-1], self.kernel, self.stride))
+            x = F.pad(x, same_padding(x.shape[-2], x.shape[-1], self.kernel, self.stride))
         return F.relu6(self.norm(self.conv(x)))
-
-
-def _same_padding(h: int, w: int, kernel: int, stride: int) -> tuple[int, int, int, int]:
-    """(left, right, top, bottom) as TensorFlow's SAME: the odd pixel goes right/bottom."""
-
-    def split(n: int) -> tuple[int, int]:
-        total = max((math.ceil(n / stride) - 1) * stride + kernel - n, 0)
-        return total // 2, total - total // 2
-
-    return (*split(w), *split(h))
 
 
 class MobileNetV1(nn.Module):

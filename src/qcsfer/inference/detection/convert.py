@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from ...errors import WeightsError
 from ...io import atomic_write
-from ...tfjs import Node, TfjsGraph, read_graph
+from ...tfjs import Node, TfjsGraph, npm_package_of, read_graph
 from .net import BlazeFaceNet, BlazeSpec, Block, Head
 
 CARD_KEY = "qcsfer_detector"
@@ -210,25 +210,11 @@ def convert(graph_json: str | os.PathLike[str], out: str | os.PathLike[str]) -> 
         "spec": spec.to_json(),
         "input": f"RGB, {spec.size}x{spec.size}, scaled to [-1, 1] (x / 127.5 - 1)",
         "licence": LICENCE,
-        **_package_of(graph_json),
+        **npm_package_of(graph_json),
         **info,
     }
     metadata = {CARD_KEY: json.dumps(card, sort_keys=True)}
     return atomic_write(out, lambda tmp: save_file(state, str(tmp), metadata=metadata))
-
-
-def _package_of(graph_json: Path) -> dict[str, Any]:
-    """npm package name and version from the package.json above `models/`, when present."""
-    for folder in (graph_json.parent, graph_json.parent.parent):
-        manifest = folder / "package.json"
-        if manifest.is_file():
-            data = json.loads(manifest.read_text())
-            return {
-                "source_package": str(data.get("name")),
-                "source_version": str(data.get("version")),
-                "source_file": graph_json.relative_to(folder).as_posix(),
-            }
-    return {"source_package": "unknown", "source_file": graph_json.name}
 
 
 def load(path: str | os.PathLike[str]) -> tuple[BlazeFaceNet, dict[str, Any]]:

@@ -12,12 +12,13 @@ odd pixel below and to the right; it is written out explicitly here (PyTorch pad
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ...tfjs import same_padding
 
 
 @dataclass(frozen=True)
@@ -59,16 +60,6 @@ class BlazeSpec:
             heads=tuple(Head(**h) for h in data["heads"]),
             coords=int(data.get("coords", 16)),
         )
-
-
-def same_padding(h: int, w: int, kernel: int, stride: int) -> tuple[int, int, int, int]:
-    """(left, right, top, bottom) as TensorFlow's SAME: the odd pixel goes right/bottom."""
-
-    def split(n: int) -> tuple[int, int]:
-        total = max((math.ceil(n / stride) - 1) * stride + kernel - n, 0)
-        return total // 2, total - total // 2
-
-    return (*split(w), *split(h))
 
 
 class BlazeBlock(nn.Module):
