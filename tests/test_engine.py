@@ -280,6 +280,7 @@ def test_torchrun_two_processes_match_single_process(ferplus_root: Path, tmp_pat
     assert abs(one[-1]["train_loss"] - two[-1]["train_loss"]) < 0.1
 
 
+@pytest.mark.slow
 def test_evaluate_matches_direct_computation(ferplus_root: Path, tmp_path: Path) -> None:
     run_dir = train(tiny_config(ferplus_root, mode="baseline", epochs=1), tmp_path / "run")
     out = tmp_path / "eval"
@@ -331,6 +332,7 @@ def test_class_lists_must_match_or_be_mapped() -> None:
         map_labels(data, model_classes, {"happy": "joy"})
 
 
+@pytest.mark.slow
 def test_disk_storage_skips_and_counts_unreadable_images(
     synthetic_root: Path, tmp_path: Path
 ) -> None:
@@ -414,6 +416,7 @@ def test_weight_averaging_means_weights_and_remeasures_batchnorm() -> None:
     assert all(torch.equal(a, b) for a, b in zip(means, remeasure(), strict=True))  # seeded
 
 
+@pytest.mark.slow
 def test_keep_checkpoints_keeps_every_periodic_checkpoint(
     synthetic_root: Path, tmp_path: Path
 ) -> None:
