@@ -1,10 +1,11 @@
 """Video: faces tracked over sampled frames, per-frame and smoothed expressions, streamed.
 
-What is video here: faces detected on a downscaled copy of each sampled frame (`Downscaled`),
-track ids (tracking.py), per-track smoothed probabilities (smoothing.py), one VideoFrame per
-sampled frame. Cropping and classifying are the recognizer's (`prepare`, `classify`), several
-frames' faces in one batch. Frames are not kept once their results are
-out, so memory stays flat on long videos; cameras work the same way (`webcam:N`).
+What is video here: faces found on each sampled frame with track ids (`video_detect.py`:
+detection on a downscaled copy, bridged by the tracker between detections), per-track smoothed
+probabilities (smoothing.py), one VideoFrame per sampled frame. Cropping and classifying are
+the recognizer's (`prepare`, `classify`), several frames' faces in one batch. Frames are not
+kept once their results are out, so memory stays flat on long videos; cameras work the same
+way (`webcam:N`), reading only the newest frame (`video_live.py`).
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .faces import DEFAULT_MARGIN, Detector, Face
+from .faces import DEFAULT_MARGIN, Detector
 from .model_input import FaceBatch, in_batches
 from .results import ImageResult, Prediction
 from .smoothing import ProbabilitySmoother
-from .tracking import Tracker, distinct
+from .tracking import Tracker
+from .video_detect import DETECT_INTERVAL, DETECT_SIDE, Downscaled, FaceFinder, Found
 from .video_io import FrameReader, ReadStats, Sampled
-
-DETECT_SIDE = 640  # detection runs on frames downscaled to at most this many pixels
 
 
 class FrameRecognizer(Protocol):
@@ -44,29 +44,6 @@ class FrameRecognizer(Protocol):
     ) -> FaceBatch: ...
 
     def classify(self, batches: Sequence[FaceBatch]) -> list[list[Prediction]]: ...
-
-
-class Downscaled:
-    """A detector run on a copy of the frame at most `side` pixels long; faces come back in
-    full-frame pixels, one box per face (duplicates would start spurious tracks)."""
-
-    def __init__(self, detector: Detector, side: int) -> None:
-        self.detector = detector
-        self.side = side
-        self.name = detector.name
-        self.margin = getattr(detector, "margin", DEFAULT_MARGIN)  # crops as the detector's own
-
-    def detect(self, rgb: np.ndarray) -> list[Face]:
-        import cv2
-
-        height, width = rgb.shape[:2]
-        scale = min(1.0, self.side / max(height, width))
-        if scale == 1.0:
-            return distinct(self.detector.detect(rgb))
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-        faces = distinct(self.detector.detect(small))
-        return [_scaled(face, 1 / scale, width, height) for face in faces]
 
 
 @dataclass(frozen=True)
@@ -106,6 +83,8 @@ class _Frame:
     sampled: Sampled
     rgb: np.ndarray
     faces: FaceBatch
+    tracks: list[int]  # the track id of each face
+    alive: set[int]  # the tracks alive at this frame (smoothing state kept for these)
 
 
 class VideoAnalysis:
@@ -113,7 +92,9 @@ class VideoAnalysis:
 
     every / fps: sample every Nth frame, or F frames per second; start / end: seconds; tau:
     smoothing time constant in seconds; max_gap: seconds a face may go unseen and keep its id;
-    detect_side: detection on frames downscaled to this longer side; batch_frames: frames
+    detect_side: detection on frames downscaled to this longer side; detect_interval: seconds
+    between full-frame detections, the tracker bridging the frames in between (None: 0.1 s
+    for BlazeFace, 0 = every frame for other detectors); batch_frames: frames
     whose faces are classified together (1 for cameras: no delay); keep_images: put each
     frame's RGB pixels in VideoFrame.image (for annotated videos). `stats` (ReadStats) tells
     what reading met: corrupt frames skipped, truncation. Raises ImageError when the video
@@ -132,6 +113,7 @@ class VideoAnalysis:
         tau: float = 0.5,
         max_gap: float = 1.5,
         detect_side: int = DETECT_SIDE,
+        detect_interval: float | None = None,
         batch_frames: int | None = None,
         boxes: Sequence[Sequence[float]] | None = None,
         keep_images: bool = False,
@@ -146,6 +128,11 @@ class VideoAnalysis:
         self.smoother = ProbabilitySmoother(tau)
         detector = recognizer.detector
         self.detector = None if detector is None else Downscaled(detector, detect_side)
+        if detect_interval is None:  # bridging pays where detection is most of the work
+            fast = getattr(detector, "name", "").startswith("blazeface")
+            detect_interval = DETECT_INTERVAL if fast else 0.0
+        finder = None if boxes is not None else self.detector
+        self.finder = FaceFinder(finder, self.tracker, detect_interval)
         camera = self.reader.camera is not None
         self.batch_frames = batch_frames or (1 if camera else 8)
         self.boxes = boxes
@@ -173,14 +160,22 @@ class VideoAnalysis:
                 yield result
 
     def _prepare(self, sampled: Sampled) -> _Frame:
+        """Find (or bridge) this frame's faces, track them and crop them for the model."""
         import cv2
 
         rgb = cv2.cvtColor(sampled.bgr, cv2.COLOR_BGR2RGB)
         try:
-            faces = self.recognizer.prepare(rgb, boxes=self.boxes, detector=self.detector)
+            if self.finder.detector is None:  # given boxes, or the whole frame
+                faces = self.recognizer.prepare(rgb, boxes=self.boxes, detector=self.detector)
+                found, ids = self.finder.find(rgb, sampled.time, faces.faces)
+            else:
+                found, ids = self.finder.find(rgb, sampled.time)
+                detector = self.finder.detector
+                known = Found(found, detector.name, getattr(detector, "margin", DEFAULT_MARGIN))
+                faces = self.recognizer.prepare(rgb, detector=known)
         except ValueError as exc:  # a given box outside the frame: say which video
             raise ValueError(f"{self.source}: {exc}") from exc
-        return _Frame(sampled, rgb, faces)
+        return _Frame(sampled, rgb, faces, ids, set(self.tracker.tracks))
 
     def _frame(self, item: _Frame, predictions: list[Prediction]) -> VideoFrame:
         """Track this frame's faces and smooth each track's probabilities."""
@@ -191,10 +186,9 @@ class VideoAnalysis:
         )
         if self.keep_images:
             frame.image = item.rgb
-        ids = self.tracker.update(sampled.time, [face.box for face in item.faces.faces])
-        self.smoother.keep_only(self.tracker.tracks)
+        self.smoother.keep_only(item.alive)
         classes = self.recognizer.classes
-        for face, track, raw in zip(item.faces.faces, ids, predictions, strict=True):
+        for face, track, raw in zip(item.faces.faces, item.tracks, predictions, strict=True):
             own = np.fromiter(raw.probabilities.values(), np.float64, len(classes))
             smoothed = self.smoother.update(track, sampled.time, own)
             best = Prediction.from_probabilities(face, smoothed, classes)
@@ -202,13 +196,3 @@ class VideoAnalysis:
                 TrackedPrediction(**vars(best), track=track, raw=raw.probabilities)
             )
         return frame
-
-
-def _scaled(face: Face, factor: float, width: int, height: int) -> Face:
-    """A face found on a downscaled frame, in the full frame's pixels."""
-    x0, y0 = max(0, round(face.x0 * factor)), max(0, round(face.y0 * factor))
-    x1, y1 = min(width, round(face.x1 * factor)), min(height, round(face.y1 * factor))
-    landmarks = None
-    if face.landmarks is not None:
-        landmarks = tuple((x * factor, y * factor) for x, y in face.landmarks)
-    return Face(x0, y0, max(x1, x0 + 1), max(y1, y0 + 1), face.score, landmarks)

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..imaging import MAX_PIXELS, ImageError, ImageTooLarge
+from .video_live import NewestFrame
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ class ReadStats:
     decoded: int = 0
     sampled: int = 0
     corrupt: int = 0
+    dropped: int = 0  # live sources: frames the camera gave that were not analysed
+    live: bool = False
     position: int = 0  # index of the next frame
     started: float = 0.0  # time.monotonic() when reading began
 
@@ -59,9 +62,10 @@ class ReadStats:
         return self.position < wanted - 1
 
     def rate(self) -> float:
-        """Frames read per second of wall time so far."""
+        """Frames read per second of wall time so far (live: frames analysed)."""
         elapsed = time.monotonic() - self.started
-        return (self.position - self.first) / elapsed if elapsed > 0 else 0.0
+        done = self.sampled if self.live else self.position - self.first
+        return done / elapsed if elapsed > 0 else 0.0
 
     def eta(self) -> float | None:
         """Seconds left at the current rate, when the end is known."""
@@ -76,6 +80,8 @@ class ReadStats:
         end = self.last if self.last is not None else self.declared
         text = f"frame {self.position}" + (f"/{end}" if end else "")
         text += f", {self.rate():.1f} frames/s"
+        if self.live:
+            text += f" analysed, {self.dropped} dropped"
         eta = self.eta()
         if eta is not None:
             minutes, seconds = divmod(round(eta), 60)
@@ -158,7 +164,7 @@ class FrameReader:
             if not capture.isOpened():
                 what = "cannot open the camera" if self.camera else "cannot read video"
                 raise ImageError(f"{self.source}: {what}")
-            yield from self._frames(capture)
+            yield from self._live(capture) if self.camera else self._frames(capture)
         finally:
             capture.release()
 
@@ -216,6 +222,43 @@ class FrameReader:
             what = "the camera gave" if self.camera else "the video has"
             after = f" after {self.start:g} s" if self.start else ""
             raise ImageError(f"{self.source}: {what} no decodable frame{after}")
+
+    def _live(self, capture: Any) -> Iterator[Sampled]:
+        """The camera's newest frames, read in a thread: frames there was no time for are
+        dropped, so the analysis never falls behind the camera (`video_live.py`)."""
+        import cv2
+
+        stats = self.stats
+        stats.live = True
+        self._check_size(
+            int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        )
+        stats.fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+        reader = NewestFrame(capture)
+        stats.started = time.monotonic()
+        reader.start()
+        try:
+            index, next_time = -1, self.start
+            while (got := reader.newest(index + self.every - 1)) is not None:
+                index, arrived, frame = got
+                seconds = arrived - stats.started
+                stats.position = stats.decoded = reader.read_count
+                if self.end is not None and seconds >= self.end:
+                    break
+                if seconds < next_time:
+                    continue
+                if self.sample_fps is not None:
+                    next_time = max(next_time + 1.0 / self.sample_fps, seconds)
+                self._check_size(frame.shape[1], frame.shape[0])
+                stats.sampled += 1
+                stats.dropped = stats.decoded - stats.sampled
+                yield Sampled(index, seconds, frame)
+        finally:
+            reader.stop()
+            stats.position = stats.decoded = reader.read_count
+            stats.dropped = stats.decoded - stats.sampled
+        if stats.decoded == 0:
+            raise ImageError(f"{self.source}: the camera gave no decodable frame")
 
     def _check_size(self, width: int, height: int) -> None:
         """Refuse frames over the pixel limit: decoding one 100-megapixel frame takes 1.4 GB."""
