@@ -11,6 +11,11 @@ after and every `--sample-every` seconds, beside how many requests it had answer
     python benchmarks/serve_load.py --duration 10 --clients 1 4 16 64
     python benchmarks/serve_load.py --duration 900 --max-requests 1000000 --clients 16 \
         --modes batched --out benchmarks/results/serve_soak.json      # memory soak
+    python benchmarks/serve_load.py --payload photo --modes batched --clients 1 4 16 \
+        --detectors mtcnn blazeface-back        # whole photos, detection on, per detector
+
+With --detectors, each level runs once per detector (the request's `detector` option), one
+after the other on the same server: the detectors side by side under the same machine state.
 
 Only 127.0.0.1 is ever contacted. The numbers depend on whatever else the CPU is doing.
 """
@@ -47,6 +52,7 @@ MODES = {"batched": [], "one-at-a-time": ["--batch-window-ms", "0"]}
 class Level:
     mode: str
     clients: int
+    detector: str | None = None
     seconds: float = 0.0
     ok: int = 0
     faces: int = 0
@@ -58,6 +64,7 @@ class Level:
         return {
             "mode": self.mode,
             "clients": self.clients,
+            "detector": self.detector,
             "requests_per_s": self.ok / self.seconds,
             "faces_per_s": self.faces / self.seconds,
             "p50_ms": float(np.percentile(lat, 50)),
@@ -173,6 +180,8 @@ def run_level(
     answered: Counter,
 ) -> None:
     data, content_type, query = body
+    if level.detector is not None:
+        query += ("&" if query else "?") + f"detector={level.detector}"
     lock = threading.Lock()
     sent = [0]
     stop_at = time.monotonic() + duration
@@ -225,6 +234,9 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per level")
     parser.add_argument("--max-requests", type=int, default=2000, help="per level")
     parser.add_argument("--payload", choices=["face", "photo"], default="face")
+    parser.add_argument(
+        "--detectors", nargs="+", default=[None], help="face detectors to compare (photo payload)"
+    )
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--max-pending", type=int, default=32)
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
@@ -244,10 +256,13 @@ def main() -> int:
         with sampler:
             for clients in args.clients:  # modes side by side per level: the same machine state
                 for mode, (_, port) in servers.items():
-                    level = Level(mode, clients)
-                    run_level(level, port, body, args.duration, args.max_requests, sampler.answered)
-                    rows.append(level.row())
-                    print(json.dumps(rows[-1]), flush=True)
+                    for detector in args.detectors:
+                        level = Level(mode, clients, detector)
+                        run_level(
+                            level, port, body, args.duration, args.max_requests, sampler.answered
+                        )
+                        rows.append(level.row())
+                        print(json.dumps(rows[-1]), flush=True)
         for mode, (process, _) in servers.items():
             memory[mode]["rss_after_mb"] = rss_mb(process.pid)
             memory[mode]["series"] = sampler.series[mode]
@@ -269,9 +284,29 @@ def main() -> int:
         "levels": rows,
         "memory": memory,
     }
-    batched = {r["clients"]: r["requests_per_s"] for r in rows if r["mode"] == "batched"}
-    single = {r["clients"]: r["requests_per_s"] for r in rows if r["mode"] == "one-at-a-time"}
-    report["batched_over_single"] = {n: batched[n] / single[n] for n in batched if single.get(n)}
+    batched = {
+        (r["clients"], r["detector"]): r["requests_per_s"] for r in rows if r["mode"] == "batched"
+    }
+    single = {
+        (r["clients"], r["detector"]): r["requests_per_s"]
+        for r in rows
+        if r["mode"] == "one-at-a-time"
+    }
+    report["batched_over_single"] = {
+        f"{n} {d}" if d else n: batched[n, d] / single[n, d]
+        for n, d in batched
+        if single.get((n, d))
+    }
+    first = args.detectors[0]
+    report["over_first_detector"] = {
+        f"{r['mode']} {r['clients']} {r['detector']}": r["requests_per_s"] / base["requests_per_s"]
+        for r in rows
+        for base in rows
+        if r["detector"] != first
+        and base["detector"] == first
+        and (base["mode"], base["clients"]) == (r["mode"], r["clients"])
+        and base["requests_per_s"] > 0
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(markdown(report))
@@ -280,13 +315,16 @@ def main() -> int:
 
 def markdown(report: dict) -> str:
     lines = [
-        "| mode | clients | requests/s | faces/s | p50 ms | p95 ms | p99 ms | 200s | errors |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| mode | detector | clients | requests/s | faces/s | p50 ms | p95 ms | p99 ms | 200s "
+        "| errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["levels"]:
         errors = ", ".join(f"{k}: {v}" for k, v in sorted(r["errors"].items())) or "0"
+        detector = r.get("detector") or "server default"
         lines.append(
-            f"| {r['mode']} | {r['clients']} | {r['requests_per_s']:.1f} | {r['faces_per_s']:.1f} "
+            f"| {r['mode']} | {detector} | {r['clients']} | {r['requests_per_s']:.1f} "
+            f"| {r['faces_per_s']:.1f} "
             f"| {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['ok']} | {errors} |"
         )
     for mode, m in report["memory"].items():
@@ -298,7 +336,11 @@ def markdown(report: dict) -> str:
         if marks:
             lines.append("RSS by minute (answered): " + ", ".join(marks))
     ratios = ", ".join(f"{n} clients {v:.2f}x" for n, v in report["batched_over_single"].items())
-    lines.append(f"\nbatched / one-at-a-time requests/s: {ratios}")
+    if ratios:
+        lines.append(f"\nbatched / one-at-a-time requests/s: {ratios}")
+    faster = ", ".join(f"{k}: {v:.2f}x" for k, v in report.get("over_first_detector", {}).items())
+    if faster:
+        lines.append(f"\nrequests/s over the first detector's: {faster}")
     return "\n".join(lines)
 
 

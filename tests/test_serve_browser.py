@@ -172,6 +172,11 @@ def test_upload_coffee_says_no_face(browser, server) -> None:
 
 def test_webcam_shows_live_labels(browser, server) -> None:
     browser.get(server + "/")
+    browser.execute_script(  # record the URLs the page asks, to see which detector it names
+        "window.asked = []; const fetched = window.fetch;"
+        "window.fetch = (url, options) => { window.asked.push(String(url));"
+        " return fetched(url, options); };"
+    )
     browser.find_element(By.ID, "tab-webcam").click()
     browser.find_element(By.ID, "cam-start").click()
 
@@ -183,6 +188,8 @@ def test_webcam_shows_live_labels(browser, server) -> None:
     wait(browser, lambda d: d.find_element(By.ID, "fps").text != "–", "the frame rate")
     assert int(browser.find_element(By.ID, "latency").text) > 0
     assert float(browser.find_element(By.ID, "fps").text) > 0
+    asked = [u for u in browser.execute_script("return window.asked") if "/v1/predict" in u]
+    assert asked and all("detector=blazeface-back" in u for u in asked)  # the fast path
     browser.save_screenshot(str(ARTEFACTS / "webcam-live.png"))
     browser.find_element(By.ID, "cam-stop").click()
     assert "Camera off" in browser.find_element(By.ID, "cam-message").text
