@@ -34,6 +34,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from face_matching import Box, matches
 from PIL import Image
 
 from qcsfer.imaging import read_image
@@ -52,8 +53,6 @@ FER_VALID = SHARED / "datasets" / "ferplus" / "FER2013Valid"
 HEAD = (150, 40, 298, 188)
 HEAD_FACE = (28 / 148, 29 / 148, 120 / 148, 121 / 148)
 PHOTO_DETECTORS = ("alt2", "mtcnn", "blazeface", "blazeface-back")
-
-Box = tuple[float, float, float, float]
 
 
 @dataclass
@@ -129,22 +128,6 @@ def make_scenes(count: int, seed: int = 0) -> list[Scene]:
     )
     scenes.append(Scene("coffee.png", read_image(PHOTOS / "coffee.png"), []))
     return scenes
-
-
-def matches(found: Box, truth: Box) -> bool:
-    """A detection of this face: centred in the middle 60% of its box, of a similar size.
-
-    Looser than an IoU test on purpose: a FERPlus crop is the true box only approximately
-    (some crops are wider than the face, and then the detector's box is smaller than the crop).
-    """
-    cx, cy = (found[0] + found[2]) / 2, (found[1] + found[3]) / 2
-    w, h = truth[2] - truth[0], truth[3] - truth[1]
-    centred = (
-        abs(cx - (truth[0] + truth[2]) / 2) <= 0.3 * w
-        and abs(cy - (truth[1] + truth[3]) / 2) <= 0.3 * h
-    )
-    ratio = (found[2] - found[0]) / w
-    return centred and 0.35 <= ratio <= 1.4
 
 
 def score(found: list[Face], truths: list[Box]) -> tuple[int, int]:

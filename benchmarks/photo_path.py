@@ -4,7 +4,7 @@ Each face is upscaled (bicubic) to 80-300 px, tinted to a skin-like colour half 
 pasted at a random place on a canvas 1.5-4 times its size: plain, a gradient, smooth noise, or
 a patch of a photo. `ExpressionRecognizer(detector=...)` then finds and reads every face in the
 scene, exactly as `qcsfer predict` would. The pasted square is where the FERPlus crop lies, so
-it is the true box: the detection matching it (`detectors.matches`) is the face found, and the
+it is the true box: the detection matching it (`face_matching.matches`) is the face found, and the
 detected box's geometry against it shows how the detector frames a face compared with FERPlus.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from detectors import matches
+from face_matching import matches
 from PIL import Image
 
 from qcsfer.imaging import read_image
