@@ -276,3 +276,22 @@ def test_evaluate_a_folder_named_by_the_models_classes_without_a_class_map(
     assert report["images"] == 3
     support = {name: c["support"] for name, c in report["per_class"].items() if c["support"]}
     assert support == {"happiness": 1, "sadness": 2}  # each image under its own class
+
+
+def test_a_run_leaves_no_log_handler_behind(faces: Path, tmp_path: Path) -> None:
+    """A run's train.log handler goes with the run, failed or finished: a later log line of the
+    same process must not go to it (its folder may be gone: that raised in a later test)."""
+    import logging
+
+    def run_logs() -> list[logging.Handler]:
+        return [
+            h for h in logging.getLogger("qcsfer").handlers if isinstance(h, logging.FileHandler)
+        ]
+
+    weights = saved_model(tmp_path / "small.safetensors", model="small", classes=4)
+    with pytest.raises(TrainingError):
+        train(config(faces, max_steps=1, **{"init.weights": weights}), tmp_path / "failed")
+    assert run_logs() == []
+    train(config(faces, max_steps=1), tmp_path / "finished")
+    assert run_logs() == []
+    logging.getLogger("qcsfer.video").warning("after the runs")  # nowhere to fail

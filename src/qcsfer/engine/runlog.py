@@ -4,6 +4,7 @@ and the best model as a weights file. Only the first DDP rank calls what writes 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -73,6 +74,17 @@ def open_run_dir(run_dir: Path, config: TrainConfig) -> None:
     handler = logging.FileHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("qcsfer").addHandler(handler)
+
+
+def close_run_log(run_dir: Path) -> None:
+    """Detach and close `run_dir`'s train.log handler, so that later log lines of this process
+    (another run, a test, a notebook) never go to this run's log or a removed folder's."""
+    logger = logging.getLogger("qcsfer")
+    target = os.path.abspath(run_dir / "train.log")
+    for handler in list(logger.handlers):
+        if isinstance(handler, logging.FileHandler) and handler.baseFilename == target:
+            logger.removeHandler(handler)
+            handler.close()
 
 
 class RunLog:

@@ -38,7 +38,14 @@ from .optim import build_optimization
 from .resume import check_data, keep_edited_config, resumed_config
 from .rundir import claim_run_dir
 from .runfiles import discard_failed_start, kept_checkpoint, last_checkpoint, write_failure
-from .runlog import EpochProgress, RunLog, default_run_dir, export_best, open_run_dir
+from .runlog import (
+    EpochProgress,
+    RunLog,
+    close_run_log,
+    default_run_dir,
+    export_best,
+    open_run_dir,
+)
 from .step import LossFunction, TrainStep
 from .warm_start import initialize
 
@@ -85,6 +92,7 @@ def train(
             allow_data_change=allow_data_change,
         )
     except BaseException:
+        close_run_log(run_dir)
         if lock is not None and checkpoint is None:  # a failed start: set-up files go, results stay
             discard_failed_start(run_dir)
             lock.release()
@@ -93,6 +101,7 @@ def train(
                     run_dir.rmdir()
         raise
     finally:
+        close_run_log(run_dir)
         if lock is not None:
             lock.release()
 
