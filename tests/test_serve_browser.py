@@ -181,7 +181,10 @@ def test_webcam_shows_live_labels(browser, server) -> None:
     browser.find_element(By.ID, "cam-start").click()
 
     def live_happiness(driver):
-        labels = [e.text for e in driver.find_elements(By.CLASS_NAME, "live-label")]
+        # One read in the page: the labels are redrawn every frame, so element handles go stale.
+        labels = driver.execute_script(
+            "return [...document.querySelectorAll('.live-label')].map(e => e.textContent.trim())"
+        )
         return labels if any(t.startswith("happiness") for t in labels) else False
 
     wait(browser, live_happiness, "a live label")
