@@ -9,18 +9,16 @@ and the licence notes. Nothing is downloaded: the user fetches the package with 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors import safe_open
 from torch import nn
 
 from ..errors import WeightsError
-from ..io import atomic_write
 from ..tfjs import npm_package_of
+from .converted_file import read_converted_card, write_converted
 from .mobilenet import MobileNetV1, from_tfjs
 
 CARD_KEY = "qcsfer_backbone"
@@ -41,22 +39,13 @@ def convert_tfjs_backbone(graph_json: str | os.PathLike[str], out: str | os.Path
     state, hashes = from_tfjs(graph_json)
     MobileNetV1().load_state_dict(state)  # every tensor in place with its shape
     card = {**FACERES_NOTES, **npm_package_of(graph_json), "source_sha256": hashes}
-    metadata = {CARD_KEY: json.dumps(card, sort_keys=True)}
-    return atomic_write(out, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+    return write_converted(out, state, CARD_KEY, card)
 
 
 def read_backbone_card(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The card of a backbone file; a clear error for anything else."""
-    try:
-        with safe_open(str(path), "pt") as f:
-            metadata = f.metadata() or {}
-    except (SafetensorError, OSError) as e:
-        raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
-    if CARD_KEY not in metadata:
-        raise WeightsError(
-            f"{path}: not a qcsfer backbone file (make one with `qcsfer convert --from tfjs`)"
-        )
-    return json.loads(metadata[CARD_KEY])
+    remedy = "not a qcsfer backbone file (make one with `qcsfer convert --from tfjs`)"
+    return read_converted_card(path, CARD_KEY, remedy)
 
 
 def load_backbone_file(path: str | os.PathLike[str], backbone: nn.Module) -> dict[str, Any]:

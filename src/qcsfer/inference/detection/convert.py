@@ -11,7 +11,6 @@ sha256, so the file alone says what it is and where it came from.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -19,11 +18,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ...errors import WeightsError
-from ...io import atomic_write
+from ...models.converted_file import read_converted_card, write_converted
 from ...tfjs import Node, TfjsGraph, npm_package_of, read_graph
 from .net import BlazeFaceNet, BlazeSpec, Block, Head
 
@@ -213,20 +211,13 @@ def convert(graph_json: str | os.PathLike[str], out: str | os.PathLike[str]) -> 
         **npm_package_of(graph_json),
         **info,
     }
-    metadata = {CARD_KEY: json.dumps(card, sort_keys=True)}
-    return atomic_write(out, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+    return write_converted(out, state, CARD_KEY, card)
 
 
 def load(path: str | os.PathLike[str]) -> tuple[BlazeFaceNet, dict[str, Any]]:
     """The network of a converted file, in eval mode, and its card."""
-    try:
-        with safe_open(str(path), "pt") as f:
-            metadata = f.metadata() or {}
-    except (SafetensorError, OSError) as e:
-        raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
-    if CARD_KEY not in metadata:
-        raise WeightsError(f"{path}: not a qcsfer detector file (convert one with {__name__})")
-    card = json.loads(metadata[CARD_KEY])
+    remedy = f"not a qcsfer detector file (convert one with {__name__})"
+    card = read_converted_card(path, CARD_KEY, remedy)
     net = BlazeFaceNet(BlazeSpec.from_json(card["spec"]))
     net.load_state_dict(load_file(str(path)))
     return net.eval(), card
