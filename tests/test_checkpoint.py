@@ -92,7 +92,7 @@ def test_epoch_records_round_trip_as_metrics_jsonl_lines(tmp_path: Path) -> None
     assert set(line) >= {"epoch", "train_loss", "val_accuracy", "k", "confusion", "val_sources"}
     del line["skipped_images"], line["val_sources"]  # as the first runs wrote them
     assert EpochRecord.from_dict(line).skipped_images == 0
-    with pytest.raises(ValueError, match=r"unknown keys \['accuracy'\]"):
+    with pytest.raises(TrainingError, match=r"unknown keys \['accuracy'\]"):
         EpochRecord.from_dict({**line, "accuracy": 0.5})
 
 

@@ -69,7 +69,7 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
-            raise ValueError(f"optim.lr must be positive, got {self.lr}")
+            raise ConfigError(f"optim.lr must be positive, got {self.lr}")
 
 
 @dataclass
@@ -81,7 +81,7 @@ class ScheduleConfig:
 
     def __post_init__(self) -> None:
         if not self.warmup_epochs >= 0:
-            raise ValueError(f"schedule.warmup_epochs must be 0 or more, got {self.warmup_epochs}")
+            raise ConfigError(f"schedule.warmup_epochs must be 0 or more, got {self.warmup_epochs}")
 
 
 @dataclass
@@ -138,11 +138,11 @@ class TrainConfig:
         }
         for name, value in positive.items():
             if not value > 0:
-                raise ValueError(f"{name} must be positive, got {value}")
+                raise ConfigError(f"{name} must be positive, got {value}")
         if not (math.isfinite(self.logit_adjustment) and self.logit_adjustment >= 0):
-            raise ValueError(f"logit_adjustment must be >= 0, got {self.logit_adjustment}")
+            raise ConfigError(f"logit_adjustment must be >= 0, got {self.logit_adjustment}")
         if self.logit_adjustment and self.sampler.balanced:
-            raise ValueError(
+            raise ConfigError(
                 "logit_adjustment corrects for the training prior, which sampler.balanced "
                 "already evens out: use one of the two"
             )
@@ -151,13 +151,13 @@ class TrainConfig:
             ("max_steps", self.max_steps),
         ):
             if value is not None and value < 1:
-                raise ValueError(f"{name} must be at least 1 (or null), got {value}")
+                raise ConfigError(f"{name} must be at least 1 (or null), got {value}")
 
     def model_config(self, num_classes: int) -> ModelConfig:
         overrides = {**self.model_overrides, "num_classes": num_classes}
         config = get_config(self.model, **overrides)
         if config.image_size != self.preprocessing.image_size:
-            raise ValueError(
+            raise ConfigError(
                 f"model {self.model!r} takes {config.image_size} px but preprocessing.image_size "
                 f"is {self.preprocessing.image_size}"
             )
@@ -170,7 +170,7 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     for key in keys[:-1]:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
-            raise ValueError(f"--set {dotted}: {key} is not a section")
+            raise ConfigError(f"--set {dotted}: {key} is not a section")
     node[keys[-1]] = value
 
 
@@ -194,7 +194,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 "file out and give --set KEY=VALUE to train the defaults with changes"
             )
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: the top level must be a mapping")
+            raise ConfigError(f"{path}: the top level must be a mapping")
     keys = apply_overrides(data, overrides or [])
     if recipe is not None and not {"data", "data.root"} & set(keys):  # not when --set gives it
         if recipe.packaged:  # run by name, perhaps from a wheel: its root must be given
@@ -209,7 +209,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> list[str]:
     keys = []
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"--set expects key=value, got {item!r}")
+            raise ConfigError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
         _set_path(data, key.strip(), yaml_value(raw, f"--set {item}"))
         keys.append(key.strip())

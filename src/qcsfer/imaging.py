@@ -24,7 +24,7 @@ from typing import Literal, TypeAlias
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import ImageError
+from .errors import ImageError, UsageError
 
 # Refuse images with more pixels than this. `open_image` checks the header itself, before
 # decoding, so PIL's global guard (Image.MAX_IMAGE_PIXELS, which only raises above twice its
@@ -175,7 +175,7 @@ def to_rgb_array(image: ImageInput, color: Color = "rgb") -> np.ndarray:
     it does not apply to files or PIL images, whose colour order is known.
     """
     if color not in ("rgb", "bgr"):
-        raise ValueError(f"color must be 'rgb' or 'bgr', got {color!r}")
+        raise UsageError(f"color must be 'rgb' or 'bgr', got {color!r}")
     if isinstance(image, str | os.PathLike):
         return read_image(image)
     if isinstance(image, Image.Image):

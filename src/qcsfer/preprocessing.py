@@ -13,6 +13,7 @@ import operator
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import ConfigError
 from .typed_data import from_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -21,25 +22,25 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def _size(name: str, value: object) -> int:
     if isinstance(value, bool):
-        raise ValueError(f"preprocessing {name} must be an integer, got {value!r}")
+        raise ConfigError(f"preprocessing {name} must be an integer, got {value!r}")
     try:
         size = operator.index(value)  # int and numpy integers, not floats or strings
     except TypeError:
-        raise ValueError(f"preprocessing {name} must be an integer, got {value!r}") from None
+        raise ConfigError(f"preprocessing {name} must be an integer, got {value!r}") from None
     if size < 1:
-        raise ValueError(f"preprocessing {name} must be >= 1, got {size}")
+        raise ConfigError(f"preprocessing {name} must be >= 1, got {size}")
     return size
 
 
 def _triple(name: str, value: object) -> tuple[float, float, float]:
     if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
-        raise ValueError(f"preprocessing {name} must be three numbers, got {value!r}")
+        raise ConfigError(f"preprocessing {name} must be three numbers, got {value!r}")
     try:
         numbers = tuple(float(v) for v in value)  # type: ignore[union-attr]
     except (TypeError, ValueError):
-        raise ValueError(f"preprocessing {name} must be three numbers, got {value!r}") from None
+        raise ConfigError(f"preprocessing {name} must be three numbers, got {value!r}") from None
     if len(numbers) != 3 or not all(math.isfinite(v) for v in numbers):
-        raise ValueError(f"preprocessing {name} must be three finite numbers, got {value!r}")
+        raise ConfigError(f"preprocessing {name} must be three finite numbers, got {value!r}")
     return numbers  # type: ignore[return-value]
 
 
@@ -67,14 +68,14 @@ class Preprocessing:
             "std": _triple("std", self.std),
         }
         if not isinstance(self.grayscale, bool):
-            raise ValueError(f"preprocessing grayscale must be true/false, got {self.grayscale!r}")
+            raise ConfigError(f"preprocessing grayscale must be true/false, got {self.grayscale!r}")
         if values["load_size"] < values["image_size"]:
-            raise ValueError(
+            raise ConfigError(
                 f"preprocessing load_size {values['load_size']} < image_size "
                 f"{values['image_size']} (images are cropped from load_size to image_size)"
             )
         if min(values["std"]) <= 0:
-            raise ValueError(f"preprocessing std must be > 0, got {list(values['std'])}")
+            raise ConfigError(f"preprocessing std must be > 0, got {list(values['std'])}")
         for name, value in values.items():
             object.__setattr__(self, name, value)
 

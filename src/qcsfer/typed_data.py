@@ -18,6 +18,8 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 
+from .errors import ConfigError
+
 T = TypeVar("T")
 
 
@@ -25,15 +27,15 @@ def from_dict(cls: type[T], data: object, where: str = "config", complete: bool 
     """`cls` from a mapping of its fields; `complete`: every field must be given (a saved model
     must say exactly how it was made, not fall back on today's defaults)."""
     if not isinstance(data, Mapping):
-        raise ValueError(f"{where}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     unknown = sorted(str(key) for key in data if key not in names)
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
     missing = [name for name in names if name not in data]
     if complete and missing:
-        raise ValueError(f"{where} lacks {missing} (every key must be given)")
+        raise ConfigError(f"{where} lacks {missing} (every key must be given)")
     values = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
     return cls(**values)
 
@@ -59,28 +61,28 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
                 return _coerce(arg, value, where)
             except (TypeError, ValueError):
                 continue
-        raise ValueError(f"{where}: {value!r} does not fit {tp}")
+        raise ConfigError(f"{where}: {value!r} does not fit {tp}")
     if origin is Literal:
         if value not in typing.get_args(tp):
-            raise ValueError(f"{where}: {value!r} is not one of {typing.get_args(tp)}")
+            raise ConfigError(f"{where}: {value!r} is not one of {typing.get_args(tp)}")
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(args[0], v, where) for v in value)
         if len(args) != len(value):
-            raise ValueError(f"{where}: expected {len(args)} values, got {value!r}")
+            raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
         return tuple(_coerce(a, v, where) for a, v in zip(args, value, strict=True))
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
         (item,) = typing.get_args(tp)
         return [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
     if tp is float:
         number = None
@@ -90,12 +92,12 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             number = float(value)
         if number is None or not math.isfinite(number):  # .nan/.inf: never a setting
-            raise ValueError(f"{where}: expected a finite number, got {value!r}")
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return number
     if tp is int and (not isinstance(value, int) or isinstance(value, bool)):
-        raise ValueError(f"{where}: expected an integer, got {value!r}")
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if tp is bool and not isinstance(value, bool):
-        raise ValueError(f"{where}: expected true/false, got {value!r}")
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
     if tp is str and not isinstance(value, str):
-        raise ValueError(f"{where}: expected a string, got {value!r}")
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
     return value

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import UsageError, WeightsError
 from ..torch_files import not_a_torch_file
 
 REFERENCE_DATASETS = ("rafdb", "ferplus", "affectnet7", "affectnet8")
@@ -99,7 +100,7 @@ def given_boxes(args: argparse.Namespace) -> list[tuple[float, float, float, flo
     from ..inference.faces import parse_box
 
     if args.align and (args.detector not in LANDMARK_DETECTORS or args.no_detect or args.box):
-        raise ValueError(
+        raise UsageError(
             "--align needs faces found by --detector mtcnn, blazeface or blazeface-back "
             "(they place the eyes)"
         )
@@ -135,7 +136,7 @@ def resolve_reference(args: argparse.Namespace) -> None:
         )
         return
     if not_a_torch_file(path) is None:
-        raise ValueError(
+        raise WeightsError(
             f"{path} is a PyTorch checkpoint, not qcsfer weights. If it is one of the authors' "
             f"QCS/DCS checkpoints, convert it once:\n  qcsfer convert {path} --dataset "
             f"{{{','.join(REFERENCE_DATASETS)}}} [--mode dcs] --out {path.stem}.safetensors\n"

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import MissingDependencyError
+from ..errors import MissingDependencyError, UsageError, WeightsError
 from .options import face_options, given_boxes, model_options, positive, reference_options
 
 
@@ -95,7 +95,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     boxes = given_boxes(args)
     if args.fps is not None and args.every != 1:
-        raise ValueError("give --every or --fps, not both")
+        raise UsageError("give --every or --fps, not both")
     detector = args.detector
     if detector == "auto" and not args.no_detect and boxes is None and _only_videos(args.inputs):
         from ..inference.detectors import make_detector
@@ -146,7 +146,7 @@ def _explain(args: argparse.Namespace) -> int:
 
     check_output_folder(args.out)
     if is_onnx_file(args.model):
-        raise ValueError(
+        raise UsageError(
             f"{args.model}: explain reads the attention of the PyTorch model; give its weights "
             "file, run directory or 'default' (an exported .onnx file cannot be explained)"
         )
@@ -159,7 +159,7 @@ def _explain(args: argparse.Namespace) -> int:
 
         network, card = load_weights(resolve_weights(args.model))
         if not hasattr(network, "csa"):
-            raise ValueError(
+            raise WeightsError(
                 f"{args.model}: holds no CSA modules (an inference-only or baseline "
                 "model); use a run's best.safetensors from DCS/QCS training"
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import UsageError
 from .options import at_least_zero, positive, reference_options
 
 
@@ -131,13 +132,13 @@ def _train(args: argparse.Namespace) -> int:
     from ..engine.trainer import train
 
     if not (args.config or args.resume or args.set):  # a bare `train`: hours nobody asked for
-        raise ValueError(
+        raise UsageError(
             "give a recipe to train (a file, or a packaged one's name: qcsfer recipes), "
             "--set KEY=VALUE to train the built-in defaults with changes, or --resume RUN_DIR"
         )
     if args.resume:
         if args.config or args.run_dir or args.overwrite:
-            raise ValueError(
+            raise UsageError(
                 "--resume continues a run with its own configuration: drop the config file, "
                 "--run-dir and --overwrite (--set is accepted for options safe to change, "
                 "such as epochs)"
@@ -215,7 +216,7 @@ def _key_values(items: list[str], typed: bool) -> dict[str, object]:
     out: dict[str, object] = {}
     for item in items:
         if "=" not in item:
-            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+            raise UsageError(f"expected KEY=VALUE, got {item!r}")
         key, value = (part.strip() for part in item.split("=", 1))
         out[key] = yaml_value(value, f"--option {item}") if typed else value
     return out

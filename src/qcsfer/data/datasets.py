@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigError
 from .affectnet import read_affectnet
 from .carves import find_carve, read_carved
 from .csv import read_csv_list
@@ -70,7 +71,7 @@ def stratified_split(
 ) -> tuple[LabeledImages, LabeledImages]:
     """Carve a validation split (the same fraction of every class) out of a training split."""
     if not 0 < fraction < 1:
-        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+        raise ConfigError(f"validation fraction must be in (0, 1), got {fraction}")
     rng = np.random.default_rng(seed)
     held = []
     for c in range(data.num_classes):

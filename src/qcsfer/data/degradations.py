@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Degradation:
@@ -38,15 +40,17 @@ class Degradation:
         for name in ("gamma", "blur", "low_resolution", "jpeg", "noise"):
             p = getattr(self, name)
             if not 0 <= p <= 1:
-                raise ValueError(f"degradation.{name} is a probability in [0, 1], got {p}")
+                raise ConfigError(f"degradation.{name} is a probability in [0, 1], got {p}")
         for name in ("gamma_range", "blur_sigma", "low_resolution_size", "jpeg_quality"):
             low, high = getattr(self, name)
             if not 0 < low <= high:
-                raise ValueError(f"degradation.{name} must be 0 < low <= high, got {low, high}")
+                raise ConfigError(f"degradation.{name} must be 0 < low <= high, got {low, high}")
         if not 1 <= self.jpeg_quality[0] <= self.jpeg_quality[1] <= 100:
-            raise ValueError(f"degradation.jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+            raise ConfigError(
+                f"degradation.jpeg_quality must be in 1..100, got {self.jpeg_quality}"
+            )
         if not 0 <= self.noise_sigma[0] <= self.noise_sigma[1]:
-            raise ValueError("degradation.noise_sigma must be 0 <= low <= high")
+            raise ConfigError("degradation.noise_sigma must be 0 <= low <= high")
 
     @property
     def enabled(self) -> bool:

@@ -23,6 +23,8 @@ from typing import Literal
 
 import numpy as np
 
+from ..errors import ConfigError, DatasetError, UsageError
+
 log = logging.getLogger(__name__)
 
 NegativeRule = Literal["frequency", "uniform-class"]
@@ -46,9 +48,9 @@ class SamplerConfig:
     def __post_init__(self) -> None:
         anchors = self.anchors_per_epoch
         if anchors is not None and anchors < 1:
-            raise ValueError(f"sampler.anchors_per_epoch must be >= 1, got {anchors}")
+            raise ConfigError(f"sampler.anchors_per_epoch must be >= 1, got {anchors}")
         if not self.epoch_fraction > 0:
-            raise ValueError(f"sampler.epoch_fraction must be positive, got {self.epoch_fraction}")
+            raise ConfigError(f"sampler.epoch_fraction must be positive, got {self.epoch_fraction}")
 
 
 class BranchSampler:
@@ -68,21 +70,21 @@ class BranchSampler:
         weights: np.ndarray | None = None,
     ) -> None:
         if branches not in (1, 2, 4):
-            raise ValueError(f"branches must be 1, 2 or 4, got {branches}")
+            raise UsageError(f"branches must be 1, 2 or 4, got {branches}")
         if batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, got {batch_size}")
+            raise UsageError(f"batch size must be at least 1, got {batch_size}")
         if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+            raise UsageError(f"rank {rank} is not in 0..{world_size - 1}")
         if world_size > 1 and config is not None and not config.drop_last:
-            raise ValueError(
+            raise ConfigError(
                 "sampler.drop_last: false (the reference's smaller last batch) runs in one "
                 "process; under data parallelism set sampler.drop_last=true"
             )
         self.labels = np.asarray(labels, dtype=np.int64)
         if self.labels.size == 0:
-            raise ValueError("cannot sample from an empty dataset")
+            raise DatasetError("cannot sample from an empty dataset")
         if weights is not None and (weights.shape != self.labels.shape or not (weights > 0).all()):
-            raise ValueError("sampling weights must be positive, one per image")
+            raise UsageError("sampling weights must be positive, one per image")
         self.weights = weights  # relative anchor probability of each image (None: equal)
         self.config = config or SamplerConfig()
         self.branches, self.batch_size, self.seed = branches, batch_size, seed
@@ -97,7 +99,7 @@ class BranchSampler:
         self.nonempty = np.flatnonzero(self.count)
 
         if branches == 4 and len(self.nonempty) < 2:
-            raise ValueError("quadruplets need at least two classes with images")
+            raise DatasetError("quadruplets need at least two classes with images")
         if branches > 1:
             names = class_names or tuple(str(c) for c in range(num_classes))
             for c in np.flatnonzero(self.count == 1):
@@ -165,4 +167,4 @@ class BranchSampler:
             negative_class = self.nonempty[r + (r >= position)]
             pick = np.floor(rng.random(len(anchors)) * self.count[negative_class]).astype(np.int64)
             return self.order[self.start[negative_class] + pick]
-        raise ValueError(f"unknown negative rule {self.config.negative_rule!r}")
+        raise ConfigError(f"unknown negative rule {self.config.negative_rule!r}")

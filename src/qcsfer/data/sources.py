@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigError
 from .datasets import read_dataset, stratified_split
 from .ratings import blend_ratings
 from .records import DatasetError, LabeledImages
@@ -47,11 +48,11 @@ class SourceConfig:
 
     def __post_init__(self) -> None:
         if not 0 < self.framing <= 2:
-            raise ValueError(f"source {self.label}: framing must be in (0, 2], got {self.framing}")
+            raise ConfigError(f"source {self.label}: framing must be in (0, 2], got {self.framing}")
         if not self.weight > 0:
-            raise ValueError(f"source {self.label}: weight must be positive, got {self.weight}")
+            raise ConfigError(f"source {self.label}: weight must be positive, got {self.weight}")
         if not 0 <= self.val_fraction < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"source {self.label}: val_fraction must be in [0, 1), got {self.val_fraction}"
             )
 

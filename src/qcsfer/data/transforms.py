@@ -50,10 +50,10 @@ class Augmentation:
     def __post_init__(self) -> None:
         """Values that would otherwise be clamped or silently ignored."""
         if not 0 < self.zoom[0] <= self.zoom[1]:
-            raise ValueError(f"augmentation.zoom needs 0 < low <= hi, got {list(self.zoom)}")
+            raise ConfigError(f"augmentation.zoom needs 0 < low <= hi, got {list(self.zoom)}")
         for name in ("erasing", "hflip"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(
+                raise ConfigError(
                     f"augmentation.{name} is a probability (0 to 1), got {getattr(self, name)}"
                 )
         for name, (high, meaning) in RANGES.items():

@@ -17,6 +17,7 @@ from torch import nn
 from ..data.images import MemoryImages
 from ..data.splits import Split
 from ..data.transforms import Augmentation, train_transform
+from ..errors import UsageError, WeightsError
 from ..preprocessing import Preprocessing
 from .calibration import describe_points
 from .device import autocast
@@ -30,15 +31,15 @@ def average_states(
     last state. Weights (summing to 1) interpolate, e.g. between a model and its fine-tuned
     version (WiSE-FT, Wortsman et al. 2022)."""
     if not states:
-        raise ValueError("nothing to average")
+        raise UsageError("nothing to average")
     if weights is None:
         weights = [1 / len(states)] * len(states)
     if len(weights) != len(states) or abs(sum(weights) - 1) > 1e-6:
-        raise ValueError("one weight per state, summing to 1")
+        raise UsageError("one weight per state, summing to 1")
     keys = states[0].keys()
     for state in states[1:]:
         if state.keys() != keys:
-            raise ValueError("the checkpoints hold different tensors: not from one model")
+            raise WeightsError("the checkpoints hold different tensors: not from one model")
     averaged = {}
     for key, last in states[-1].items():
         if last.is_floating_point():

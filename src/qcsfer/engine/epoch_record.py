@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import TrainingError
 from .metrics import Metrics
 
 HISTORY_FILE = "metrics.jsonl"
@@ -101,7 +102,7 @@ class EpochRecord:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"epoch record: unknown keys {unknown}")
+            raise TrainingError(f"epoch record: unknown keys {unknown}")
         values = {"skipped_images": 0, **data}  # not counted by the first runs
         values["k"] = tuple(values.get("k", ()))
         values["classes"] = tuple(values.get("classes", ()))

@@ -20,6 +20,7 @@ from ..data.images import default_cache_dir, load_images
 from ..data.records import DatasetError, LabeledImages
 from ..data.splits import Split
 from ..data.transforms import eval_transform
+from ..errors import UsageError
 from ..io import atomic_write
 from ..models.base import BaseNetwork
 from ..models.vit import use_fused_attention
@@ -169,7 +170,7 @@ def split_logits(
 ) -> SplitLogits:
     """Logits of the readable images; refuses a split with no readable image to score."""
     if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        raise UsageError(f"batch size must be at least 1, got {batch_size}")
     target = select_device(device)  # an unavailable device: refused before any work
     model, card = load_model(weights)
     classes, prep = card.classes, card.preprocessing

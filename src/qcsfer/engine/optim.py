@@ -8,7 +8,7 @@ import math
 import torch
 
 from ..config import TrainConfig
-from ..errors import TrainingError
+from ..errors import ConfigError, TrainingError
 from .sam import SAM
 
 
@@ -44,7 +44,7 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
     elif o.name == "sgd":
         base = torch.optim.SGD(groups, momentum=o.momentum, nesterov=o.momentum > 0)
     else:
-        raise ValueError(f"unknown optimiser {o.name!r}")
+        raise ConfigError(f"unknown optimiser {o.name!r}")
     return SAM(base, o.sam_rho, o.sam_adaptive) if o.sam else base
 
 
@@ -80,7 +80,7 @@ def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
         if progress < peak:
             return 1 / 25 + (1 - 1 / 25) * 0.5 * (1 - math.cos(math.pi * progress / peak))
         return 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * (progress - peak) / (1 - peak)))
-    raise ValueError(f"unknown schedule {s.name!r}")
+    raise ConfigError(f"unknown schedule {s.name!r}")
 
 
 def build_optimization(

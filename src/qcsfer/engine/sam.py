@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ConfigError
+
 
 class SAM(torch.optim.Optimizer):
     def __init__(
         self, base: torch.optim.Optimizer, rho: float = 0.05, adaptive: bool = False
     ) -> None:
         if rho < 0:
-            raise ValueError(f"rho must be >= 0, got {rho}")
+            raise ConfigError(f"rho must be >= 0, got {rho}")
         self.base = base
         self.rho, self.adaptive = rho, adaptive
         # Share the base optimiser's groups and state: schedulers and checkpoints see one object.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
+from ..errors import UsageError
 from .faces import Detector
 from .haar import HaarDetector
 
@@ -28,7 +29,7 @@ def make_detector(name: str = "auto", purpose: Purpose = "photo") -> Detector:
     "blazeface-back" (256 px), or a Haar cascade: one of CASCADES or an XML file."""
     if name == "auto":
         if purpose not in AUTO:
-            raise ValueError(f"purpose must be one of {sorted(AUTO)}, got {purpose!r}")
+            raise UsageError(f"purpose must be one of {sorted(AUTO)}, got {purpose!r}")
         if AUTO[purpose] != "mtcnn":
             return make_detector(AUTO[purpose])
         try:

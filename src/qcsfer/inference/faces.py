@@ -17,6 +17,8 @@ from typing import Protocol
 
 import numpy as np
 
+from ..errors import ImageError, UsageError
+
 # Crop side = the box's longer side * (1 + 2 * margin), centred on the box. Each detector has its
 # own margin, measured on the photo path of benchmarks/robustness.py (docs/benchmarks.md): there
 # a FERPlus crop is 1.08x the alt2 box (median), but alt2's found faces read as well from -0.05
@@ -76,22 +78,22 @@ def sort_faces(faces: Iterable[Face]) -> list[Face]:
 def whole_image(width: int, height: int) -> Face:
     """The whole image as the face (pre-cropped faces such as FERPlus)."""
     if min(width, height) < MIN_FACE_SIDE:
-        raise ValueError(f"a {width}x{height} image is too small to be a face ({_AT_LEAST})")
+        raise ImageError(f"a {width}x{height} image is too small to be a face ({_AT_LEAST})")
     return Face(0, 0, width, height, None)
 
 
 def given_box(box: Sequence[float], width: int, height: int) -> Face:
-    """A user-supplied (x0, y0, x1, y1) box, clipped to the image; ValueError if it misses it."""
+    """A user-supplied (x0, y0, x1, y1) box, clipped to the image; UsageError if it misses it."""
     if len(box) != 4:
-        raise ValueError(f"a box is x0,y0,x1,y1; got {list(box)}")
+        raise UsageError(f"a box is x0,y0,x1,y1; got {list(box)}")
     x0, y0, x1, y1 = (round(float(v)) for v in box)
     x0, x1 = max(0, min(x0, width)), max(0, min(x1, width))
     y0, y1 = max(0, min(y0, height)), max(0, min(y1, height))
     if x1 <= x0 or y1 <= y0:
-        raise ValueError(f"box {list(box)} does not overlap the {width}x{height} image")
+        raise UsageError(f"box {list(box)} does not overlap the {width}x{height} image")
     if min(x1 - x0, y1 - y0) < MIN_FACE_SIDE:
         inside = f"{x1 - x0}x{y1 - y0}"
-        raise ValueError(
+        raise UsageError(
             f"box {list(box)} is {inside} pixels in the image: too small ({_AT_LEAST})"
         )
     return Face(x0, y0, x1, y1, None)
@@ -105,7 +107,7 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     except ValueError:
         values = ()
     if len(values) != 4 or not all(math.isfinite(v) for v in values):
-        raise ValueError(f"a box is x0,y0,x1,y1 in pixels, got {text!r}")
+        raise UsageError(f"a box is x0,y0,x1,y1 in pixels, got {text!r}")
     return values  # type: ignore[return-value]
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UsageError, WeightsError
 from .faces import HAAR_MARGIN, Face, sort_faces
 
 CASCADES = {
@@ -51,9 +52,9 @@ class HaarDetector:
         except (cv2.error, SystemError):
             self._classifier = None
         if self._classifier is None or self._classifier.empty():
-            raise ValueError(f"{path}: not a loadable OpenCV Haar cascade (an XML file)")
+            raise WeightsError(f"{path}: not a loadable OpenCV Haar cascade (an XML file)")
         if scale_factor <= 1 or min_neighbors < 0 or min_size < 1 or max_side < 32:
-            raise ValueError(
+            raise UsageError(
                 "need scale_factor > 1, min_neighbors >= 0, min_size >= 1, max_side >= 32"
             )
         self.name = cascade

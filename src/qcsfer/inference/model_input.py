@@ -18,6 +18,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from ..errors import UsageError
 from ..imaging import square_chw
 from ..preprocessing import Preprocessing
 from .faces import Face
@@ -36,7 +37,7 @@ def stack_crops(crops: Sequence[np.ndarray], prep: Preprocessing) -> np.ndarray:
 def numpy_eval_transform(batch: np.ndarray, prep: Preprocessing) -> np.ndarray:
     """uint8 B x c x L x L -> float32 B x 3 x S x S: the numpy twin of `eval_transform`."""
     if batch.ndim != 4 or batch.shape[-1] != prep.load_size or batch.shape[-2] != prep.load_size:
-        raise ValueError(
+        raise UsageError(
             f"expected a B x C x {prep.load_size} x {prep.load_size} batch, got {batch.shape}"
         )
     x = batch.astype(np.float32) / np.float32(255)

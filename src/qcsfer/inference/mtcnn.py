@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UsageError
 from .faces import Face, sort_faces
 
 # MTCNN boxes run from brow to chin (1.29x taller than wide); on the photo path of
@@ -171,9 +172,9 @@ class MTCNNDetector:
         max_side: int = 1280,
     ) -> None:
         if min_face < 12 or not 0 < scale_step < 1 or max_side < 32:
-            raise ValueError("need min_face >= 12, 0 < scale_step < 1, max_side >= 32")
+            raise UsageError("need min_face >= 12, 0 < scale_step < 1, max_side >= 32")
         if not all(0 <= t <= 1 for t in thresholds) or len(thresholds) != 3:
-            raise ValueError(f"thresholds are three probabilities, got {thresholds}")
+            raise UsageError(f"thresholds are three probabilities, got {thresholds}")
         folder = weights_dir()
         self.pnet, self.rnet, self.onet = PNet(), RNet(), ONet()
         for net, file in ((self.pnet, "pnet.pt"), (self.rnet, "rnet.pt"), (self.onet, "onet.pt")):

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..card import ModelCard
-from ..errors import UsageError
+from ..errors import QcsferError, UsageError
 from ..imaging import Color, ImageInput, describe, to_rgb_array
 from ..preprocessing import Preprocessing
 from .backends import LoadedModel, load_backend
@@ -68,9 +68,9 @@ class ExpressionRecognizer:
         prior: str | None = None,
     ) -> None:
         if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
+            raise UsageError("batch_size must be >= 1")
         if margin is not None and margin <= -0.5:
-            raise ValueError("margin must be > -0.5 (a negative margin trims the box)")
+            raise UsageError("margin must be > -0.5 (a negative margin trims the box)")
         loaded = load_backend(model, backend, device, threads)
         self.backend = loaded.backend
         self.card: ModelCard = loaded.card  # classes, preprocessing, decision rule, metrics
@@ -119,7 +119,7 @@ class ExpressionRecognizer:
         Faces: the given boxes, else those `detector` finds (left out: the recognizer's own; a
         name: that detector, one per thread; None: none, the whole image is the face); margin:
         around each box (None: the recognizer's, else the detector's own). Raises
-        ImageError for an unreadable image, ValueError for a box outside it, TooManyFaces past
+        ImageError for an unreadable image, UsageError for a box outside it, TooManyFaces past
         `max_faces` (before any crop is made), UsageError for a detector name that cannot load.
         """
         rgb = to_rgb_array(image, color)
@@ -272,8 +272,8 @@ class ExpressionRecognizer:
         rgb = to_rgb_array(image, color)
         try:
             batch = self.prepare(rgb, boxes=boxes)
-        except ValueError as exc:  # a given box outside this image: say which image
-            raise ValueError(f"{source}: {exc}") from exc
+        except QcsferError as exc:  # a given box outside this image: say which image
+            raise type(exc)(f"{source}: {exc}") from exc
         result = ImageResult(source, width=batch.width, height=batch.height, frame=frame)
         if keep_image:
             result.image = rgb
@@ -301,7 +301,7 @@ class ExpressionRecognizer:
         return made[detector]
 
 
-class TooManyFaces(ValueError):
+class TooManyFaces(UsageError):
     """More faces in one image than the caller accepts (`prepare(max_faces=...)`)."""
 
 

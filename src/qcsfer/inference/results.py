@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import WeightsError
 from .faces import Box, Face
 
 
@@ -32,7 +33,7 @@ class Prediction:
     ) -> Prediction:
         """The prediction for `face` from its class probabilities (in `classes` order)."""
         if len(probabilities) != len(classes):
-            raise ValueError(f"{len(probabilities)} probabilities for {len(classes)} classes")
+            raise WeightsError(f"{len(probabilities)} probabilities for {len(classes)} classes")
         best = int(np.argmax(probabilities))
         return cls(
             box=face.box,

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 
 class Subsample(nn.Module):
     """Keep every `stride`-th pixel: what a 1x1 max-pool with that stride computes, cheaper."""
@@ -54,7 +56,7 @@ class IRBackbone(nn.Module):
     def __init__(self, units: Sequence[int], widths: Sequence[int], in_channels: int = 3) -> None:
         super().__init__()
         if len(units) != 3 or len(widths) != 3:
-            raise ValueError(f"IRBackbone needs 3 stages, got units={units} widths={widths}")
+            raise ConfigError(f"IRBackbone needs 3 stages, got units={units} widths={widths}")
         self.widths = tuple(widths)
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from .backbone import IRBackbone
 from .configs import ModelConfig
 from .mobilenet import MobileNetV1
@@ -28,7 +29,7 @@ class ScaleTokens(nn.Module):
         super().__init__()
         steps = math.log2(size / grid) if size >= grid else -1
         if steps < 0 or steps != int(steps):
-            raise ValueError(f"a {size}x{size} map cannot be halved to a {grid}x{grid} token grid")
+            raise ConfigError(f"a {size}x{size} map cannot be halved to a {grid}x{grid} token grid")
         steps = int(steps)
         self.downsample = nn.Conv2d(channels, channels, 3, 2, 1) if steps else nn.Identity()
         convs: list[nn.Module] = []
@@ -48,7 +49,7 @@ def build_backbone(config: ModelConfig) -> nn.Module:
     """The network that yields the three stage maps: IR stages 1-3 or MobileNet-v1."""
     if config.backbone == "mobilenet":
         if tuple(config.widths) != MobileNetV1.widths:
-            raise ValueError(f"the mobilenet backbone's widths are {MobileNetV1.widths}")
+            raise ConfigError(f"the mobilenet backbone's widths are {MobileNetV1.widths}")
         return MobileNetV1(config.in_channels, frozen_norm=config.frozen_backbone_norm)
     return IRBackbone(config.units, config.widths, config.in_channels)
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..errors import ConfigError
 from ..typed_data import from_dict
 
 Variant = Literal["SD", "S", "D"]
@@ -132,5 +133,5 @@ CONFIGS: dict[str, ModelConfig] = {c.name: c for c in (PAPER, SMALL, TINY, FACER
 
 def get_config(name: str, **overrides: Any) -> ModelConfig:
     if name not in CONFIGS:
-        raise ValueError(f"unknown model configuration {name!r}; choose from {sorted(CONFIGS)}")
+        raise ConfigError(f"unknown model configuration {name!r}; choose from {sorted(CONFIGS)}")
     return CONFIGS[name].replace(**overrides)

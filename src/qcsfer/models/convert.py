@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from ..torch_files import (
     LEGACY_START,
     file_start,
@@ -246,7 +247,7 @@ def load_reference_checkpoint(
     parameter, every missing key and every shape mismatch.
     """
     if parts not in PARTS:
-        raise ValueError(f"parts must be one of {sorted(PARTS)}, got {parts!r}")
+        raise UsageError(f"parts must be one of {sorted(PARTS)}, got {parts!r}")
     if isinstance(path_or_state_dict, Mapping):
         where, raw, ignored = "reference state dict", path_or_state_dict, ()
     else:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from .base import BaseNetwork
 from .configs import ModelConfig
 from .csa import CrossSimilarityAttention, Pair
@@ -48,7 +49,7 @@ class QCSModel(nn.Module):
     def __init__(self, config: ModelConfig, mode: Mode = "qcs") -> None:
         super().__init__()
         if mode not in TOPOLOGY:
-            raise ValueError(f"unknown mode {mode!r}; choose from {sorted(TOPOLOGY)}")
+            raise ConfigError(f"unknown mode {mode!r}; choose from {sorted(TOPOLOGY)}")
         self.config = config
         self.mode = mode
         self.pairs = TOPOLOGY[mode]

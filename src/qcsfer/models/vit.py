@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from .configs import ModelConfig
 
 
@@ -23,7 +24,7 @@ class Attention(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float, fused: bool = False) -> None:
         super().__init__()
         if dim % heads:
-            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+            raise ConfigError(f"dim {dim} is not divisible by heads {heads}")
         self.heads = heads
         self.fused = fused
         self.qkv = nn.Linear(dim, 3 * dim)

@@ -98,9 +98,9 @@ class ServeSettings:
         if not 0 <= self.port <= 65535:
             bad.append(f"port={self.port}")
         if bad:
-            raise ValueError(f"invalid server settings: {', '.join(bad)}")
+            raise UsageError(f"invalid server settings: {', '.join(bad)}")
         if self.token is not None and not self.token.strip():
-            raise ValueError("an empty token would let anyone in: give a real one or none")
+            raise UsageError("an empty token would let anyone in: give a real one or none")
 
     @classmethod
     def resolve(
@@ -168,9 +168,9 @@ def _whole(least: int | None) -> Callable[[str], int]:
         try:
             value = int(text)
         except ValueError:
-            raise ValueError(f"expected a whole number, got {text!r}") from None
+            raise UsageError(f"expected a whole number, got {text!r}") from None
         if least is not None and value < least:
-            raise ValueError(f"must be at least {least}, got {value}")
+            raise UsageError(f"must be at least {least}, got {value}")
         return value
 
     return whole
@@ -180,7 +180,7 @@ def _number(text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise ValueError(f"expected a number, got {text!r}") from None
+        raise UsageError(f"expected a number, got {text!r}") from None
 
 
 def _kind(default: Any, least: int | None) -> Callable[[str], Any]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...errors import UsageError
 from ..faces import Face, sort_faces
 from . import decode
 from .convert import load
@@ -57,9 +58,9 @@ class BlazeFaceDetector:
         weights: str | Path | None = None,
     ) -> None:
         if variant not in VARIANTS and weights is None:
-            raise ValueError(f"BlazeFace variant must be one of {VARIANTS}, got {variant!r}")
+            raise UsageError(f"BlazeFace variant must be one of {VARIANTS}, got {variant!r}")
         if not 0 <= threshold <= 1 or not 0 <= nms_threshold <= 1:
-            raise ValueError("threshold and nms_threshold are between 0 and 1")
+            raise UsageError("threshold and nms_threshold are between 0 and 1")
         path = Path(weights) if weights else WEIGHTS_DIR / f"blazeface-{variant}.safetensors"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: BlazeFace weights missing (reinstall qcsfer)")
