@@ -37,4 +37,7 @@ def read_converted_card(path: str | os.PathLike[str], key: str, remedy: str) -> 
         raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
     if key not in metadata:
         raise WeightsError(f"{path}: {remedy}")
-    return json.loads(metadata[key])
+    try:
+        return json.loads(metadata[key])
+    except json.JSONDecodeError as e:
+        raise WeightsError(f"{path}: corrupt {key!r} metadata ({e})") from None
