@@ -122,7 +122,29 @@ class ModelCard:
         for key in ("dataset", "seed", "epochs", "best_epoch", "commit", "trained_on", "command"):
             if self.provenance.get(key) is not None:
                 lines.append(f"{key.replace('_', ' ')}: {self.provenance[key]}")
-        return "\n".join(lines)
+        return "\n".join(lines + self._origins())
+
+    def _origins(self) -> list[str]:
+        """What the model was trained on and built from, with their licence notes: the terms a
+        user inherits (tools/ship_model.py records them for multi-source models)."""
+        lines = []
+        for source in self.provenance.get("sources") or []:
+            if isinstance(source, Mapping):
+                lines.append(
+                    f"source {source.get('name')}: {source.get('used')}; "
+                    f"licence: {source.get('licence')}"
+                )
+        backbone = self.provenance.get("backbone")
+        if isinstance(backbone, Mapping):
+            origin = " ".join(
+                str(backbone[k]) for k in ("source_package", "source_version") if k in backbone
+            )
+            lines.append(
+                f"backbone: {backbone.get('network', backbone.get('file'))}"
+                + (f" from {origin}" if origin else "")
+                + (f"; licence: {backbone['licence']}" if "licence" in backbone else "")
+            )
+        return lines
 
     def replace(self, **changes: Any) -> ModelCard:
         """A validated copy with some fields changed (for example a fitted temperature)."""

@@ -5,15 +5,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..card import ModelCard
 from ..errors import MissingDependencyError, UsageError
 from .options import REFERENCE_DATASETS, integer_from, positive, reference_options
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="a model's card, or the size and cost of a configuration")
+    p = sub.add_parser(
+        "info",
+        help="the shipped models; a model's card; or the size and cost of a configuration",
+    )
     p.add_argument(
         "target",
-        help="a configuration (paper, small, tiny), 'default', a weights file or a run directory",
+        nargs="?",
+        help="a shipped model (general, ferplus, default), a configuration (paper, small, tiny), "
+        "a weights file or a run directory; none: list the shipped models",
     )
     p.add_argument("--mode", default="qcs", choices=["baseline", "dcs", "qcs"])
     p.add_argument("--classes", type=positive, help="number of classes (default: the config's)")
@@ -21,7 +27,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_info)
 
     p = sub.add_parser("export", help="export the inference network to ONNX")
-    p.add_argument("weights", help="weights file, run directory or 'default'")
+    p.add_argument("weights", help="general, ferplus, default, a weights file or run directory")
     p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("--out", help="output file (default: WEIGHTS name + .onnx)")
     p.add_argument("--opset", type=_opset, default=17, help="ONNX opset (11 to 20)")
@@ -56,6 +62,9 @@ def _info(args: argparse.Namespace) -> int:
     from ..models.complexity import measure_complexity
     from ..models.configs import CONFIGS, get_config
 
+    if args.target is None:
+        print(shipped_listing())
+        return 0
     if args.target in CONFIGS:
         config = get_config(args.target, **({"num_classes": args.classes} if args.classes else {}))
         report = measure_complexity(config, mode=args.mode)
@@ -78,6 +87,47 @@ def _info(args: argparse.Namespace) -> int:
         print(card.summary())
     print(report.summary())
     return 0
+
+
+def shipped_listing() -> str:
+    """The shipped models: name, file and size, what each is for, headline metrics."""
+    from ..pretrained import SHIPPED, default_model, load_card
+
+    try:
+        default = default_model().name
+    except FileNotFoundError:
+        default = None
+    lines = [f"shipped models ('default' is {default or 'none: nothing is installed'}):"]
+    for model in SHIPPED:
+        mark = " (default)" if model.name == default else ""
+        if not model.installed():
+            lines.append(f"  {model.name}{mark}: {model.path.name}, not installed")
+        else:
+            card = load_card(model.name)
+            prep = card.preprocessing
+            lines.append(
+                f"  {model.name}{mark}: {model.path.name}, "
+                f"{model.path.stat().st_size / 1e6:.1f} MB, {prep.image_size} px "
+                f"{'grey' if prep.grayscale else 'colour'}, {len(card.classes)} classes"
+            )
+        lines.append(f"      for: {model.purpose}")
+        if model.installed():
+            lines.append(f"      measured: {headline(card)}")
+    lines.append("`qcsfer info NAME` prints a model's card; `--model NAME` uses it.")
+    return "\n".join(lines)
+
+
+def headline(card: ModelCard) -> str:
+    """A card's main numbers in one line: its validation accuracy, its suite scores if any."""
+    parts = []
+    if card.accuracy() is not None:
+        name, accuracy = card.accuracy()
+        parts.append(f"{name} accuracy {100 * accuracy:.2f}%")
+    for name, values in card.metrics.items():
+        if name.startswith("suite_") and "suite_balanced_accuracy" in values:
+            point = name.removeprefix("suite_")
+            parts.append(f"suite score ({point}) {100 * values['suite_balanced_accuracy']:.1f}%")
+    return ", ".join(parts) or "no metrics recorded"
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -245,6 +245,10 @@ def load_weights(
             f"{tensor_path}: tensors do not match the {kind} that {json_path.name} "
             f"describes:\n{problems}"
         )
+    # A file may store floats in half precision (a shipped model, half the size); the network
+    # computes in its own type, and assign=True would otherwise keep the file's.
+    dtypes = {k: v.dtype for k, v in model.state_dict().items()}
+    tensors = {k: v.to(dtypes[k]) if v.is_floating_point() else v for k, v in tensors.items()}
     model.load_state_dict(tensors, strict=True, assign=True)
     return model.eval(), card
 
