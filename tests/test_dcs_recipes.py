@@ -85,7 +85,7 @@ def test_dcs_recipes_reproduce_the_authors_scripts(dataset: str) -> None:
         pytest.approx(script.lr),
     )
     assert recipe.optim.name == "adam" and recipe.optim.sam and recipe.optim.sam_rho == 0.05
-    assert recipe.optim.reference_weight_decay
+    assert recipe.optim.ignore_weight_decay
     assert recipe.schedule.name == "exponential" and recipe.schedule.gamma == 0.98
     assert (recipe.preprocessing.image_size, recipe.preprocessing.load_size) == (
         224,

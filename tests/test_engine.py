@@ -138,7 +138,7 @@ def test_sam_restores_weights_before_the_update() -> None:
 def test_reference_preset_drops_weight_decay() -> None:
     model = torch.nn.Linear(3, 3)
     config = load_config(
-        None, ["optim.name=adam", "optim.weight_decay=1e-4", "optim.reference_weight_decay=true"]
+        None, ["optim.name=adam", "optim.weight_decay=1e-4", "optim.ignore_weight_decay=true"]
     )
     optimizer = build_optimizer(model, config)
     assert all(g["weight_decay"] == 0.0 for g in optimizer.param_groups)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import types
 import typing
@@ -21,6 +22,7 @@ from typing import Any, Literal, TypeVar
 from .errors import ConfigError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def from_dict(cls: type[T], data: object, where: str = "config", complete: bool = False) -> T:
@@ -28,6 +30,7 @@ def from_dict(cls: type[T], data: object, where: str = "config", complete: bool 
     must say exactly how it was made, not fall back on today's defaults)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    data = _current_names(cls, data, where)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     unknown = sorted(str(key) for key in data if key not in names)
@@ -38,6 +41,23 @@ def from_dict(cls: type[T], data: object, where: str = "config", complete: bool 
         raise ConfigError(f"{where} lacks {missing} (every key must be given)")
     values = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
     return cls(**values)
+
+
+def _current_names(cls: type, data: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    """`data` with keys renamed since it was written (the class's RENAMED_KEYS: old -> new)
+    under their new names, so old recipes, run directories and checkpoints stay readable."""
+    renamed: Mapping[str, str] = getattr(cls, "RENAMED_KEYS", {})
+    old_names = [key for key in renamed if key in data]
+    if not old_names:
+        return data
+    current = dict(data)
+    for old in old_names:
+        new = renamed[old]
+        if new in current:
+            raise ConfigError(f"{where}: {old} is the old name of {new}: give only {new}")
+        current[new] = current.pop(old)
+        log.warning("%s.%s is deprecated: read as %s.%s (same meaning)", where, old, where, new)
+    return current
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -16,7 +16,7 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
     """Weight decay on weight matrices and kernels only (not norms, biases, tokens, theta);
     the backbone at its own learning rate, its first `frozen_layers` layers not at all."""
     o = config.optim
-    decay = 0.0 if o.reference_weight_decay else o.weight_decay
+    decay = 0.0 if o.ignore_weight_decay else o.weight_decay
     freeze_backbone_layers(model, o.frozen_layers)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     no_decay = ("cls_token", "pos_embed")
