@@ -33,6 +33,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -52,6 +53,7 @@ from qcsfer.pretrained import DEFAULT_WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
+CENTRE_CROP = 0.7  # MTCNN's median crop side on tcce dev (0.705)
 SUITE = ("ferplus-valid", "affectnet-web-dev", "tcce-dev-detector", "lfw-imfdb-dev")
 
 
@@ -74,14 +76,36 @@ def read_split(fmt: str, root: Path, split: str, **options: object) -> LabeledIm
         raise SystemExit(f"generalization suite: {exc} (see --datasets)") from exc
 
 
-def read_crops(
+@dataclass(frozen=True)
+class SourceInputs:
+    """One source's faces decoded for the model, before any model reads them: what every
+    checkpoint of one run (same classes and preprocessing) shares, so it is read once."""
+
+    key: str
+    title: str
+    labels: np.ndarray  # int64 N, in the model's classes
+    inputs: np.ndarray  # uint8 F x C x L x L, the faces found (F = found.sum())
+    found: np.ndarray  # bool N: False where the detector found no face
+    notes: dict[str, int]
+    flip: bool = False  # average each face's logits with its mirror image's
+
+
+@dataclass(frozen=True)
+class SuiteInputs:
+    sources: list[SourceInputs]
+    crop: dict[str, float]  # the detector crops' median geometry on tcce dev
+    detector: str
+    margin: float
+
+
+def crop_inputs(
     recognizer: ExpressionRecognizer,
     key: str,
     title: str,
     data: LabeledImages,
     cache: bool,
     flip: bool = False,
-) -> SourceReading:
+) -> SourceInputs:
     """Face crops decoded as training and `evaluate` decode them (the image cache applies)."""
     prep = recognizer.preprocessing
     kept, labels, notes = model_labels(data, recognizer.classes)
@@ -92,12 +116,22 @@ def read_crops(
         default_cache_dir() if cache else None,
     )
     batch = store.images[torch.from_numpy(np.flatnonzero(store.valid))].numpy()
-    logits = recognizer.logits(batch)
-    if flip:  # the mirror image, as `evaluate --flip` (load and image size are equal here)
-        logits = (logits + recognizer.logits(np.ascontiguousarray(batch[..., ::-1]))) / 2
     notes["unreadable"] = store.skipped
     found = np.ones(len(batch), dtype=bool)
-    return SourceReading(key, title, labels[store.valid], logits, found, notes)
+    return SourceInputs(key, title, labels[store.valid], batch, found, notes, flip)
+
+
+def read_source(recognizer: ExpressionRecognizer, source: SourceInputs) -> SourceReading:
+    """A model's logits on one source's decoded faces (zeros where no face was found)."""
+    logits = np.zeros((len(source.labels), len(recognizer.classes)), np.float32)
+    if len(source.inputs):
+        read = recognizer.logits(source.inputs)
+        if source.flip:  # the mirror image, as `evaluate --flip` (load and image size are equal)
+            read = (read + recognizer.logits(np.ascontiguousarray(source.inputs[..., ::-1]))) / 2
+        logits[source.found] = read
+    return SourceReading(
+        source.key, source.title, source.labels, logits, source.found, source.notes
+    )
 
 
 def detector_name(recognizer: ExpressionRecognizer) -> str:
@@ -111,9 +145,9 @@ def centre_box(width: int, height: int, fraction: float) -> Face:
     return Face(x0, y0, x0 + side, y0 + side)
 
 
-def read_photos(
+def photo_inputs(
     recognizer: ExpressionRecognizer, data: LabeledImages, centre: float
-) -> tuple[SourceReading, SourceReading, dict]:
+) -> tuple[SourceInputs, SourceInputs, dict]:
     """Photos through the recognizer's detector (the largest face, cropped as predict crops),
     and the same photos with a fixed centred crop; plus the detector crops' median geometry."""
     kept, labels, notes = model_labels(data, recognizer.classes)
@@ -139,16 +173,15 @@ def read_photos(
             detected.append(batch.inputs[largest])
             geometry.append(_geometry(batch.faces[largest], recognizer.margin, width, height))
     found_mask = np.array(found, dtype=bool)
-    logits = np.zeros((len(rows), len(recognizer.classes)), np.float32)
-    if detected:
-        logits[found_mask] = recognizer.logits(np.stack(detected))
+    prep = recognizer.preprocessing
+    empty = np.zeros((0, 1 if prep.grayscale else 3, prep.load_size, prep.load_size), np.uint8)
     labels_read = np.array(rows, dtype=np.int64)
     base = {**notes, "unreadable": unreadable}
-    via_detector = SourceReading(
+    via_detector = SourceInputs(
         "tcce-dev-detector",
         f"tcce dev, {detector_name(recognizer)} detector",
         labels_read,
-        logits,
+        np.stack(detected) if detected else empty,
         found_mask,
         {
             **base,
@@ -156,11 +189,11 @@ def read_photos(
             "several faces": several,
         },
     )
-    via_centre = SourceReading(
+    via_centre = SourceInputs(
         "tcce-dev-centre",
         f"tcce dev, centre crop {centre:g}",
         labels_read,
-        recognizer.logits(np.stack(centred)),
+        np.stack(centred) if centred else empty,
         np.ones(len(rows), dtype=bool),
         base,
     )
@@ -182,23 +215,36 @@ def _geometry(face: Face, margin: float, width: int, height: int) -> tuple[float
     return side / short, (cx - width / 2) / short, (cy - height / 2) / short
 
 
+def read_suite(
+    recognizer: ExpressionRecognizer, datasets: Path, centre: float, cache: bool = True
+) -> SuiteInputs:
+    """Every source's faces decoded for `recognizer`'s classes and preprocessing, through its
+    detector: the model-independent part of the suite (and its slowest: face detection)."""
+    ferplus = read_split("ferplus", datasets / "ferplus", "valid", label_mode="majority")
+    affectnet = read_split("folder", datasets / "affectnet-web", "dev")
+    tcce = read_split("folder", datasets / "tcce", "dev")
+    lfw = read_split("folder", datasets / "lfw-imfdb", "dev")
+    fer = crop_inputs(recognizer, "ferplus-valid", "FERPlus Valid (flip)", ferplus, cache, True)
+    web = crop_inputs(recognizer, "affectnet-web-dev", "affectnet-web dev carve", affectnet, cache)
+    via_detector, via_centre, crop = photo_inputs(recognizer, tcce, centre)
+    faces = crop_inputs(recognizer, "lfw-imfdb-dev", "lfw-imfdb dev", lfw, cache)
+    sources = [fer, web, via_detector, via_centre, faces]
+    return SuiteInputs(sources, crop, detector_name(recognizer), recognizer.margin)
+
+
+def read_all(recognizer: ExpressionRecognizer, suite: SuiteInputs) -> list[SourceReading]:
+    """The model's logits on every source of the suite."""
+    return [read_source(recognizer, source) for source in suite.sources]
+
+
 def run(args: argparse.Namespace, detector: str | Detector = "auto") -> dict:
     """Read every source, score both operating points, return the result document."""
     started = time.perf_counter()
     recognizer = ExpressionRecognizer(
         args.model, device=args.device, detector=detector, batch_size=args.batch_size
     )
-    cache = not args.no_cache
-    datasets = args.datasets
-    ferplus = read_split("ferplus", datasets / "ferplus", "valid", label_mode="majority")
-    affectnet = read_split("folder", datasets / "affectnet-web", "dev")
-    tcce = read_split("folder", datasets / "tcce", "dev")
-    lfw = read_split("folder", datasets / "lfw-imfdb", "dev")
-    fer = read_crops(recognizer, "ferplus-valid", "FERPlus Valid (flip)", ferplus, cache, True)
-    web = read_crops(recognizer, "affectnet-web-dev", "affectnet-web dev carve", affectnet, cache)
-    via_detector, via_centre, crop = read_photos(recognizer, tcce, args.centre_crop)
-    faces = read_crops(recognizer, "lfw-imfdb-dev", "lfw-imfdb dev", lfw, cache)
-    readings = [fer, web, via_detector, via_centre, faces]
+    suite_inputs = read_suite(recognizer, args.datasets, args.centre_crop, not args.no_cache)
+    readings = read_all(recognizer, suite_inputs)
     rule = recognizer.decision
     sources, suite = score_readings(readings, rule, recognizer.classes, args.min_support, SUITE)
     return {
@@ -207,9 +253,9 @@ def run(args: argparse.Namespace, detector: str | Detector = "auto") -> dict:
         "classes": recognizer.classes,
         "operating_points": {p: dataclasses.asdict(rule.point(p)) for p in suite},
         "default_point": rule.default,
-        "detector": detector_name(recognizer),
-        "detector_margin": recognizer.margin,
-        "tcce_detector_crop": crop,
+        "detector": suite_inputs.detector,
+        "detector_margin": suite_inputs.margin,
+        "tcce_detector_crop": suite_inputs.crop,
         "centre_crop": args.centre_crop,
         "min_support": args.min_support,
         "suite_sources": list(SUITE),
@@ -235,7 +281,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("model", help="'default', a weights file, a run directory or an .onnx")
     parser.add_argument("--name", help="the model's name in results (default: from MODEL)")
     parser.add_argument("--datasets", type=Path, default=SHARED_DATASETS)
-    parser.add_argument("--centre-crop", type=float, default=0.7, metavar="FRACTION")
+    parser.add_argument("--centre-crop", type=float, default=CENTRE_CROP, metavar="FRACTION")
     parser.add_argument("--min-support", type=int, default=20, metavar="FACES")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=256)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qcsfer.decision import DecisionRule
+from qcsfer.engine.calibration import Group
 
 NO_PREDICTION = -1
 
@@ -92,6 +93,19 @@ def score_readings(
         for p in points
     }
     return sources, suite
+
+
+def suite_groups(
+    readings: Sequence[SourceReading], min_support: int, suite_keys: Sequence[str]
+) -> list[Group]:
+    """The suite's sources as calibration groups, scored as `score` scores them: a face not
+    found is wrong, balanced accuracy over the classes with at least `min_support` faces."""
+    groups = []
+    for r in (r for r in readings if r.key in suite_keys):
+        counts = np.bincount(r.labels, minlength=r.logits.shape[1])
+        counted = tuple(int(c) for c in np.flatnonzero(counts >= min_support))
+        groups.append(Group(r.key, r.logits, r.labels, r.found, counted))
+    return groups
 
 
 def _pct(value: float) -> str:

@@ -37,7 +37,8 @@ def bench(monkeypatch: pytest.MonkeyPatch):
     return generalization, suite_scores
 
 
-def constant_model(path: Path) -> Path:
+def constant_model(path: Path, provenance: dict | None = None) -> Path:
+    """Weights whose logits are BIAS whatever the face (`provenance`: the card's, if given)."""
     torch.manual_seed(0)
     model = BaseNetwork(get_config("tiny", num_classes=len(CLASSES)))
     with torch.no_grad():
@@ -51,7 +52,7 @@ def constant_model(path: Path) -> Path:
             model,
             classes=CLASSES,
             preprocessing={**GRAY_48, "mean": [0.5] * 3, "std": [0.25] * 3},
-            provenance={"note": "constant logits for tests"},
+            provenance=provenance or {"note": "constant logits for tests"},
             decision=rule,
         ),
     )
