@@ -16,7 +16,7 @@ from qcsfer.card import FORMAT_VERSION, ModelCard, read_card, write_card
 from qcsfer.config import TrainConfig
 from qcsfer.decision import DecisionRule, OperatingPoint
 from qcsfer.engine.epoch_record import EpochRecord
-from qcsfer.engine.runlog import export_best
+from qcsfer.engine.run_reports import export_best
 from qcsfer.errors import WeightsError
 from qcsfer.models import BaseNetwork, QCSModel, get_config
 from qcsfer.models.weights import load_weights, model_config, network_card, save_weights

@@ -24,7 +24,7 @@ from PIL import Image
 from qcsfer.cli import main
 from qcsfer.config import TrainConfig, load_config
 from qcsfer.engine.checkpoint import load_checkpoint
-from qcsfer.engine.rundir import RunDirError, leftover_temporaries
+from qcsfer.engine.run_claim import RunDirError, leftover_temporaries
 from qcsfer.engine.trainer import train
 from qcsfer.errors import TrainingError
 from qcsfer.exits import Terminated
@@ -161,7 +161,7 @@ def test_disk_full_during_a_save_is_a_message_and_the_run_resumes(
 LOCK_HOLDER = """
 import sys, time
 from pathlib import Path
-from qcsfer.engine.rundir import RunLock
+from qcsfer.engine.run_claim import RunLock
 RunLock(Path(sys.argv[1])).acquire()
 print("locked", flush=True)
 time.sleep(600)

@@ -21,7 +21,7 @@ import torch
 from qcsfer.cli import main
 from qcsfer.config import save_config
 from qcsfer.engine.checkpoint import load_checkpoint
-from qcsfer.engine.rundir import RunDirError, leftover_temporaries
+from qcsfer.engine.run_claim import RunDirError, leftover_temporaries
 from qcsfer.engine.trainer import train
 from qcsfer.errors import TrainingError
 

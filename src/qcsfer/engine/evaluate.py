@@ -32,7 +32,7 @@ from .device import autocast, select_device
 from .distributed import Distributed
 from .metrics import Metrics, compute_metrics
 from .plots import plot_confusion
-from .runfiles import is_run_dir
+from .run_files import is_run_dir
 
 log = logging.getLogger(__name__)
 

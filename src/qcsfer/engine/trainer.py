@@ -3,7 +3,7 @@
 Reads top to bottom: set-up (processes, run folder, data, model, optimiser, resumed state),
 then the epoch loop (steps, periodic checkpoints, validation, best model). The parts live in
 their own modules: data/splits.py (images and batches), step.py (one update; the loss is a
-parameter), optim.py, checkpoint.py, distributed.py and runlog.py.
+parameter), optim.py, checkpoint.py, distributed.py and run_reports.py.
 
 Reproducibility rule: every random choice of a step (which images, their augmentation,
 dropout) is a pure function of (seed, epoch, step, rank), so a run resumed from any checkpoint
@@ -36,9 +36,9 @@ from .evaluate import evaluate_split
 from .logit_adjustment import logit_adjusted, prior_offset
 from .optim import build_optimization
 from .resume import check_data, keep_edited_config, resumed_config
-from .rundir import claim_run_dir
-from .runfiles import discard_failed_start, kept_checkpoint, last_checkpoint, write_failure
-from .runlog import (
+from .run_claim import claim_run_dir
+from .run_files import discard_failed_start, kept_checkpoint, last_checkpoint, write_failure
+from .run_reports import (
     EpochProgress,
     RunLog,
     close_run_log,
@@ -66,7 +66,7 @@ def train(
     (with `overrides` of options that are safe to change, such as epochs).
 
     A new run refuses a directory holding files unless `overwrite`; the directory is locked
-    for the whole run (engine/rundir.py); a resumed run checks its data and config.yaml
+    for the whole run (engine/run_claim.py); a resumed run checks its data and config.yaml
     (engine/resume.py). Returns the run directory.
     """
     checkpoint = None
@@ -159,7 +159,7 @@ def _train(
     if config.compile:
         network = torch.compile(network)
     step = TrainStep(network, optimizer, scaler, config, device, dd, loss)
-    runlog = RunLog(run_dir, config.tensorboard) if dd.is_main else None
+    epoch_log = RunLog(run_dir, config.tensorboard) if dd.is_main else None
 
     # the epoch loop: it ends when the epochs are done or the step budget (max_steps) is spent
     max_steps = config.max_steps or config.epochs * steps_per_epoch
@@ -205,8 +205,8 @@ def _train(
                 # end of epoch: validation, metrics, the best model, a checkpoint
                 record = _validate(parts, state, config, device, dd, progress.images, seconds)
                 improved = state.finish_epoch(record)
-                if runlog is not None:
-                    runlog.write(state.history)
+                if epoch_log is not None:
+                    epoch_log.write(state.history)
                 if improved and dd.is_main:  # best first: a kill before last.pt redoes both
                     checkpoints.save("best.pt", state)
                     export_best(model, config, record, run_dir)

@@ -20,7 +20,7 @@ from types import TracebackType
 
 from ..errors import TrainingError
 from ..outputs import check_output_folder
-from .runfiles import LOCK_NAME, is_run_dir, remove_run_files, temporaries
+from .run_files import LOCK_NAME, is_run_dir, remove_run_files, temporaries
 
 log = logging.getLogger("qcsfer.train")
 
@@ -45,7 +45,7 @@ def prepare_new_run(run_dir: Path, overwrite: bool) -> None:
     """Make sure a new run starts in an empty directory (call with the lock held).
 
     --overwrite replaces only a folder recognisably written by qcsfer, and removes only the
-    files a run writes there (engine/runfiles.py): anything else in it is kept, and named.
+    files a run writes there (engine/run_files.py): anything else in it is kept, and named.
     """
     present = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME)
     if not present:
