@@ -410,7 +410,7 @@ def test_a_truncated_video_is_reported(
 # ---------------------------------------------------------------------------- 12: init.weights
 
 
-def test_info_and_init_weights_take_a_run_directory_and_default(
+def test_info_and_init_weights_take_a_run_directory_and_a_shipped_name(
     weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from qcsfer.config import InitConfig
@@ -429,9 +429,9 @@ def test_info_and_init_weights_take_a_run_directory_and_default(
     expected = load_model(weights)[0].state_dict()
     assert all(torch.equal(v, expected[k]) for k, v in model.base.state_dict().items())
 
-    shipped, _ = load_model("default")
+    shipped, _ = load_model("ferplus")  # a shipped model by name
     model = QCSModel(shipped.config, "qcs")
-    initialize(model, InitConfig(backbone_from="default", weights="default"))
+    initialize(model, InitConfig(backbone_from="ferplus", weights="ferplus"))
     assert all(torch.equal(v, shipped.state_dict()[k]) for k, v in model.base.state_dict().items())
 
 

@@ -141,7 +141,7 @@ def test_recognizer_serves_both_operating_points(tmp_path) -> None:
     from qcsfer import ExpressionRecognizer
     from qcsfer.pretrained import resolve_weights
 
-    shipped = resolve_weights("default")
+    shipped = resolve_weights("ferplus")
     metadata = json.loads(shipped.with_suffix(".json").read_text())
     metadata.pop("decision", None)
     metadata.pop("meaning_sha256", None)  # the cards below are edited: as if from before digests

@@ -808,7 +808,7 @@ def test_explain_names_what_predict_does(
         pytest.skip(f"FERPlus faces not found under {FERPLUS}")
     shown = set()
     for prior in ("dataset", "balanced"):
-        common = ["--model", "default", "--no-detect", "--prior", prior]
+        common = ["--model", "ferplus", "--no-detect", "--prior", prior]
         code, out, err = run_cli(["predict", face, *common, "--format", "json"], capsys)
         assert code == 0, err
         (predicted,) = json.loads(out)["results"][0]["faces"]

@@ -1,4 +1,5 @@
-"""The shipped model: it loads offline and its recorded Valid accuracy is what it measures."""
+"""The shipped `ferplus` model: it loads offline and its recorded Valid accuracy is what it
+measures. (Which model `default` is, and the registry: tests/test_shipped_models.py.)"""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from qcsfer.models import BaseNetwork
 from qcsfer.pretrained import load_card, load_model
 
 
-def test_default_model_loads_offline_with_its_card() -> None:
-    model, card = load_model()
+def test_ferplus_model_loads_offline_with_its_card() -> None:
+    model, card = load_model("ferplus")
     assert not model.training and isinstance(model, BaseNetwork)
     assert len(card.classes) == 8 and card.classes[0] == "neutral"
     assert card.preprocessing.image_size == 48 and card.preprocessing.grayscale
@@ -21,19 +22,19 @@ def test_default_model_loads_offline_with_its_card() -> None:
     assert card.accuracy() == ("valid_flip", dataset_point["accuracy"])
 
 
-def test_info_default_prints_the_card_with_its_accuracy(capsys: pytest.CaptureFixture) -> None:
-    assert main(["info", "default"]) == 0
+def test_info_ferplus_prints_the_card_with_its_accuracy(capsys: pytest.CaptureFixture) -> None:
+    assert main(["info", "ferplus"]) == 0
     out = capsys.readouterr().out
-    accuracy = load_card().metrics["valid_flip"]["accuracy"]
+    accuracy = load_card("ferplus").metrics["valid_flip"]["accuracy"]
     assert f"metrics valid_flip: accuracy {100 * accuracy:.2f}%" in out
     assert "classes (8): neutral, happiness" in out and "training graph (qcs" in out
 
 
 @pytest.mark.slow
-def test_default_model_reproduces_its_recorded_valid_accuracy(ferplus_root) -> None:
-    recorded = load_card().metrics["valid_flip"]["accuracy"]
+def test_ferplus_model_reproduces_its_recorded_valid_accuracy(ferplus_root) -> None:
+    recorded = load_card("ferplus").metrics["valid_flip"]["accuracy"]
     metrics = evaluate(
-        None, "ferplus", ferplus_root, "valid", options={"label_mode": "majority"}, flip=True
+        "ferplus", "ferplus", ferplus_root, "valid", options={"label_mode": "majority"}, flip=True
     ).metrics
     assert metrics.total == 3191
     assert metrics.accuracy == pytest.approx(recorded, abs=0.002)

@@ -31,7 +31,7 @@ def absolute_paths(value: Any) -> list[str]:
 
 
 def test_the_shipped_card_names_no_absolute_path() -> None:
-    provenance = load_card("default").provenance
+    provenance = load_card("ferplus").provenance
     assert absolute_paths(provenance) == []
     assert "tools/ship_model.py ../runs/robust-ferplus-long" in provenance["command"]
 

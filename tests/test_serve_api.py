@@ -38,7 +38,7 @@ SETTINGS = ServeSettings(  # a busy CPU is slow; TestClient sends Host: testserv
 
 @pytest.fixture(scope="module")
 def recognizer() -> ExpressionRecognizer:
-    return ExpressionRecognizer()
+    return ExpressionRecognizer("ferplus")  # the small model: fast; the API is the same
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +241,7 @@ def test_prior_field(client: TestClient, recognizer: ExpressionRecognizer) -> No
     dataset = client.post("/v1/predict", files=files, params={"prior": "dataset"}).json()
     assert dataset["prior"] == "dataset"
     served = dataset["results"][0]["faces"][0]["probabilities"]
-    (local,) = ExpressionRecognizer(prior="dataset")(ASSETS / "astronaut.jpg")
+    (local,) = ExpressionRecognizer("ferplus", prior="dataset")(ASSETS / "astronaut.jpg")
     assert served == pytest.approx(local.probabilities, abs=1e-6)
     unasked = client.post("/v1/predict", files=files).json()
     assert unasked["prior"] == recognizer.prior  # the model's default, named as applied

@@ -42,7 +42,7 @@ SETTINGS = ServeSettings(  # TestClient sends Host: testserver
 
 @pytest.fixture(scope="module")
 def recognizer() -> ExpressionRecognizer:
-    return ExpressionRecognizer()
+    return ExpressionRecognizer("ferplus")  # the small model: fast; the API is the same
 
 
 def png(width: int, height: int) -> bytes:
@@ -299,7 +299,7 @@ def test_serve_exits_130_on_sigint_and_143_on_sigterm(signum: int, code: int) ->
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "qcsfer", "serve", "--port", str(port)]
+    command = [sys.executable, "-m", "qcsfer", "serve", "--port", str(port), "--model", "ferplus"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
