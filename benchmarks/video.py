@@ -104,7 +104,7 @@ def measure(
 
     from qcsfer.inference.recognizer import ExpressionRecognizer
     from qcsfer.inference.video import VideoAnalysis
-    from qcsfer.inference.video_outputs import with_outputs
+    from qcsfer.inference.video.outputs import with_outputs
 
     detector, _, interval = spec.partition("@")
     torch.set_num_threads(threads)

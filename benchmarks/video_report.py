@@ -12,13 +12,13 @@ STAGES = {
         "<method 'grab' of 'cv2.VideoCapture' objects>",
         "<method 'retrieve' of 'cv2.VideoCapture' objects>",
     ],
-    "detection": ["video_detect.py:find"],
+    "detection": ["detect.py:find"],
     "crops": ["recognizer.py:prepare"],
     "classification": ["recognizer.py:classify"],
     "drawing": ["annotate.py:annotate"],
     "encoding": ["<method 'write' of 'cv2.VideoWriter' objects>"],
     "timelines": ["timeline.py:draw_timeline"],
-    "outputs (all)": ["video_outputs.py:add", "video_outputs.py:close"],
+    "outputs (all)": ["outputs.py:add", "outputs.py:close"],
 }
 
 

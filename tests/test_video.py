@@ -21,15 +21,16 @@ import pytest
 
 from qcsfer.cli import main
 from qcsfer.imaging import ImageTooLarge
-from qcsfer.inference import ExpressionRecognizer, ImageError, video_io
+from qcsfer.inference import ExpressionRecognizer, ImageError
 from qcsfer.inference.faces import Face
 from qcsfer.inference.haar import HaarDetector
 from qcsfer.inference.runner import run_predict
-from qcsfer.inference.smoothing import ProbabilitySmoother
-from qcsfer.inference.timeline import Timeline, draw_timeline
-from qcsfer.inference.track_summary import summarize_tracks
-from qcsfer.inference.tracking import Tracker, distinct, iou
-from qcsfer.inference.video_io import FrameReader
+from qcsfer.inference.video import io as video_io
+from qcsfer.inference.video.io import FrameReader
+from qcsfer.inference.video.smoothing import ProbabilitySmoother
+from qcsfer.inference.video.summary import summarize_tracks
+from qcsfer.inference.video.timeline import Timeline, draw_timeline
+from qcsfer.inference.video.tracking import Tracker, distinct, iou
 
 from .test_inference import save_tiny
 

@@ -15,9 +15,9 @@ from qcsfer.imaging import ImageError
 from qcsfer.inference import ExpressionRecognizer
 from qcsfer.inference.detection.blazeface import BlazeFaceDetector
 from qcsfer.inference.faces import Face
-from qcsfer.inference.tracking import Tracker
-from qcsfer.inference.video_detect import Downscaled, FaceFinder
-from qcsfer.inference.video_io import FrameReader
+from qcsfer.inference.video.detect import Downscaled, FaceFinder
+from qcsfer.inference.video.io import FrameReader
+from qcsfer.inference.video.tracking import Tracker
 
 from .test_inference import save_tiny
 from .test_video import crossing_frames, write_video

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..imaging import IMAGE_SUFFIXES
-from .video_io import VIDEO_SUFFIXES, WEBCAM, is_video
+from .video.io import VIDEO_SUFFIXES, WEBCAM, is_video
 
 
 @dataclass(frozen=True)

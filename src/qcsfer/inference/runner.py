@@ -23,7 +23,7 @@ from .recognizer import ExpressionRecognizer
 from .report import OutputFormat, Reporter, Summary
 from .results import ImageResult
 from .video import VideoAnalysis
-from .video_outputs import with_outputs
+from .video.outputs import with_outputs
 
 
 class Progress(StatusLine):

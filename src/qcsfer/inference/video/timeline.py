@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ...errors import UsageError
+
 log = logging.getLogger(__name__)
 
 # One colour per FERPlus class (others cycle through the list): calm colours for calm states.
@@ -34,7 +36,7 @@ class Timeline:
 
     def __init__(self, capacity: int = 2048) -> None:
         if capacity < 4:
-            raise ValueError("capacity must be >= 4")
+            raise UsageError("capacity must be >= 4")
         self.capacity = capacity
         self.times: list[float] = []
         self.rows: list[np.ndarray] = []

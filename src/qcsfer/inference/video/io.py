@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError
-from ..imaging import MAX_PIXELS, ImageError, ImageTooLarge
-from .video_live import NewestFrame
+from ...errors import UsageError
+from ...imaging import MAX_PIXELS, ImageError, ImageTooLarge
+from .live import NewestFrame
 
 log = logging.getLogger(__name__)
 
@@ -131,13 +131,13 @@ class FrameReader:
         max_pixels: int | None = None,
     ) -> None:
         if every < 1:
-            raise ValueError("every must be >= 1")
+            raise UsageError("every must be >= 1")
         if fps is not None and not 0 < fps < math.inf:  # also refuses nan
-            raise ValueError(f"fps must be a finite number > 0, got {fps}")
+            raise UsageError(f"fps must be a finite number > 0, got {fps}")
         if not 0 <= start < math.inf:  # also refuses nan
-            raise ValueError(f"start must be a finite number of seconds >= 0, got {start}")
+            raise UsageError(f"start must be a finite number of seconds >= 0, got {start}")
         if end is not None and not start < end < math.inf:
-            raise ValueError(f"need start < end, a finite number of seconds; got {start}, {end}")
+            raise UsageError(f"need start < end, a finite number of seconds; got {start}, {end}")
         self.source = os.fspath(source)
         self.camera = WEBCAM.fullmatch(self.source)
         self.every = every
@@ -225,7 +225,7 @@ class FrameReader:
 
     def _live(self, capture: Any) -> Iterator[Sampled]:
         """The camera's newest frames, read in a thread: frames there was no time for are
-        dropped, so the analysis never falls behind the camera (`video_live.py`)."""
+        dropped, so the analysis never falls behind the camera (`live.py`)."""
         import cv2
 
         stats = self.stats

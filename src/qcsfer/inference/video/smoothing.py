@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from ...errors import UsageError
+
 LOG_FLOOR = math.log(1e-6)  # a probability of 0 would make the log-average -inf for good
 
 
@@ -28,7 +30,7 @@ class ProbabilitySmoother:
 
     def __init__(self, tau: float = 0.5) -> None:
         if not 0 <= tau < math.inf:  # also refuses nan, which would make every value nan
-            raise ValueError(f"the smoothing time constant must be finite seconds >= 0, got {tau}")
+            raise UsageError(f"the smoothing time constant must be finite seconds >= 0, got {tau}")
         self.tau = tau
         self._state: dict[int, tuple[float, np.ndarray]] = {}  # track -> (time, log-probs)
 

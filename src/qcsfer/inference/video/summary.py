@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .video import TrackedPrediction, VideoFrame
+from .analysis import TrackedPrediction, VideoFrame
 
 
 @dataclass

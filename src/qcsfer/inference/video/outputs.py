@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from ..io import atomic_write
-from .annotate import annotate
+from ...io import atomic_write
+from ..annotate import annotate
+from .analysis import TrackedPrediction, VideoAnalysis, VideoFrame
+from .io import ReadStats, open_writer
+from .summary import TrackSummaries
 from .timeline import Timeline, draw_timeline
-from .track_summary import TrackSummaries
-from .video import TrackedPrediction, VideoAnalysis, VideoFrame
-from .video_io import ReadStats, open_writer
 
 TRACK_COLUMNS = (
     "track",

@@ -1,11 +1,11 @@
 """Video: faces tracked over sampled frames, per-frame and smoothed expressions, streamed.
 
-What is video here: faces found on each sampled frame with track ids (`video_detect.py`:
+What is video here: faces found on each sampled frame with track ids (`detect.py`:
 detection on a downscaled copy, bridged by the tracker between detections), per-track smoothed
 probabilities (smoothing.py), one VideoFrame per sampled frame. Cropping and classifying are
 the recognizer's (`prepare`, `classify`), several frames' faces in one batch. Frames are not
 kept once their results are out, so memory stays flat on long videos; cameras work the same
-way (`webcam:N`), reading only the newest frame (`video_live.py`).
+way (`webcam:N`), reading only the newest frame (`live.py`).
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .faces import DEFAULT_MARGIN, Detector
-from .model_input import FaceBatch, in_batches
-from .results import ImageResult, Prediction
+from ...errors import ImageError, UsageError
+from ..faces import DEFAULT_MARGIN, Detector
+from ..model_input import FaceBatch, in_batches
+from ..results import ImageResult, Prediction
+from .detect import DETECT_INTERVAL, DETECT_SIDE, Downscaled, FaceFinder, Found
+from .io import FrameReader, ReadStats, Sampled
 from .smoothing import ProbabilitySmoother
 from .tracking import Tracker
-from .video_detect import DETECT_INTERVAL, DETECT_SIDE, Downscaled, FaceFinder, Found
-from .video_io import FrameReader, ReadStats, Sampled
 
 
 class FrameRecognizer(Protocol):
@@ -120,7 +121,7 @@ class VideoAnalysis:
         progress: Callable[[ReadStats], None] | None = None,
     ) -> None:
         if detect_side < 32:
-            raise ValueError("detect_side must be >= 32 pixels")
+            raise UsageError(f"detect_side must be >= 32 pixels, got {detect_side}")
         self.recognizer = recognizer
         self.source = os.fspath(source)
         self.reader = FrameReader(source, every=every, fps=fps, start=start, end=end)
@@ -174,7 +175,8 @@ class VideoAnalysis:
                 known = Found(found, detector.name, getattr(detector, "margin", DEFAULT_MARGIN))
                 faces = self.recognizer.prepare(rgb, detector=known)
         except ValueError as exc:  # a given box outside the frame: say which video
-            raise ValueError(f"{self.source}: {exc}") from exc
+            kind = ImageError if isinstance(exc, ImageError) else UsageError
+            raise kind(f"{self.source}: {exc}") from exc
         return _Frame(sampled, rgb, faces, ids, set(self.tracker.tracks))
 
     def _frame(self, item: _Frame, predictions: list[Prediction]) -> VideoFrame:

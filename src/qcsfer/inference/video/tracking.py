@@ -22,7 +22,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .faces import Box, Face
+from ...errors import UsageError
+from ..faces import Box, Face
 
 
 def iou(a: Box | tuple[float, ...], b: Box | tuple[float, ...]) -> float:
@@ -93,7 +94,7 @@ class Tracker:
         horizon: float = 1.0,
     ) -> None:
         if max_gap < 0 or max_distance <= 0 or not 0 < velocity_smoothing <= 1 or horizon < 0:
-            raise ValueError(
+            raise UsageError(
                 "need max_gap >= 0, max_distance > 0, 0 < velocity_smoothing <= 1, horizon >= 0"
             )
         self.max_gap = max_gap
@@ -107,7 +108,7 @@ class Tracker:
     def update(self, time: float, boxes: list[Box]) -> list[int]:
         """The track id of each box (in order) at `time` seconds; new ids for new faces."""
         if time < self._time:
-            raise ValueError(f"frames must come in time order ({time} s after {self._time} s)")
+            raise UsageError(f"frames must come in time order ({time} s after {self._time} s)")
         self._time = time
         self.tracks = {i: t for i, t in self.tracks.items() if time - t.time <= self.max_gap}
         pairs = sorted(

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .faces import DEFAULT_MARGIN, Detector, Face
+from ...errors import UsageError
+from ..faces import DEFAULT_MARGIN, Detector, Face
 from .tracking import Tracker, distinct
 
 DETECT_SIDE = 640  # detection runs on frames downscaled to at most this many pixels
@@ -75,7 +76,7 @@ class FaceFinder:
 
     def __init__(self, detector: Detector | None, tracker: Tracker, interval: float = 0.0) -> None:
         if not 0 <= interval < float("inf"):
-            raise ValueError(f"the detection interval must be finite seconds >= 0, got {interval}")
+            raise UsageError(f"the detection interval must be finite seconds >= 0, got {interval}")
         self.detector = detector
         self.tracker = tracker
         self.interval = interval
