@@ -89,7 +89,7 @@ def test_info_lists_the_shipped_models(weights_dir: Path, capsys: pytest.Capture
     assert "ferplus (default): ferplus-qcs-small.safetensors, 16.6 MB, 48 px grey" in out
     assert "for: faces from anywhere" in out and "measured: valid_flip accuracy 88" in out
 
-    metrics = {"valid_flip": {"accuracy": 0.9}, "suite_balanced": {"suite_balanced_accuracy": 0.7}}
+    metrics = {"valid_flip": {"accuracy": 0.9}, "suite_balanced": {"suite_score": 0.7}}
     tiny_model(weights_dir / "general-qcs-faceres.safetensors", metrics=metrics)
     assert main(["info"]) == 0
     out = capsys.readouterr().out
@@ -194,13 +194,13 @@ def test_suite_results_are_added_to_the_card_alone(tmp_path: Path, ship: dict) -
     card = read_card(weights)
     assert file_sha256(weights) == sha  # the tensors are untouched
     assert card.metrics["suite_balanced"] == {
-        "suite_balanced_accuracy": 0.65,
-        "one_balanced_accuracy": 0.6,
-        "two_balanced_accuracy": 0.6,
+        "suite_score": 0.65,
+        "one balanced_accuracy": 0.6,
+        "two balanced_accuracy": 0.6,
     }
     assert card.provenance["generalization_suite"]["score"] == {"dataset": 0.55, "balanced": 0.65}
     summary = card.summary()
-    assert "metrics suite_balanced: suite balanced accuracy 65.00%" in summary
+    assert "metrics suite_balanced: suite_score 0.65, one balanced accuracy 60.00%" in summary
     assert "source tcce: 'train'; licence: research use only" in summary
     assert "backbone: faceres from pkg; licence: VGGFace2 only" in summary
 

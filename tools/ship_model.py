@@ -185,12 +185,12 @@ def suite_metrics(suite: dict[str, Any], card: ModelCard) -> dict[str, dict[str,
                 f"this card's is {ours}: run benchmarks/generalization.py on the shipped model"
             )
     metrics = {}
-    for point, score in suite["suite"].items():
-        values = {"suite_balanced_accuracy": score}
+    for point, score in suite["suite"].items():  # named as tools/calibrate.py --suite names them
+        values = {"suite_score": score}
         for key, source in suite["sources"].items():
             if point in source["points"]:
-                values[f"{key}_balanced_accuracy"] = source["points"][point]["balanced_accuracy"]
-        metrics[f"suite_{point}"] = values
+                values[f"{key} balanced_accuracy"] = source["points"][point]["balanced_accuracy"]
+        metrics[f"suite_{point}"] = {**card.metrics.get(f"suite_{point}", {}), **values}
     return metrics
 
 

@@ -124,9 +124,9 @@ def headline(card: ModelCard) -> str:
         name, accuracy = card.accuracy()
         parts.append(f"{name} accuracy {100 * accuracy:.2f}%")
     for name, values in card.metrics.items():
-        if name.startswith("suite_") and "suite_balanced_accuracy" in values:
+        if name.startswith("suite_") and "suite_score" in values:  # tools/calibrate.py --suite
             point = name.removeprefix("suite_")
-            parts.append(f"suite score ({point}) {100 * values['suite_balanced_accuracy']:.1f}%")
+            parts.append(f"suite score ({point}) {100 * values['suite_score']:.1f}%")
     return ", ".join(parts) or "no metrics recorded"
 
 
