@@ -209,3 +209,17 @@ def test_ship_model_needs_a_destination(ship: dict) -> None:
     with pytest.raises(SystemExit):
         ship["parse_args"](["runs/x"])  # neither --name nor --out
     assert ship["parse_args"](["runs/x", "--name", "general"]).name == "general"
+
+
+def test_the_wheel_takes_every_shipped_model_as_package_data() -> None:
+    """Both files of each registry entry match pyproject's package-data patterns (the slow
+    wheel test in test_recipes.py builds the wheel itself)."""
+    import fnmatch
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["qcsfer"]
+    for model in pretrained.SHIPPED:
+        for suffix in (".safetensors", ".json"):
+            name = f"weights/{model.stem}{suffix}"
+            assert any(fnmatch.fnmatch(name, p) for p in patterns), name

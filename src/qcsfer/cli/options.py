@@ -34,7 +34,10 @@ def integer_from(text: str, least: int) -> int:
 def model_options(p: argparse.ArgumentParser, backend: bool = True) -> None:
     """--model, --backend (ONNX Runtime or PyTorch) and --device: which model runs where."""
     p.add_argument(
-        "--model", default="default", help="'default', a weights file, a run directory or .onnx"
+        "--model",
+        default="default",
+        help="a shipped model (general, ferplus; default: general if installed, else ferplus), "
+        "a weights file, a run directory or .onnx",
     )
     if backend:
         p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"])

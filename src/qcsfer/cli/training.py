@@ -68,7 +68,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "weights",
         nargs="?",
         default="default",
-        help="weights file, run directory (its best model) or 'default'",
+        help="weights file, run directory (its best model), general, ferplus or 'default'",
     )
     p.add_argument(
         "--data",

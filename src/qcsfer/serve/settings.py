@@ -36,7 +36,7 @@ class ServeSettings:
     (decoding, waiting for or in the model); more are answered 503 with Retry-After.
     """
 
-    model: str = _setting("default", "'default', a weights file, a run directory or .onnx")
+    model: str = _setting("default", "general, ferplus, default, a weights file, a run dir, .onnx")
     backend: str = _setting("auto", "model runtime", choices=("auto", "torch", "onnx"))
     device: str = _setting("cpu", "cpu, cuda, auto (PyTorch backend)")
     detector: str | None = _setting(None, "default face detector (a request may pick another)")
