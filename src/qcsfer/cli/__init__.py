@@ -3,6 +3,10 @@
 One module per group of commands, each adding its own (`add_commands`): training.py (data,
 train, evaluate), recognition.py (predict, explain, serve) and model_files.py (info, export,
 convert); options.py holds the argument types and option groups they share.
+
+qcsfer's own errors (errors.py: bad input the user can fix) and OSErrors end in one line and
+exit code 2 (--debug: the traceback); anything else, a plain ValueError included, is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         resolve_reference(args)
         return run_until_stopped(lambda: args.func(args), args.command)
-    except (QcsferError, ValueError, OSError) as exc:  # not RuntimeError: torch's own errors
+    except (QcsferError, OSError) as exc:  # a plain ValueError or RuntimeError is a bug
         if args.debug:
             raise
         print(f"qcsfer {args.command}: error: {_message(exc)}", file=sys.stderr)

@@ -61,9 +61,15 @@ def read_dataset(format: str, root: str | Path, split: str, **options: Any) -> L
     if unknown and not takes_any:
         raise DatasetError(f"{format} reader: unknown option(s) {unknown}; it takes {known}")
     carve = find_carve(format, root)  # a dev split held out of train: train never holds it
-    if carve is not None:
-        return read_carved(carve, root, split, lambda name: reader(root, name, **options))
-    return reader(root, split, **options)
+    try:
+        if carve is not None:
+            return read_carved(carve, root, split, lambda name: reader(root, name, **options))
+        return reader(root, split, **options)
+    except UnicodeDecodeError as exc:  # a Latin-1 label or list file, say
+        raise DatasetError(
+            f"{format} {split} in {root}: a label or list file is not UTF-8 text ({exc.reason} "
+            f"at byte {exc.start})"
+        ) from exc
 
 
 def stratified_split(

@@ -14,6 +14,7 @@ from typing import IO, Any
 
 from PIL import Image
 
+from ..errors import UsageError
 from ..io import atomic_write
 from ..outputs import check_output_folder, writing
 from ..status_line import StatusLine
@@ -78,11 +79,11 @@ def run_predict(
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     if every < 1:
-        raise ValueError("--every must be >= 1")
+        raise UsageError("--every must be >= 1")
     out = check_output_folder(out_dir) if out_dir is not None else None
     inputs = expand_inputs(items, exclude=out)
     if not inputs:
-        raise ValueError(f"no images or videos found in {', '.join(items)}")
+        raise UsageError(f"no images or videos found in {', '.join(items)}")
     has_video = any(i.kind == "video" for i in inputs)
     reporter = Reporter(fmt, recognizer.classes, stdout, show_frame=has_video)
     meter = Progress(len(inputs), progress and (len(inputs) > 10 or has_video), stderr)
