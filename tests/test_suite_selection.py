@@ -102,7 +102,8 @@ def test_group_fit_maximises_the_mean_of_the_groups_not_the_pooled_score() -> No
 
 def test_selection_ranks_checkpoints_and_exports_the_winner(tools, tmp_path: Path) -> None:
     """BIAS reads happiness at `dataset` and surprise at `balanced` (suite 0.396 / 0.167, as in
-    test_generalization); NEUTRAL reads neutral at both (0.25: half of FERPlus and lfw-imfdb)."""
+    test_generalization; 0.396 is its best at any strength); NEUTRAL reads neutral at both and at
+    every strength where it is best (0.25: half of FERPlus and lfw-imfdb)."""
     select_on_suite, _ = tools
     datasets = write_tree(tmp_path / "datasets")
     run = tmp_path / "runs" / "trial"
@@ -112,7 +113,8 @@ def test_selection_ranks_checkpoints_and_exports_the_winner(tools, tmp_path: Pat
     detector = StubDetector()
     common = [str(run), "--datasets", str(datasets), "--min-support", "3"]
     out = tmp_path / "out"
-    by_balanced = select_on_suite.main([*common, "--out", str(out)], detector=detector)
+    argv = [*common, "--rank-by", "balanced", "--out", str(out)]
+    by_balanced = select_on_suite.main(argv, detector=detector)
     calls = len(detector.shapes)
     assert calls == 13  # tcce dev's photos detected once for both checkpoints
     ranked = [row["candidate"] for row in by_balanced["candidates"]]
@@ -127,11 +129,12 @@ def test_selection_ranks_checkpoints_and_exports_the_winner(tools, tmp_path: Pat
     table = (out / "selection-trial.md").read_text()
     assert "| 1 | step-0000020 | 20 | 25.00 | 25.00 |" in table
     assert json.loads((out / "selection-trial.json").read_text())["rank_by"] == "balanced"
+    assert neutral["fitted"]["suite_score"] == pytest.approx(0.25)
 
     exported = tmp_path / "winner.safetensors"
-    argv = [*common, "--rank-by", "dataset", "--out", str(out), "--export", str(exported)]
-    by_dataset = select_on_suite.main(argv, detector=detector)
-    assert [row["candidate"] for row in by_dataset["candidates"]] == ranked[::-1]
+    argv = [*common, "--out", str(out), "--export", str(exported)]  # ranked by `fitted`
+    by_fitted = select_on_suite.main(argv, detector=detector)
+    assert [row["candidate"] for row in by_fitted["candidates"]] == ranked[::-1]
     model, card = load_weights(exported)
     assert isinstance(model, QCSModel) and card.provenance["step"] == 10
     assert card.provenance["selected"]["candidates_compared"] == 2

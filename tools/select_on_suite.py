@@ -1,6 +1,6 @@
 """Choose a run's checkpoint on the generalization suite, not on FERPlus Valid alone.
 
-    python tools/select_on_suite.py RUN_DIR [--datasets ../shared/datasets] [--rank-by balanced]
+    python tools/select_on_suite.py RUN_DIR [--datasets ../shared/datasets] [--rank-by fitted]
         [--balanced-strength 1.0] [--export OUT.safetensors] [--out benchmarks/results]
 
 Candidates: the run's kept checkpoints (`checkpoints/step-N.pt`, from `keep_checkpoints:
@@ -14,7 +14,11 @@ points, from the run's training prior (`qcsfer.data.prior.training_prior` of its
 configuration): `dataset`, the logits as trained (strength 0; a logit-adjusted run's prior put
 back, -tau, as tools/ship_model.py does), and `balanced`, the logit adjustment at
 --balanced-strength (1: the whole prior divided out). The column `fitted` is the best suite
-score any strength reaches and that strength (what `tools/calibrate.py --suite` would fit).
+score any strength reaches and that strength (what `tools/calibrate.py --suite` would fit):
+candidates are ranked by it unless --rank-by says otherwise, since the shipped model is read at
+the strength calibration fits, not at a fixed one (on the first `general` checkpoints strength
+1 over-corrected: it ranked step 50 above step 450, which is better at 0 and at its best
+strength). It is one more choice made on the dev splits.
 Writes selection-RUN.json and .md under --out; --export writes the winner as a weights file
 (the whole training graph, like best.safetensors), ready for `tools/calibrate.py OUT --suite`.
 The dev splits choose here: report how many candidates were compared.
@@ -95,7 +99,7 @@ def selection_rule(config: TrainConfig, balanced_strength: float) -> DecisionRul
     """The two points every candidate is read at, from the run's training prior."""
     tau = config.logit_adjustment  # a logit-adjusted run has tau x log(prior) removed already
     points = {
-        "dataset": OperatingPoint(-tau),
+        "dataset": OperatingPoint(0.0 - tau),  # +0.0 when tau is 0
         "balanced": OperatingPoint(balanced_strength - tau),
     }
     return DecisionRule(tuple(training_prior(config).tolist()), points, "dataset")
@@ -242,7 +246,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--datasets", type=Path, default=generalization.SHARED_DATASETS)
-    parser.add_argument("--rank-by", default="balanced", choices=["balanced", "dataset", "fitted"])
+    parser.add_argument("--rank-by", default="fitted", choices=["fitted", "balanced", "dataset"])
     parser.add_argument("--balanced-strength", type=float, default=1.0, metavar="STRENGTH")
     parser.add_argument("--centre-crop", type=float, default=generalization.CENTRE_CROP)
     parser.add_argument("--min-support", type=int, default=20, metavar="FACES")
