@@ -37,19 +37,34 @@ def visible(index: int, fps: float) -> list[bool]:
     return [w * h <= COVERED * aside * aside, True]
 
 
-def _owner(box: list[int], squares: list[tuple[int, int, int]]) -> int | None:
-    """The true face whose square holds the box's centre (the one on top first), if any."""
+def _owner(
+    box: list[int], squares: list[tuple[int, int, int]], nearest: bool = False
+) -> int | None:
+    """The true face whose square holds the box's centre, if any: of two, the one on top, or
+    with `nearest` the one whose centre is nearer (a box on the visible half of a face half
+    hidden by the other often has its centre just inside the other's square)."""
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    for k in reversed(range(len(squares))):
-        x, y, side = squares[k]
-        if x <= cx < x + side and y <= cy < y + side:
-            return k
-    return None
+    holding = [
+        k
+        for k in reversed(range(len(squares)))
+        if squares[k][0] <= cx < squares[k][0] + squares[k][2]
+        and squares[k][1] <= cy < squares[k][1] + squares[k][2]
+    ]
+    if not holding:
+        return None
+    if not nearest:
+        return holding[0]
+    return min(holding, key=lambda k: math.dist((cx, cy), _centre(squares[k])))
 
 
-def score(frames: list[dict], fps: float, reference: list[str]) -> dict:
+def _centre(square: tuple[int, int, int]) -> tuple[float, float]:
+    return square[0] + square[2] / 2, square[1] + square[2] / 2
+
+
+def score(frames: list[dict], fps: float, reference: list[str], nearest: bool = False) -> dict:
     """A run's records ({"frame", "faces": [{"track", "box", "label", "raw_label"}]}) scored
-    against the true faces; `reference`: the expected label of each face."""
+    against the true faces; `reference`: the expected label of each face; `nearest`: boxes go
+    to faces as `_owner` says."""
     truths = found = false = right = raw_right = 0
     tracks: dict[int, Counter] = {0: Counter(), 1: Counter()}
     switches = [0, 0]
@@ -59,7 +74,7 @@ def score(frames: list[dict], fps: float, reference: list[str]) -> dict:
         seen = visible(record["frame"], fps)
         matched: dict[int, dict] = {}
         for face in record["faces"]:
-            k = _owner(face["box"], squares)
+            k = _owner(face["box"], squares, nearest)
             if k is None or k in matched:
                 false += 1
             else:

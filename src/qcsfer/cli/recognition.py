@@ -32,6 +32,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--start", type=float, default=0.0, metavar="S", help="video: from S seconds")
     p.add_argument("--end", type=float, metavar="S", help="video: up to S seconds")
     p.add_argument(
+        "--detect-every",
+        type=positive,
+        metavar="N",
+        help="video and webcam: find faces on the whole frame every Nth analysed frame, the "
+        "tracker moving them on in between (1: every frame; default: every 0.1 s for BlazeFace, "
+        "every frame for other detectors)",
+    )
+    p.add_argument(
         "--smooth",
         type=float,
         default=0.5,
@@ -120,7 +128,13 @@ def _predict(args: argparse.Namespace) -> int:
         fmt=args.format,
         out_dir=args.out,
         every=args.every,
-        video={"fps": args.fps, "start": args.start, "end": args.end, "tau": args.smooth},
+        video={
+            "fps": args.fps,
+            "start": args.start,
+            "end": args.end,
+            "tau": args.smooth,
+            "detect_every": args.detect_every,
+        },
         boxes=boxes,
         progress=not args.quiet,
     )

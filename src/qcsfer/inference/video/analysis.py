@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ...errors import ImageError, UsageError
+from ...errors import QcsferError, UsageError
 from ..faces import DEFAULT_MARGIN, Detector
 from ..model_input import FaceBatch, in_batches
 from ..results import ImageResult, Prediction
@@ -95,7 +95,8 @@ class VideoAnalysis:
     smoothing time constant in seconds; max_gap: seconds a face may go unseen and keep its id;
     detect_side: detection on frames downscaled to this longer side; detect_interval: seconds
     between full-frame detections, the tracker bridging the frames in between (None: 0.1 s
-    for BlazeFace, 0 = every frame for other detectors); batch_frames: frames
+    for BlazeFace, 0 = every frame for other detectors); detect_every: or full-frame detection
+    on every Nth sampled frame (1: every frame; not with detect_interval); batch_frames: frames
     whose faces are classified together (1 for cameras: no delay); keep_images: put each
     frame's RGB pixels in VideoFrame.image (for annotated videos). `stats` (ReadStats) tells
     what reading met: corrupt frames skipped, truncation. Raises ImageError when the video
@@ -115,6 +116,7 @@ class VideoAnalysis:
         max_gap: float = 1.5,
         detect_side: int = DETECT_SIDE,
         detect_interval: float | None = None,
+        detect_every: int | None = None,
         batch_frames: int | None = None,
         boxes: Sequence[Sequence[float]] | None = None,
         keep_images: bool = False,
@@ -129,11 +131,13 @@ class VideoAnalysis:
         self.smoother = ProbabilitySmoother(tau)
         detector = recognizer.detector
         self.detector = None if detector is None else Downscaled(detector, detect_side)
+        if detect_interval is not None and detect_every is not None:
+            raise UsageError("give the detection interval in seconds or in frames, not both")
         if detect_interval is None:  # bridging pays where detection is most of the work
             fast = getattr(detector, "name", "").startswith("blazeface")
             detect_interval = DETECT_INTERVAL if fast else 0.0
         finder = None if boxes is not None else self.detector
-        self.finder = FaceFinder(finder, self.tracker, detect_interval)
+        self.finder = FaceFinder(finder, self.tracker, detect_interval, every=detect_every)
         camera = self.reader.camera is not None
         self.batch_frames = batch_frames or (1 if camera else 8)
         self.boxes = boxes
@@ -174,9 +178,8 @@ class VideoAnalysis:
                 detector = self.finder.detector
                 known = Found(found, detector.name, getattr(detector, "margin", DEFAULT_MARGIN))
                 faces = self.recognizer.prepare(rgb, detector=known)
-        except ValueError as exc:  # a given box outside the frame: say which video
-            kind = ImageError if isinstance(exc, ImageError) else UsageError
-            raise kind(f"{self.source}: {exc}") from exc
+        except QcsferError as exc:  # a given box outside the frame: say which video
+            raise type(exc)(f"{self.source}: {exc}") from exc
         return _Frame(sampled, rgb, faces, ids, set(self.tracker.tracks))
 
     def _frame(self, item: _Frame, predictions: list[Prediction]) -> VideoFrame:
