@@ -28,9 +28,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
-import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -39,6 +36,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from reports import machine, model_name, write_report
 from suite_scores import SourceReading, markdown, score_readings
 
 from qcsfer.data.datasets import read_dataset
@@ -48,8 +46,6 @@ from qcsfer.errors import ImageError
 from qcsfer.imaging import read_image
 from qcsfer.inference.faces import Detector, Face
 from qcsfer.inference.recognizer import ExpressionRecognizer
-from qcsfer.io import atomic_write
-from qcsfer.pretrained import DEFAULT_WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
@@ -268,14 +264,6 @@ def run(args: argparse.Namespace, detector: str | Detector = "auto") -> dict:
     }
 
 
-def machine() -> str:
-    return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-        f"Python {platform.python_version()}"
-    )
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model", help="'default', a weights file, a run directory or an .onnx")
@@ -294,10 +282,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.min_support < 1 or args.batch_size < 1:
         parser.error("--min-support and --batch-size must be at least 1")
     if args.name is None:
-        model = Path(str(args.model))
-        args.name = DEFAULT_WEIGHTS if args.model == "default" else (model.stem or model.name)
-        if model.is_dir():
-            args.name = model.name
+        args.name = model_name(args.model)
     args.argv = sys.argv[1:] if argv is None else list(argv)
     return args
 
@@ -309,10 +294,8 @@ def main(argv: list[str] | None = None, detector: str | Detector = "auto") -> di
     cv2.setNumThreads(args.threads)
     result = run(args, detector)
     stem = f"generalization-{args.name}"
-    text = json.dumps(result, indent=2) + "\n"
-    atomic_write(args.out / f"{stem}.json", lambda path: path.write_text(text))
     table = markdown(result)
-    atomic_write(args.out / f"{stem}.md", lambda path: path.write_text(table))
+    write_report(args.out, stem, result, table)
     print(table)
     return result
 

@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import os
-import platform
 import sys
 import time
 import zlib
@@ -38,6 +35,7 @@ import torch
 from conditions import CLEAN, CONDITIONS, Condition
 from photo_path import Reading, load_photos, make_scene, read_scene
 from PIL import Image
+from reports import machine, model_name, write_report
 
 from qcsfer.data.ferplus import CLASSES, read_ferplus
 from qcsfer.data.records import DatasetError
@@ -45,8 +43,6 @@ from qcsfer.engine.metrics import Metrics, compute_metrics
 from qcsfer.imaging import read_image
 from qcsfer.inference.model_input import FaceBatch
 from qcsfer.inference.recognizer import ExpressionRecognizer
-from qcsfer.io import atomic_write
-from qcsfer.pretrained import DEFAULT_WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -225,22 +221,6 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [
-            ln.split(":", 1)[1].strip()
-            for ln in cpuinfo.read_text().splitlines()
-            if ln.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
-    return (
-        f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}, OpenCV {cv2.__version__}, Python {platform.python_version()}"
-    )
-
-
 def _pct(value: float) -> str:
     return f"{100 * value:.2f}%"
 
@@ -335,10 +315,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if any(m <= -0.5 for m in args.margins):
         parser.error("--margins must be > -0.5 (a negative margin trims the box)")
     if args.name is None:
-        model = Path(str(args.model))
-        args.name = DEFAULT_WEIGHTS if args.model == "default" else (model.stem or model.name)
-        if model.is_dir():
-            args.name = model.name
+        args.name = model_name(args.model)
     return args
 
 
@@ -348,10 +325,8 @@ def main(argv: list[str] | None = None) -> dict:
     cv2.setNumThreads(args.threads)
     result = run(args)
     stem = f"robustness-{args.name}" + ("-synthetic" if args.synthetic else "")
-    text = json.dumps(result, indent=2) + "\n"
-    atomic_write(args.out / f"{stem}.json", lambda path: path.write_text(text))
     table = markdown(result)
-    atomic_write(args.out / f"{stem}.md", lambda path: path.write_text(table))
+    write_report(args.out, stem, result, table)
     print(table)
     return result
 
