@@ -28,6 +28,7 @@ pytest.importorskip("fastapi")
 import uvicorn
 from fastapi.testclient import TestClient
 
+from qcsfer.exits import Terminated
 from qcsfer.inference.recognizer import ExpressionRecognizer
 from qcsfer.serve import app as app_module
 from qcsfer.serve import service as service_module
@@ -318,3 +319,27 @@ def test_serve_exits_130_on_sigint_and_143_on_sigterm(signum: int, code: int) ->
     assert process.returncode == code, errors[-2000:]
     assert ("interrupted" if code == 130 else "terminated") in errors
     assert "Traceback" not in errors
+
+
+@pytest.mark.parametrize(
+    ("signum", "raised"), [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)]
+)
+def test_serve_reraises_the_signal_that_stopped_it_when_uvicorn_ends_quietly(
+    monkeypatch: pytest.MonkeyPatch, signum: int, raised: type[BaseException]
+) -> None:
+    """uvicorn's own re-raise of the signal can end as a quiet cancellation inside asyncio's
+    runner (seen under load: exit 0); the signal the server recorded still decides the exit."""
+    import qcsfer.serve as serve_package
+
+    def stopped_quietly(self: uvicorn.Server, sockets: object = None) -> None:
+        self.handle_exit(signum, None)  # recorded, then the run returns as if nothing happened
+
+    monkeypatch.setattr(uvicorn.Server, "run", stopped_quietly)
+    monkeypatch.setattr(app_module, "load_recognizer", lambda settings: None)
+    monkeypatch.setattr(app_module, "create_app", lambda settings, recognizer: None)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(raised) as caught:
+        serve_package.serve(ServeSettings(port=port))
+    assert type(caught.value) is raised

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import signal
 import socket
 import sys
+from types import FrameType
 
 from ..errors import UsageError
+from ..exits import Terminated
 from .settings import ServeSettings
 
 __all__ = ["ServeSettings", "serve"]
@@ -55,7 +58,31 @@ def serve(settings: ServeSettings) -> None:
     )
     # Not uvicorn.run: it swallows the KeyboardInterrupt that uvicorn.Server raises again after
     # a graceful shutdown on SIGINT/SIGTERM, and the command then exited 0 instead of 130/143.
-    uvicorn.Server(config).run()
+    server = _signal_recording_server()(config)
+    server.run()
+    # uvicorn re-raises the signal after shutting down, but inside asyncio's runner, whose own
+    # SIGINT handler can turn it into a cancellation that ends quietly (seen under heavy load:
+    # exit 0). The signal it recorded decides the exit instead.
+    if server.stopped_by == signal.SIGTERM:
+        raise Terminated
+    if server.stopped_by is not None:
+        raise KeyboardInterrupt
+
+
+def _signal_recording_server() -> type:
+    """uvicorn.Server that remembers the first signal that stopped it (imported lazily: the
+    serve extra is optional)."""
+    import uvicorn
+
+    class SignalRecordingServer(uvicorn.Server):
+        stopped_by: int | None = None
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if self.stopped_by is None:
+                self.stopped_by = sig
+            super().handle_exit(sig, frame)
+
+    return SignalRecordingServer
 
 
 def _check_can_listen(host: str, port: int) -> None:
