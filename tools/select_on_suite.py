@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -49,13 +48,13 @@ from qcsfer.errors import QcsferError
 from qcsfer.inference.backends import LoadedModel, TorchBackend
 from qcsfer.inference.faces import Detector
 from qcsfer.inference.recognizer import ExpressionRecognizer
-from qcsfer.io import atomic_write
 from qcsfer.models.weights import load_weights, network_card, save_weights
 from qcsfer.outputs import check_not_an_input
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import generalization  # noqa: E402 (the suite's reader, shared with benchmarks/)
+from reports import write_report  # noqa: E402
 from suite_scores import score_readings, suite_groups  # noqa: E402
 
 
@@ -266,10 +265,8 @@ def main(argv: list[str] | None = None, detector: str | Detector = "auto") -> di
     cv2.setNumThreads(args.threads)
     result = evaluate(args, detector)
     stem = f"selection-{args.run_dir.resolve().name}"
-    text = json.dumps(result, indent=2) + "\n"
-    atomic_write(args.out / f"{stem}.json", lambda path: path.write_text(text))
     table = markdown(result)
-    atomic_write(args.out / f"{stem}.md", lambda path: path.write_text(table))
+    write_report(args.out, stem, result, table)
     print(table)
     if args.export:
         print(f"wrote {export(result, args.export)} ({result['candidates'][0]['candidate']})")
