@@ -14,7 +14,7 @@ import hashlib
 import logging
 import os
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +73,7 @@ class ImageStore:
         return int((~self.valid).sum())
 
 
-def cache_key(paths: Sequence[Path], size: int, grayscale: bool, framing: float = 1.0) -> str:
+def cache_key(paths: Sequence[Path], size: int, grayscale: bool, framing: float | str = 1.0) -> str:
     """Names as the OS gives them (os.fsencode: bytes that are not UTF-8 are kept as they are)."""
     tag = f"{size}:{grayscale}" if framing == 1.0 else f"{size}:{grayscale}:{framing}"
     digest = hashlib.sha1(tag.encode())
@@ -148,6 +148,24 @@ def load_images(
     framing: float = 1.0,
 ) -> ImageStore:
     """Decode every image once, with an on-disk cache keyed by the files, size and framing."""
+
+    def decode_all() -> tuple[np.ndarray, np.ndarray]:
+        with ThreadPoolExecutor(_workers(workers)) as pool:
+            return decode_many(paths, size, grayscale, pool, framing)
+
+    return cached_store(paths, size, grayscale, cache_dir, framing, decode_all)
+
+
+def cached_store(
+    paths: Sequence[Path],
+    size: int,
+    grayscale: bool,
+    cache_dir: Path | None,
+    framing: float | str,
+    decode_all: Callable[[], tuple[np.ndarray, np.ndarray]],
+) -> ImageStore:
+    """The store `decode_all` makes (uint8 images, validity), read from the cache when it holds
+    it; `framing` names how the faces were framed, so that each framing has its own file."""
     cache_file = None
     if cache_dir is not None:
         key = cache_key(paths, size, grayscale, framing)
@@ -157,8 +175,7 @@ def load_images(
             if store is not None:
                 return store
 
-    with ThreadPoolExecutor(_workers(workers)) as pool:
-        images, valid = decode_many(paths, size, grayscale, pool, framing)
+    images, valid = decode_all()
     if (~valid).any():
         log.warning("%d of %d images could not be read and are skipped", (~valid).sum(), len(paths))
     if cache_file is not None:

@@ -4,11 +4,12 @@ framing and sampling weight, combined into one training set the branch sampler d
 A source's classes are mapped by name onto the model's classes (the main dataset's); classes
 mapped to nothing are dropped and counted. Its images are re-framed on decoding (`framing`, the
 centred square kept, as a fraction of the shorter side) so that faces cropped differently from
-the main dataset look like what the model sees at inference. `weight` is how often each of its
-images is drawn as an anchor relative to an image of the main dataset. A seeded, stratified
-`val_fraction` of a source is held out and reported beside the main validation split (a second
-view of generalisation); models are still selected on the main validation split only.
-`ratings` turns observer ratings into soft targets (`data/ratings.py`).
+the main dataset look like what the model sees at inference; a source of whole photos can
+instead be cut by a face detector (`detector`), exactly as inference cuts them. `weight` is how
+often each of its images is drawn as an anchor relative to an image of the main dataset. A
+seeded, stratified `val_fraction` of a source is held out and reported beside the main
+validation split (a second view of generalisation). `ratings` turns observer ratings into soft
+targets (`data/ratings.py`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ class SourceConfig:
     include: list[str] = field(default_factory=list)  # file-name patterns kept (empty: all)
     exclude: list[str] = field(default_factory=list)  # file-name patterns left out ("ffhq_*")
     framing: float = 1.0  # centred square kept, as a fraction of the shorter side
+    # Whole photos read through this face detector and cropped as `qcsfer predict` crops them
+    # (data/detected_faces.py); `framing` is then the fallback where it finds no face.
+    detector: str | None = None
     weight: float = 1.0  # anchor sampling weight of each image, relative to the main dataset
     val_fraction: float = 0.0  # held out (seeded, stratified) and reported, never selected on
     # Observer ratings (a CSV of per-file class proportions, relative to `root`) blended with

@@ -20,6 +20,7 @@ import torch
 from ..errors import TrainingError
 from ..preprocessing import Preprocessing
 from .datasets import read_dataset, stratified_split
+from .detected_faces import load_detected_faces
 from .images import DiskImages, MemoryImages, default_cache_dir, load_images
 from .records import LabeledImages
 from .sampling import Batches
@@ -27,6 +28,7 @@ from .sources import combine, read_source
 
 if TYPE_CHECKING:  # config builds on data's settings; data reads a config only when given one
     from ..config import TrainConfig
+    from ..inference.faces import Detector
 
 log = logging.getLogger("qcsfer.train")
 
@@ -54,9 +56,11 @@ class Split:
         storage: str,
         cache_dir: Path | None,
         framing: float = 1.0,
+        detector: str | Detector | None = None,  # whole photos cut by this face detector
     ) -> Split:
         size_gb = len(records) * prep.channels * prep.load_size**2 / 1e9
-        if storage == "disk" or (storage == "auto" and size_gb > MEMORY_LIMIT_GB):
+        on_disk = storage == "disk" or (storage == "auto" and size_gb > MEMORY_LIMIT_GB)
+        if on_disk and detector is None:  # detected faces are cut once, then held in memory
             log.info(
                 "%s/%s: decoding from disk per batch (%.1f GB decoded)",
                 records.name,
@@ -64,9 +68,13 @@ class Split:
                 size_gb,
             )
             return cls(records, DiskImages(records.paths, prep.load_size, prep.grayscale))
-        store = load_images(
-            records.paths, prep.load_size, prep.grayscale, cache_dir, framing=framing
-        )
+        if detector is not None:
+            label = f"{records.name}/{records.split}"
+            store = load_detected_faces(records.paths, prep, detector, cache_dir, framing, label)
+        else:
+            store = load_images(
+                records.paths, prep.load_size, prep.grayscale, cache_dir, framing=framing
+            )
         if store.skipped:
             log.warning(
                 "%s/%s: skipped %d unreadable images", records.name, records.split, store.skipped
@@ -157,10 +165,11 @@ def load_splits(config: TrainConfig, run_dir: Path | None) -> tuple[Split, Split
         records, slice_ = read_source(source, train.classes, config.seed)
         for reason, count in records.notes.items():
             log.info("source %s: %d rows %s", source.label, count, reason)
-        parts.append(Split.load(records, config.preprocessing, storage, cache, source.framing))
+        framing = source.framing, source.detector
+        parts.append(Split.load(records, config.preprocessing, storage, cache, *framing))
         if slice_ is not None:
             held_out[source.label] = Split.load(
-                slice_, config.preprocessing, storage, cache, source.framing
+                slice_, config.preprocessing, storage, cache, *framing
             )
     combined = Split.combine(parts, [1.0] + [s.weight for s in data.sources])
     combined.records.check_classes()
