@@ -45,6 +45,7 @@ from qcsfer.data.prior import training_prior
 from qcsfer.engine.calibration import PointReport, fit_decision_rule, fit_decision_rule_on_groups
 from qcsfer.engine.evaluate import split_logits
 from qcsfer.engine.metrics import compute_metrics
+from qcsfer.errors import QcsferError
 from qcsfer.inference.faces import Detector
 from qcsfer.inference.recognizer import ExpressionRecognizer
 from qcsfer.pretrained import resolve_weights
@@ -232,4 +233,7 @@ def fit_on_suite(args: argparse.Namespace, path: Path, detector: str | Detector)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except QcsferError as exc:  # a message, not a traceback
+        raise SystemExit(f"{Path(__file__).name}: error: {exc}") from None
