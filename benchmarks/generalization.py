@@ -40,6 +40,7 @@ from reports import machine, model_name, write_report
 from suite_scores import SourceReading, markdown, score_readings
 
 from qcsfer.data.datasets import read_dataset
+from qcsfer.data.detected_faces import centred_face
 from qcsfer.data.images import default_cache_dir, load_images
 from qcsfer.data.records import DatasetError, LabeledImages
 from qcsfer.errors import ImageError
@@ -134,13 +135,6 @@ def detector_name(recognizer: ExpressionRecognizer) -> str:
     return getattr(recognizer.detector, "name", "none")
 
 
-def centre_box(width: int, height: int, fraction: float) -> Face:
-    """The centred square of `fraction` x the shorter side."""
-    side = max(1, round(min(width, height) * fraction))
-    x0, y0 = (width - side) // 2, (height - side) // 2
-    return Face(x0, y0, x0 + side, y0 + side)
-
-
 def photo_inputs(
     recognizer: ExpressionRecognizer, data: LabeledImages, centre: float
 ) -> tuple[SourceInputs, SourceInputs, dict]:
@@ -157,7 +151,7 @@ def photo_inputs(
             continue
         height, width = rgb.shape[:2]
         rows.append(label)
-        centre_crop = [centre_box(width, height, centre).box]
+        centre_crop = [centred_face(width, height, centre).box]
         centred.append(recognizer.prepare(rgb, boxes=centre_crop, margin=0.0).inputs[0])
         batch = recognizer.prepare(rgb)
         several += len(batch) > 1
