@@ -142,6 +142,19 @@ def test_selection_ranks_checkpoints_and_exports_the_winner(tools, tmp_path: Pat
     assert card.provenance["config"]["model"] == "tiny"
 
 
+def test_every_keeps_the_checkpoints_at_multiples_of_its_steps(tools, tmp_path: Path) -> None:
+    select_on_suite, _ = tools
+    run = tmp_path / "run"
+    for step in (5, 10, 15, 20):
+        write_checkpoint(run / "checkpoints" / f"step-{step:07d}.pt", NEUTRAL, step)
+    write_checkpoint(run / "last.pt", NEUTRAL, 23)
+    names = [c.name for c in select_on_suite.candidates(run, every=10)]
+    assert names == ["step-0000010", "step-0000020", "last"]
+    assert len(select_on_suite.candidates(run)) == 5
+    with pytest.raises(SystemExit):
+        select_on_suite.parse_args([str(run), "--every", "0"])
+
+
 def test_calibrate_on_the_suite_records_what_it_was_fitted_on(tools, tmp_path: Path) -> None:
     """The constant model reads happiness below strength 0.5 and surprise above: both points
     stay at 0 (the nearest to the logits as trained among the best), and the provenance names

@@ -1,13 +1,15 @@
 """Choose a run's checkpoint on the generalization suite, not on FERPlus Valid alone.
 
-    python tools/select_on_suite.py RUN_DIR [--datasets ../shared/datasets] [--rank-by fitted]
-        [--balanced-strength 1.0] [--export OUT.safetensors] [--out benchmarks/results]
+    python tools/select_on_suite.py RUN_DIR [--every STEPS] [--datasets ../shared/datasets]
+        [--rank-by fitted] [--balanced-strength 1.0] [--export OUT.safetensors]
+        [--out benchmarks/results]
 
-Candidates: the run's kept checkpoints (`checkpoints/step-N.pt`, from `keep_checkpoints:
-true`), `last.pt` unless its step is among them, and `best.safetensors` (or `best.pt`). The
-suite's faces are read once (decoded, and tcce dev's faces found by the default detector: the
-slow part), then every candidate reads them (benchmarks/generalization.py's reader), so each
-candidate costs its forward passes only.
+Candidates: the run's kept checkpoints (`checkpoints/step-N.pt`, from `keep_checkpoints: true`;
+`--every STEPS`: only those at multiples of STEPS, e.g. the epoch ends), `last.pt` unless its
+step is among them, and `best.safetensors` (or `best.pt`). The suite's faces are read once
+(decoded, and tcce dev's faces found by the default detector: the slow part), then every
+candidate reads them (benchmarks/generalization.py's reader), so each candidate costs its
+forward passes only.
 
 A training checkpoint has no fitted decision rule, so every candidate is read at the same two
 points, from the run's training prior (`qcsfer.data.prior.training_prior` of its recorded
@@ -64,10 +66,13 @@ class Candidate:
     path: Path
 
 
-def candidates(run_dir: Path) -> list[Candidate]:
-    """The kept checkpoints in step order, then last.pt (unless a kept one has its step), then
-    the run's best weights."""
+def candidates(run_dir: Path, every: int | None = None) -> list[Candidate]:
+    """The kept checkpoints in step order (those of steps that are multiples of `every`, when
+    given: an epoch's steps keeps the epoch ends), then last.pt (unless a kept one has its
+    step), then the run's best weights."""
     kept = sorted((run_dir / "checkpoints").glob("step-*.pt"))
+    if every is not None:
+        kept = [p for p in kept if int(p.stem.removeprefix("step-")) % every == 0]
     found = [Candidate(p.stem, p) for p in kept]
     last = run_dir / "last.pt"
     if last.is_file() and f"step-{load_checkpoint(last)['step']:07d}" not in {
@@ -112,7 +117,7 @@ def card_of(model: nn.Module, config: dict, classes: list[str], rule: DecisionRu
 
 def evaluate(args: argparse.Namespace, detector: str | Detector) -> dict:
     """Every candidate's suite scores, ranked best first."""
-    found = candidates(args.run_dir)
+    found = candidates(args.run_dir, args.every)
     suite = rule = reference = None
     rows = []
     for candidate in found:
@@ -245,6 +250,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--datasets", type=Path, default=generalization.SHARED_DATASETS)
+    parser.add_argument(
+        "--every", type=int, metavar="STEPS", help="only kept checkpoints at multiples of STEPS"
+    )
     parser.add_argument("--rank-by", default="fitted", choices=["fitted", "balanced", "dataset"])
     parser.add_argument("--balanced-strength", type=float, default=1.0, metavar="STRENGTH")
     parser.add_argument("--centre-crop", type=float, default=generalization.CENTRE_CROP)
@@ -254,6 +262,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--export", type=Path, metavar="OUT.safetensors", help="the winner")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args(argv)
+    if args.every is not None and args.every < 1:
+        parser.error("--every must be a positive number of steps")
     args.argv = sys.argv[1:] if argv is None else list(argv)
     return args
 
