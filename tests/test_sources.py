@@ -17,6 +17,8 @@ from qcsfer.data.images import decode, reframe
 from qcsfer.data.records import DatasetError, LabeledImages
 from qcsfer.data.sampling import BranchSampler
 from qcsfer.data.sources import SourceConfig, combine, map_classes, read_source
+from qcsfer.data.splits import Split
+from qcsfer.preprocessing import Preprocessing
 
 MODEL_CLASSES = ("neutral", "happiness", "anger", "contempt")
 
@@ -98,6 +100,18 @@ def test_framing_reaches_the_decoded_pixels(tmp_path: Path) -> None:
     tight = decode(tmp_path / "face.png", 8, grayscale=True, framing=0.5)
     assert full is not None and tight is not None
     assert tight.mean() == 255 and full.mean() < 128
+    # a split decoded per batch from disk is framed as one held in memory
+    records = LabeledImages(
+        name="x",
+        split="train",
+        classes=("a",),
+        paths=(tmp_path / "face.png",),
+        labels=np.array([0]),
+    )
+    prep = Preprocessing(image_size=8, load_size=8, grayscale=True)
+    for storage in ("memory", "disk"):
+        split = Split.load(records, prep, storage, None, framing=0.5)
+        assert split.images.load(np.array([0]))[0].float().mean() == 255, storage
 
 
 def test_sampler_weights_shift_anchors_and_quadruplets_stay_valid() -> None:

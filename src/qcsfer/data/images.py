@@ -219,9 +219,15 @@ class DiskImages:
     """
 
     def __init__(
-        self, paths: Sequence[Path], size: int, grayscale: bool, workers: int | None = None
+        self,
+        paths: Sequence[Path],
+        size: int,
+        grayscale: bool,
+        workers: int | None = None,
+        framing: float = 1.0,
     ) -> None:
         self.paths, self.size, self.grayscale = list(paths), size, grayscale
+        self.framing = framing
         self.pool = ThreadPoolExecutor(_workers(workers))
         self.failed: set[int] = set()
         self._shutdown = weakref.finalize(self, self.pool.shutdown, wait=False)
@@ -249,8 +255,7 @@ class DiskImages:
         return len(self.failed)
 
     def load(self, indices: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-        images, valid = decode_many(
-            [self.paths[i] for i in indices], self.size, self.grayscale, self.pool
-        )
+        paths = [self.paths[i] for i in indices]
+        images, valid = decode_many(paths, self.size, self.grayscale, self.pool, self.framing)
         self.failed.update(np.asarray(indices)[~valid].tolist())
         return torch.from_numpy(images), valid

@@ -67,7 +67,8 @@ class Split:
                 records.split,
                 size_gb,
             )
-            return cls(records, DiskImages(records.paths, prep.load_size, prep.grayscale))
+            images = DiskImages(records.paths, prep.load_size, prep.grayscale, framing=framing)
+            return cls(records, images)
         if detector is not None:
             label = f"{records.name}/{records.split}"
             store = load_detected_faces(records.paths, prep, detector, cache_dir, framing, label)
