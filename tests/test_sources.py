@@ -146,6 +146,10 @@ def test_sources_in_a_config_file(tmp_path: Path) -> None:
     path.write_text("data:\n  sources:\n    - {format: folder, root: web, weight: 0}\n")
     with pytest.raises(ValueError, match="weight must be positive"):
         load_config(path)
+    # A misspelt detector is refused when the recipe is read, not an hour into the run.
+    path.write_text("data:\n  sources:\n    - {format: folder, root: web, detector: mtcn}\n")
+    with pytest.raises(ValueError, match="unknown detector 'mtcn': give one of auto, mtcnn"):
+        load_config(path)
 
 
 @pytest.mark.parametrize("name", ["gamma", "blur", "low_resolution", "jpeg", "noise"])

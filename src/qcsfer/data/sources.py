@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from ..inference.detectors import NAMES as DETECTOR_NAMES
+from ..inference.detectors import is_detector_name
 from .datasets import read_dataset, stratified_split
 from .ratings import blend_ratings
 from .records import DatasetError, LabeledImages
@@ -53,6 +55,11 @@ class SourceConfig:
     def __post_init__(self) -> None:
         if not 0 < self.framing <= 2:
             raise ConfigError(f"source {self.label}: framing must be in (0, 2], got {self.framing}")
+        if self.detector is not None and not is_detector_name(self.detector):
+            raise ConfigError(
+                f"source {self.label}: unknown detector {self.detector!r}: give one of "
+                f"{', '.join(DETECTOR_NAMES)} or a Haar cascade XML file"
+            )
         if not self.weight > 0:
             raise ConfigError(f"source {self.label}: weight must be positive, got {self.weight}")
         if not 0 <= self.val_fraction < 1:

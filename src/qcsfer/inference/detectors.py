@@ -14,7 +14,7 @@ from typing import Literal
 
 from ..errors import UsageError
 from .faces import Detector
-from .haar import HaarDetector
+from .haar import CASCADES, HaarDetector
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,12 @@ Purpose = Literal["photo", "video", "live"]
 BLAZEFACE = {"blazeface": "front", "blazeface-back": "back"}
 # What "auto" resolves to for each purpose (MTCNN falls back to Haar alt2 when not installed).
 AUTO = {"photo": "mtcnn", "video": "blazeface-back", "live": "blazeface-back"}
+NAMES = ("auto", "mtcnn", *BLAZEFACE, *CASCADES)  # and any Haar cascade XML file
+
+
+def is_detector_name(name: str) -> bool:
+    """Whether `make_detector` accepts `name`, without loading anything (for checking recipes)."""
+    return name in NAMES or name.endswith(".xml")
 
 
 def make_detector(name: str = "auto", purpose: Purpose = "photo") -> Detector:
