@@ -14,9 +14,10 @@ this measures finding and tracking, not the files.
 `:before` after a spec turns the crossing rules off (no bridging while faces are near, missed
 tracks searched for around where they are expected: `video/detect.py`), for a side-by-side
 before and after. Boxes are scored as video.py scores them (a box goes to the face whose square
-holds its centre, the one on top first) and, in a second column, with the nearer centre
+holds its centre, the one on top first) and, in further columns, with the nearer centre
 deciding between two squares (a box on the visible half of a half-hidden face often has its
-centre just inside the square of the face on top).
+centre just inside the square of the face on top) and by one-to-one matching
+(`video_truth.assign`).
 
 prints a markdown table (and the raw numbers to --json when given); --misses also lists the
 frames where a visible face was not found.
@@ -35,7 +36,7 @@ import time
 from pathlib import Path
 
 from video import make_video, reference_labels
-from video_truth import _owner, placements, score, visible
+from video_truth import assign, placements, score, visible
 
 BEFORE, AFTER = 1.5, 3.0  # seconds of each window before and after the crossing
 
@@ -75,7 +76,7 @@ def misses(records: list[dict], fps: float) -> list[str]:
     out = []
     for record in records:
         squares = placements(record["frame"], fps)
-        taken = {_owner(face["box"], squares) for face in record["faces"]}
+        taken = assign([face["box"] for face in record["faces"]], squares)
         for k, seen in enumerate(visible(record["frame"], fps)):
             if seen and k not in taken:
                 out.append(f"frame {record['frame']} face {k}")
@@ -122,7 +123,8 @@ def main() -> None:
                 row["searches"] = got["searches"]
                 row |= {"frames": len(got["records"]), "cpu_s": got["cpu_s"]}
                 row["truth"] = score(got["records"], got["fps"], reference)
-                row["nearest"] = score(got["records"], got["fps"], reference, nearest=True)
+                row["nearest"] = score(got["records"], got["fps"], reference, "nearest")
+                row["matched"] = score(got["records"], got["fps"], reference, "matched")
                 if args.misses:
                     row["misses"] = misses(got["records"], got["fps"])
                 rows.append(row)
@@ -142,15 +144,16 @@ def table(rows: list[dict]) -> str:
     lines = [
         "| crossing at | detector | full-frame detections | visible faces found | tracks "
         "| id switches | label right | nearer-centre rule: found / switches "
-        "| regions searched | CPU ms per frame |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| one-to-one: found / switches / label right | regions searched | CPU ms per frame |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        t, n = r["truth"], r["nearest"]
+        t, n, m = r["truth"], r["nearest"], r["matched"]
         lines.append(
             f"| {r['at']:g} s | {r['detector']} | {r['detections']}/{r['frames']} "
             f"| {t['found']}/{t['visible_faces']} | {t['tracks']} | {t['id_switches']} "
-            f"| {t['label_accuracy']:.1%} | {n['found']} / {n['id_switches']} | {r['searches']} "
+            f"| {t['label_accuracy']:.1%} | {n['found']} / {n['id_switches']} "
+            f"| {m['found']} / {m['id_switches']} / {m['label_accuracy']:.1%} | {r['searches']} "
             f"| {1000 * r['cpu_s'] / max(r['frames'], 1):.0f} |"
         )
     return "\n".join(lines)

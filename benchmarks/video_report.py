@@ -42,18 +42,20 @@ def markdown(rows: list[dict], marks: list[float]) -> str:
     at = " / ".join(f"{m:g}" for m in marks)
     table = [
         f"| round | detector | --every | full-frame detections | faces found / visible "
-        f"| tracks | id switches | label right | same label as first row "
+        f"| tracks | id switches | label right | one-to-one: found / label right "
+        f"| same label as first row "
         f"| video frames/s (wall) | video frames per CPU-s | RSS (MB) at {at} min "
         f"| peak RSS (MB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         rss = " / ".join(f"{p['rss_mb']:.0f}" for p in r["marks"])
-        t, a = r["truth"], r["agreement_with_first"]
+        t, a, m = r["truth"], r["agreement_with_first"], r["truth_matched"]
         table.append(
             f"| {r.get('round', 1)} | {r['detector']} | {r['every']} "
             f"| {r['detections']}/{r['sampled']} | {t['found']}/{t['visible_faces']} "
             f"| {r['tracks']} | {t['id_switches']} | {t['label_accuracy']:.1%} "
+            f"| {m['found']} / {m['label_accuracy']:.1%} "
             f"| {a['same_label']:.1%} | {r['video_fps']:.1f} "
             f"| {r['video_frames_per_cpu_s']:.1f} | {rss} | {r['peak_rss_mb']:.0f} |"
         )

@@ -8,8 +8,10 @@ face, id switches, labels against a reference label per face), and two runs agai
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
+from typing import Literal
 
 SIZE = (1280, 720)
 COVERED = 0.5  # a face more than this much hidden by the other counts as not visible
@@ -37,34 +39,71 @@ def visible(index: int, fps: float) -> list[bool]:
     return [w * h <= COVERED * aside * aside, True]
 
 
-def _owner(
-    box: list[int], squares: list[tuple[int, int, int]], nearest: bool = False
-) -> int | None:
-    """The true face whose square holds the box's centre, if any: of two, the one on top, or
-    with `nearest` the one whose centre is nearer (a box on the visible half of a face half
-    hidden by the other often has its centre just inside the other's square)."""
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    holding = [
-        k
-        for k in reversed(range(len(squares)))
-        if squares[k][0] <= cx < squares[k][0] + squares[k][2]
-        and squares[k][1] <= cy < squares[k][1] + squares[k][2]
+Rule = Literal["top", "nearest", "matched"]
+RULES: tuple[Rule, ...] = ("top", "nearest", "matched")
+
+
+def assign(
+    boxes: list[list[int]], squares: list[tuple[int, int, int]], rule: Rule = "top"
+) -> dict[int, int]:
+    """Which box (by index) each true face gets; boxes left out are false faces. A box can only
+    go to a face whose square holds its centre. "top": each box in turn to the face on top, a
+    second box on a taken face is false; "nearest": the same with the nearer centre deciding
+    between two squares (a box on the visible half of a face half hidden by the other often has
+    its centre just inside the other's square); "matched": one box per face and one face per
+    box, as many faces matched as possible, then the nearest centres (the one-to-one matching
+    of multi-object tracking scores, with the squares as the gate)."""
+    holds = [[k for k in range(len(squares)) if _inside(box, squares[k])] for box in boxes]
+    if rule == "matched":
+        return _best_matching(boxes, squares, holds)
+    owners: dict[int, int] = {}
+    for i, box in enumerate(boxes):
+        if not holds[i]:
+            continue
+        if rule == "top":
+            k = max(holds[i])  # later squares are drawn on top
+        else:
+            k = min(holds[i], key=lambda k: math.dist(_box_centre(box), _centre(squares[k])))
+        owners.setdefault(k, i)
+    return owners
+
+
+def _best_matching(
+    boxes: list[list[int]], squares: list[tuple[int, int, int]], holds: list[list[int]]
+) -> dict[int, int]:
+    """Every one-to-one assignment of the faces to boxes that hold them, tried (two faces)."""
+    best: tuple[int, float, dict[int, int]] = (0, 0.0, {})
+    choices = [
+        [None] + [i for i in range(len(boxes)) if k in holds[i]] for k in range(len(squares))
     ]
-    if not holding:
-        return None
-    if not nearest:
-        return holding[0]
-    return min(holding, key=lambda k: math.dist((cx, cy), _centre(squares[k])))
+    for picked in itertools.product(*choices):
+        chosen = [i for i in picked if i is not None]
+        if len(chosen) != len(set(chosen)):
+            continue
+        pairs = {k: i for k, i in enumerate(picked) if i is not None}
+        cost = sum(math.dist(_box_centre(boxes[i]), _centre(squares[k])) for k, i in pairs.items())
+        if len(pairs) > best[0] or (len(pairs) == best[0] and cost < best[1]):
+            best = (len(pairs), cost, pairs)
+    return best[2]
+
+
+def _inside(box: list[int], square: tuple[int, int, int]) -> bool:
+    cx, cy = _box_centre(box)
+    return square[0] <= cx < square[0] + square[2] and square[1] <= cy < square[1] + square[2]
+
+
+def _box_centre(box: list[int]) -> tuple[float, float]:
+    return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
 
 
 def _centre(square: tuple[int, int, int]) -> tuple[float, float]:
     return square[0] + square[2] / 2, square[1] + square[2] / 2
 
 
-def score(frames: list[dict], fps: float, reference: list[str], nearest: bool = False) -> dict:
+def score(frames: list[dict], fps: float, reference: list[str], rule: Rule = "top") -> dict:
     """A run's records ({"frame", "faces": [{"track", "box", "label", "raw_label"}]}) scored
-    against the true faces; `reference`: the expected label of each face; `nearest`: boxes go
-    to faces as `_owner` says."""
+    against the true faces; `reference`: the expected label of each face; `rule`: how boxes go
+    to faces (`assign`)."""
     truths = found = false = right = raw_right = 0
     tracks: dict[int, Counter] = {0: Counter(), 1: Counter()}
     switches = [0, 0]
@@ -72,13 +111,9 @@ def score(frames: list[dict], fps: float, reference: list[str], nearest: bool = 
     for record in frames:
         squares = placements(record["frame"], fps)
         seen = visible(record["frame"], fps)
-        matched: dict[int, dict] = {}
-        for face in record["faces"]:
-            k = _owner(face["box"], squares, nearest)
-            if k is None or k in matched:
-                false += 1
-            else:
-                matched[k] = face
+        owners = assign([face["box"] for face in record["faces"]], squares, rule)
+        matched = {k: record["faces"][i] for k, i in owners.items()}
+        false += len(record["faces"]) - len(matched)
         for k, face in matched.items():
             tracks[k][face["track"]] += 1
             if last[k] is not None and last[k] != face["track"]:
@@ -106,7 +141,7 @@ def score(frames: list[dict], fps: float, reference: list[str], nearest: bool = 
     }
 
 
-def agreement(ours: list[dict], theirs: list[dict], fps: float) -> dict:
+def agreement(ours: list[dict], theirs: list[dict], fps: float, rule: Rule = "top") -> dict:
     """How often two runs give a visible true face the same label in the same frame (of the
     frames where both found it)."""
     by_frame = {record["frame"]: record for record in theirs}
@@ -116,8 +151,8 @@ def agreement(ours: list[dict], theirs: list[dict], fps: float) -> dict:
         if other is None:
             continue
         squares = placements(record["frame"], fps)
-        mine = {_owner(f["box"], squares): f for f in record["faces"]}
-        yours = {_owner(f["box"], squares): f for f in other["faces"]}
+        mine = {k: record["faces"][i] for k, i in _owners(record, squares, rule).items()}
+        yours = {k: other["faces"][i] for k, i in _owners(other, squares, rule).items()}
         for k in range(2):
             if k in mine and k in yours and visible(record["frame"], fps)[k]:
                 both += 1
@@ -128,3 +163,7 @@ def agreement(ours: list[dict], theirs: list[dict], fps: float) -> dict:
         "same_label": same / max(both, 1),
         "same_raw": same_raw / max(both, 1),
     }
+
+
+def _owners(record: dict, squares: list[tuple[int, int, int]], rule: Rule) -> dict[int, int]:
+    return assign([face["box"] for face in record["faces"]], squares, rule)
