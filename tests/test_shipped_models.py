@@ -55,11 +55,11 @@ def test_default_is_ferplus_until_general_is_installed(weights_dir: Path) -> Non
     with pytest.raises(NotFoundError, match=r"'general' is not installed.*installed: ferplus"):
         pretrained.resolve_weights("general")
 
-    general = tiny_model(weights_dir / "general-qcs-faceres.safetensors")
+    general = tiny_model(weights_dir / "general-qcs-small.safetensors")
     assert pretrained.default_model().name == "general"
     assert pretrained.resolve_weights("default") == general
     assert pretrained.resolve_weights("ferplus") == weights_dir / FERPLUS_FILES[0]
-    assert pretrained.DEFAULT_WEIGHTS == "general-qcs-faceres"  # what benchmarks name results
+    assert pretrained.DEFAULT_WEIGHTS == "general-qcs-small"  # what benchmarks name results
     assert pretrained.load_card().classes == CLASSES
 
 
@@ -85,15 +85,15 @@ def test_info_lists_the_shipped_models(weights_dir: Path, capsys: pytest.Capture
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "shipped models ('default' is ferplus)" in out
-    assert "general: general-qcs-faceres.safetensors, not installed" in out
+    assert "general: general-qcs-small.safetensors, not installed" in out
     assert "ferplus (default): ferplus-qcs-small.safetensors, 16.6 MB, 48 px grey" in out
     assert "for: faces from anywhere" in out and "measured: valid_flip accuracy 88" in out
 
     metrics = {"valid_flip": {"accuracy": 0.9}, "suite_balanced": {"suite_score": 0.7}}
-    tiny_model(weights_dir / "general-qcs-faceres.safetensors", metrics=metrics)
+    tiny_model(weights_dir / "general-qcs-small.safetensors", metrics=metrics)
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    assert "('default' is general)" in out and "general (default): general-qcs-faceres" in out
+    assert "('default' is general)" in out and "general (default): general-qcs-small" in out
     assert "measured: valid_flip accuracy 90.00%, suite score (balanced) 70.0%" in out
     assert main(["info", "general"]) == 0 and "classes (3): a, b, c" in capsys.readouterr().out
 
@@ -131,7 +131,13 @@ def test_sources_carry_the_licence_notes_of_their_readmes(tmp_path: Path, ship: 
         "val_split": "valid",
         "options": {"label_mode": "probability"},
         "sources": [
-            {"name": "posed", "format": "folder", "root": str(tmp_path / "posed"), "framing": 0.7},
+            {
+                "name": "posed",
+                "format": "folder",
+                "root": str(tmp_path / "posed"),
+                "detector": "mtcnn",
+                "framing": 0.7,
+            },
             {"format": "folder", "root": str(tmp_path / "bare"), "exclude": ["ffhq_*"]},
         ],
     }
@@ -139,7 +145,7 @@ def test_sources_carry_the_licence_notes_of_their_readmes(tmp_path: Path, ship: 
     assert main_source["name"] == "main" and "model selection on 'valid'" in main_source["used"]
     assert main_source["licence"] == "Labels are MIT-licensed; the images are for research use."
     assert posed["licence"] == "academic use only; never redistribute."
-    assert posed["used"] == "'train', framing 0.7"
+    assert posed["used"] == "'train', detector mtcnn, framing 0.7"
     assert bare["name"] == "folder" and bare["licence"].startswith("unknown: no README")
 
 

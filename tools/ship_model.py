@@ -122,7 +122,7 @@ def training_sources(data: dict[str, Any]) -> list[dict[str, Any]]:
     rows = [main]
     for source in data.get("sources") or []:
         used = [f"'{source.get('split', 'train')}'"]
-        for key in ("include", "exclude", "class_map", "framing", "weight", "ratings"):
+        for key in ("include", "exclude", "class_map", "detector", "framing", "weight", "ratings"):
             if source.get(key) not in (None, [], {}):
                 used.append(f"{key} {source[key]}")
         rows.append(

@@ -46,8 +46,8 @@ class ShippedModel:
 SHIPPED = (
     ShippedModel(
         "general",
-        "general-qcs-faceres",
-        "faces from anywhere (photos, film stills, webcams, posed): 128 px, four training sources",
+        "general-qcs-small",
+        "faces from anywhere (photos, film stills, webcams, posed): 48 px grey, four sources",
     ),
     ShippedModel(
         "ferplus",
