@@ -111,8 +111,7 @@ def score(frames: list[dict], fps: float, reference: list[str], rule: Rule = "to
     for record in frames:
         squares = placements(record["frame"], fps)
         seen = visible(record["frame"], fps)
-        owners = assign([face["box"] for face in record["faces"]], squares, rule)
-        matched = {k: record["faces"][i] for k, i in owners.items()}
+        matched = {k: record["faces"][i] for k, i in _owners(record, squares, rule).items()}
         false += len(record["faces"]) - len(matched)
         for k, face in matched.items():
             tracks[k][face["track"]] += 1
